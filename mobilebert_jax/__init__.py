@@ -1,0 +1,32 @@
+"""mobilebert-jax: MobileBERT in JAX/Flax, numerically equal to HF transformers' PyTorch MobileBERT."""
+
+from .config import PRESETS, MobileBertConfig
+from .models import (
+    MODEL_CLASSES,
+    MobileBertForMaskedLM,
+    MobileBertForMultipleChoice,
+    MobileBertForNextSentencePrediction,
+    MobileBertForPreTraining,
+    MobileBertForQuestionAnswering,
+    MobileBertForSequenceClassification,
+    MobileBertForTokenClassification,
+    MobileBertModel,
+    init_params,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "MODEL_CLASSES",
+    "MobileBertConfig",
+    "MobileBertModel",
+    "MobileBertForPreTraining",
+    "MobileBertForMaskedLM",
+    "MobileBertForNextSentencePrediction",
+    "MobileBertForSequenceClassification",
+    "MobileBertForMultipleChoice",
+    "MobileBertForTokenClassification",
+    "MobileBertForQuestionAnswering",
+    "init_params",
+]

@@ -1,0 +1,312 @@
+"""MobileBERT encoder as Flax linen modules, numerically equal to HF transformers' PyTorch model.
+
+Module and parameter names mirror the PyTorch module tree (`embeddings/word_embeddings`,
+`encoder/layer/3/attention/self/query`, `ffn/0/output/LayerNorm`), so weight ports are a table.
+Shapes: B batch, T length, E embedding_size, H hidden_size, I true_hidden_size, M intermediate_size,
+N heads, d head width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .config import MobileBertConfig
+
+Dtype = Any
+Array = jax.Array
+
+# Partitioning is by logical axis name only; `mobilebert_jax.sharding` maps names to mesh axes.
+with_axes = nn.with_logical_partitioning
+constrain = nn.with_logical_constraint
+
+# HF's PyTorch builds `embeddings.LayerNorm` and `layer.N.output.LayerNorm` without eps: torch's 1e-5.
+PT_DEFAULT_LN_EPS = 1e-5
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """HF `ACT2FN` semantics ("gelu" is the exact erf form, "gelu_new" the tanh approximation)."""
+    table: dict[str, Callable[[Array], Array]] = {
+        "relu": jax.nn.relu,
+        "relu6": jax.nn.relu6,
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+        "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+        "tanh": jnp.tanh,
+        "sigmoid": jax.nn.sigmoid,
+        "linear": lambda x: x,
+    }
+    return table[name]
+
+
+class _Base(nn.Module):
+    """Fields every module takes: the config, compute dtype, storage dtype, matmul precision."""
+
+    config: MobileBertConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    def dense(self, features: int, axes: tuple[str | None, str | None], name: str, use_bias: bool = True):
+        """A Dense with params `name/kernel` (in, out) = PT weight.T and `name/bias`."""
+        return nn.Dense(
+            features,
+            use_bias=use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            kernel_init=with_axes(nn.initializers.normal(self.config.initializer_range), axes),
+            bias_init=with_axes(nn.initializers.zeros, (axes[1],)),
+            name=name,
+        )
+
+    def norm(self, features: int, axis_name: str, eps: float, name: str = "LayerNorm"):
+        """NoNorm or a LayerNorm with PyTorch's two-pass variance, per `normalization_type`."""
+        if self.config.normalization_type == "no_norm":
+            return NoNorm(features, axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        return nn.LayerNorm(
+            epsilon=eps,
+            use_fast_variance=False,  # the fast variance loses ~1e-1 at means of 1e3 (REFERENCE §0.8)
+            dtype=jnp.float32,
+            param_dtype=self.param_dtype,
+            scale_init=with_axes(nn.initializers.ones, (axis_name,)),
+            bias_init=with_axes(nn.initializers.zeros, (axis_name,)),
+            name=name,
+        )
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        return dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+
+
+class NoNorm(nn.Module):
+    """MobileBERT's NoNorm: `x * weight + bias`, elementwise; params named as in PyTorch."""
+
+    features: int
+    axis_name: str
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        axes = (self.axis_name,)
+        w = self.param("weight", with_axes(nn.initializers.ones, axes), (self.features,), self.param_dtype)
+        b = self.param("bias", with_axes(nn.initializers.zeros, axes), (self.features,), self.param_dtype)
+        # In float32: this op carries the residual stream, whose values reach 1e7.
+        y = x.astype(jnp.float32) * w.astype(jnp.float32) + b.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class MobileBertEmbeddings(_Base):
+    """Word (E) → trigram [t+1, t, t-1] (3E) → projection (H) + position + token type → norm."""
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, inputs_embeds=None, deterministic=True):
+        """Returns [B, T, H]. `inputs_embeds` is the pre-trigram [B, T, E] tensor, as in HF."""
+        cfg = self.config
+        word = nn.Embed(
+            cfg.vocab_size,
+            cfg.embedding_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            embedding_init=with_axes(_normal_zero_row(cfg.initializer_range, cfg.pad_token_id), ("vocab", "word_embed")),
+            name="word_embeddings",
+        )
+        if inputs_embeds is None:
+            x = word(input_ids)
+            # PT's padding_idx: the lookup sends no gradient into the pad row (the tied decoder still does).
+            x = jnp.where((input_ids == cfg.pad_token_id)[..., None], jax.lax.stop_gradient(x), x)
+        else:
+            x = inputs_embeds.astype(self.dtype)
+            if self.is_initializing():
+                word(jnp.zeros((1, 1), jnp.int32))  # the table must exist: the MLM decoder is tied to it
+        if cfg.trigram_input:
+            zero = jnp.zeros_like(x[:, :1])
+            nxt = jnp.concatenate([x[:, 1:], zero], axis=1)
+            prv = jnp.concatenate([zero, x[:, :-1]], axis=1)
+            x = jnp.concatenate([nxt, x, prv], axis=-1)
+        if cfg.trigram_input or cfg.embedding_size != cfg.hidden_size:
+            x = self.dense(cfg.hidden_size, (None, "embed"), "embedding_transformation")(x)
+        init = nn.initializers.normal(cfg.initializer_range)
+        pos = nn.Embed(
+            cfg.max_position_embeddings, cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype,
+            embedding_init=with_axes(init, (None, "embed")), name="position_embeddings",
+        )
+        typ = nn.Embed(
+            cfg.type_vocab_size, cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype,
+            embedding_init=with_axes(init, (None, "embed")), name="token_type_embeddings",
+        )
+        # HF's add order (position, then type) so the float rounding matches.
+        h = x.astype(jnp.float32) + pos(position_ids)
+        h = h + typ(token_type_ids)
+        h = self.norm(cfg.hidden_size, "embed", PT_DEFAULT_LN_EPS)(h)
+        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        return constrain(h.astype(self.dtype), ("batch", "length", "embed"))
+
+
+def _normal_zero_row(stddev: float, row: int):
+    def init(key, shape, dtype=jnp.float32):
+        return nn.initializers.normal(stddev)(key, shape, dtype).at[row].set(0)
+
+    return init
+
+
+class DenseNorm(_Base):
+    """PT's Bottleneck/Output pattern: `Norm(dropout(dense(x)) + residual)`."""
+
+    features: int = 0
+    axes: tuple = (None, None)
+    norm_axis: str = "bottleneck"
+    eps: float = 1e-12
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, residual=None, deterministic: bool = True):
+        y = self.dense(self.features, self.axes, "dense")(x)
+        if self.dropout > 0:
+            y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        y = y.astype(jnp.float32)
+        if residual is not None:
+            y = y + residual.astype(jnp.float32)
+        return self.norm(self.features, self.norm_axis, self.eps)(y)
+
+
+class MobileBertBottleneck(_Base):
+    """`bottleneck.input` (H→I, the attention residual) and, with kq sharing, `bottleneck.attention`."""
+
+    @nn.compact
+    def __call__(self, h):
+        cfg = self.config
+        mk = lambda name: DenseNorm(  # noqa: E731
+            **self.kw, features=cfg.true_hidden_size, axes=("embed", "bottleneck"), eps=cfg.layer_norm_eps, name=name
+        )
+        li = mk("input")(h)
+        if cfg.use_bottleneck_attention:
+            return li, li, li, li
+        if cfg.key_query_shared_bottleneck:
+            s = mk("attention")(h)
+            return li, s, s, h
+        return li, h, h, h
+
+
+class MobileBertSelfAttention(_Base):
+    """Scaled dot-product attention; context [B, T, I] and probabilities [B, N, T, T]."""
+
+    @nn.compact
+    def __call__(self, q_in, k_in, v_in, mask_bias, deterministic: bool = True):
+        cfg = self.config
+        n, d = cfg.num_attention_heads, cfg.head_dim
+        in_axis = "bottleneck" if q_in.shape[-1] == cfg.true_hidden_size else "embed"
+        v_axis = "bottleneck" if v_in.shape[-1] == cfg.true_hidden_size else "embed"
+        q = self.dense(n * d, (in_axis, "heads"), "query")(q_in)
+        k = self.dense(n * d, (in_axis, "heads"), "key")(k_in)
+        v = self.dense(n * d, (v_axis, "heads"), "value")(v_in)
+        b, t = q.shape[:2]
+        q, k, v = (x.reshape(b, t, n, d) for x in (q, k, v))
+        scores = jnp.einsum("bqnd,bknd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
+        scores = scores * (d**-0.5)
+        if mask_bias is not None:
+            scores = scores + mask_bias
+        probs = jax.nn.softmax(scores, axis=-1)  # float32
+        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        ctx = jnp.einsum("bnqk,bknd->bqnd", probs.astype(self.dtype), v, precision=self.precision)
+        return ctx.reshape(b, t, n * d), probs
+
+
+class MobileBertAttention(_Base):
+    """`attention.self` then `attention.output` (dense + norm with the bottlenecked residual)."""
+
+    @nn.compact
+    def __call__(self, q_in, k_in, v_in, residual, mask_bias, deterministic: bool = True):
+        cfg = self.config
+        ctx, probs = MobileBertSelfAttention(**self.kw, name="self")(q_in, k_in, v_in, mask_bias, deterministic)
+        out = DenseNorm(
+            **self.kw,
+            features=cfg.true_hidden_size,
+            axes=("heads", "bottleneck"),
+            eps=cfg.layer_norm_eps,
+            dropout=0.0 if cfg.use_bottleneck else cfg.hidden_dropout_prob,
+            name="output",
+        )(ctx, residual, deterministic)
+        return out, probs
+
+
+class MobileBertIntermediate(_Base):
+    """`intermediate`: act(Dense_I→M)."""
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        return activation(cfg.hidden_act)(self.dense(cfg.intermediate_size, ("bottleneck", "mlp"), "dense")(x))
+
+
+class MobileBertFFN(_Base):
+    """One of the F-1 stacked FFNs (`ffn.j`): Norm(Dense_M→I(act(Dense_I→M(a))) + a)."""
+
+    @nn.compact
+    def __call__(self, a):
+        cfg = self.config
+        m = MobileBertIntermediate(**self.kw, name="intermediate")(a)
+        return DenseNorm(
+            **self.kw, features=cfg.true_hidden_size, axes=("mlp", "bottleneck"), eps=cfg.layer_norm_eps, name="output"
+        )(m, a)
+
+
+class MobileBertFFNStack(_Base):
+    """Container `ffn` holding `ffn/0 .. ffn/F-2`."""
+
+    @nn.compact
+    def __call__(self, a):
+        for j in range(self.config.num_feedforward_networks - 1):
+            a = MobileBertFFN(**self.kw, name=str(j))(a)
+        return a
+
+
+class MobileBertOutput(_Base):
+    """`output`: dense M→I, norm (eps 1e-5 quirk), then `output.bottleneck` I→H with the layer input."""
+
+    @nn.compact
+    def __call__(self, m, a, h, deterministic: bool = True):
+        cfg = self.config
+        o = self.dense(cfg.true_hidden_size, ("mlp", "bottleneck"), "dense")(m)
+        if not cfg.use_bottleneck:
+            o = nn.Dropout(cfg.hidden_dropout_prob)(o, deterministic=deterministic)
+        o = o.astype(jnp.float32) + a.astype(jnp.float32)
+        o = self.norm(cfg.true_hidden_size, "bottleneck", PT_DEFAULT_LN_EPS)(o)
+        if not cfg.use_bottleneck:
+            return o
+        return DenseNorm(
+            **self.kw,
+            features=cfg.hidden_size,
+            axes=("bottleneck", "embed"),
+            norm_axis="embed",
+            eps=cfg.layer_norm_eps,
+            dropout=cfg.hidden_dropout_prob,
+            name="bottleneck",
+        )(o, h, deterministic)
+
+
+class MobileBertLayer(_Base):
+    """One MobileBERT block: h [B, T, H] → [B, T, H], plus attention probs [B, N, T, T]."""
+
+    @nn.compact
+    def __call__(self, h, mask_bias, deterministic: bool = True):
+        cfg = self.config
+        if cfg.use_bottleneck:
+            li, q_in, k_in, v_in = MobileBertBottleneck(**self.kw, name="bottleneck")(h)
+        else:
+            li = q_in = k_in = v_in = h
+        a, probs = MobileBertAttention(**self.kw, name="attention")(q_in, k_in, v_in, li, mask_bias, deterministic)
+        if cfg.num_feedforward_networks > 1:
+            a = MobileBertFFNStack(**self.kw, name="ffn")(a)
+        m = MobileBertIntermediate(**self.kw, name="intermediate")(a)
+        out = MobileBertOutput(**self.kw, name="output")(m, a, h, deterministic)
+        return constrain(out.astype(self.dtype), ("batch", "length", "embed")), probs
