@@ -1,6 +1,7 @@
 """mobilebert-jax: MobileBERT in JAX/Flax, numerically equal to HF transformers' PyTorch MobileBERT."""
 
 from .config import PRESETS, MobileBertConfig
+from .hub import from_pretrained, save_pretrained
 from .models import (
     MODEL_CLASSES,
     MobileBertForMaskedLM,
@@ -29,4 +30,6 @@ __all__ = [
     "MobileBertForTokenClassification",
     "MobileBertForQuestionAnswering",
     "init_params",
+    "from_pretrained",
+    "save_pretrained",
 ]

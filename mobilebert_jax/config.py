@@ -128,7 +128,10 @@ class MobileBertConfig:
             "type_vocab_size",
         ):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{name} must be a positive int, got {v!r}")
+            need(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                f"{name} must be a positive int, got {v!r}",
+            )
         need(
             isinstance(self.num_feedforward_networks, int) and self.num_feedforward_networks >= 1,
             f"num_feedforward_networks must be >= 1 (HF crashes on 0), got {self.num_feedforward_networks!r}",
@@ -165,7 +168,10 @@ class MobileBertConfig:
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
         if self.classifier_dropout is not None:
-            need(0.0 <= self.classifier_dropout < 1.0, f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+            need(
+                0.0 <= self.classifier_dropout < 1.0,
+                f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}",
+            )
         need(
             self.problem_type is None or self.problem_type in PROBLEM_TYPES,
             f"problem_type={self.problem_type!r} must be None or one of {PROBLEM_TYPES}",
@@ -238,7 +244,11 @@ class MobileBertConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> MobileBertConfig:
-        d = {**dict(d), **overrides}
+        d = dict(d)
+        if "num_labels" in overrides and "id2label" not in overrides:
+            d.pop("id2label", None)  # an explicit num_labels replaces the file's label names
+            d.pop("label2id", None)
+        d.update(overrides)
         mt = d.get("model_type", "mobilebert")
         if mt != "mobilebert":
             raise ValueError(f"config has model_type={mt!r}, expected 'mobilebert'")

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import MobileBertConfig
-from .models import MODEL_CLASSES, MobileBertForMultipleChoice, MobileBertModel, MobileBertForPreTraining
+from .models import MODEL_CLASSES, MobileBertForMultipleChoice, MobileBertForPreTraining, MobileBertModel
 
 logger = logging.getLogger("mobilebert_jax")
 
@@ -62,7 +62,9 @@ class LoadReport:
     def summary(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors"]
         if self.initialised:
-            lines.append(f"initialised (not in checkpoint) {len(self.initialised)}: {', '.join(self.initialised)}")
+            lines.append(
+                f"initialised (not in checkpoint) {len(self.initialised)}: {', '.join(self.initialised)}"
+            )
         if self.dropped:
             by_reason: dict[str, list[str]] = {}
             for k, r in self.dropped.items():
@@ -104,8 +106,14 @@ def _dead_shapes(config: MobileBertConfig) -> dict[str, tuple[int, ...]]:
     }
     for i in range(config.num_hidden_layers):
         b = f"encoder.layer.{i}.bottleneck.attention."
-        shapes.update({b + "dense.weight": (I, H), b + "dense.bias": (I,), b + "LayerNorm.weight": (I,),
-                       b + "LayerNorm.bias": (I,)})
+        shapes.update(
+            {
+                b + "dense.weight": (I, H),
+                b + "dense.bias": (I,),
+                b + "LayerNorm.weight": (I,),
+                b + "LayerNorm.bias": (I,),
+            }
+        )
     return shapes
 
 
@@ -232,7 +240,7 @@ def from_pytorch(
     if is_base and has_prefixed:
         for k in list(src):
             if k.startswith(BASE_PREFIX):
-                src[k[len(BASE_PREFIX):]] = src.pop(k)
+                src[k[len(BASE_PREFIX) :]] = src.pop(k)
     elif not is_base and has_bare and not has_prefixed:
         for k in list(src):
             if k.startswith(("embeddings.", "encoder.", "pooler.")):
@@ -243,7 +251,9 @@ def from_pytorch(
         if k not in src or (k.endswith("weight") and not config.tie_word_embeddings):
             continue  # an untied decoder weight is a real parameter, mapped by the rule
         v = _to_numpy(src.pop(k))
-        twin = f"{prefix}embeddings.word_embeddings.weight" if k.endswith("weight") else "cls.predictions.bias"
+        twin = (
+            f"{prefix}embeddings.word_embeddings.weight" if k.endswith("weight") else "cls.predictions.bias"
+        )
         if twin in src and v.shape == np.shape(src[twin]) and not np.array_equal(v, _to_numpy(src[twin])):
             logger.warning("%s differs from its tied twin %s; the twin is used, as HF ties them", k, twin)
         report.dropped[k] = "tied alias"
@@ -258,7 +268,11 @@ def from_pytorch(
     unexpected = [k for k in src if k not in pt_to_flax]
     head_missing = [k for k in missing if not is_base and not k.startswith(BASE_PREFIX)]
     base_missing = [k for k in missing if k not in head_missing]
-    head_unexpected = [k for k in unexpected if not k.startswith(BASE_PREFIX) and not k.startswith(("embeddings.", "encoder.", "pooler."))]
+    head_unexpected = [
+        k
+        for k in unexpected
+        if not k.startswith(BASE_PREFIX) and not k.startswith(("embeddings.", "encoder.", "pooler."))
+    ]
     base_unexpected = [k for k in unexpected if k not in head_unexpected]
     if base_missing:
         errors.append(f"missing keys ({len(base_missing)}): {', '.join(base_missing)}")
@@ -331,5 +345,5 @@ def to_pytorch(
         shapes = _dead_shapes(config)
         for k in dead_pt_keys(config, prefix):
             dtype = out[f"{prefix}embeddings.word_embeddings.weight"].dtype
-            out[k] = np.zeros(shapes[k[len(prefix):]], dtype)
+            out[k] = np.zeros(shapes[k[len(prefix) :]], dtype)
     return out

@@ -84,7 +84,9 @@ class _Base(nn.Module):
 
     @property
     def kw(self) -> dict[str, Any]:
-        return dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        return dict(
+            config=self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision
+        )
 
 
 class NoNorm(nn.Module):
@@ -117,7 +119,9 @@ class MobileBertEmbeddings(_Base):
             cfg.embedding_size,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            embedding_init=with_axes(_normal_zero_row(cfg.initializer_range, cfg.pad_token_id), ("vocab", "word_embed")),
+            embedding_init=with_axes(
+                _normal_zero_row(cfg.initializer_range, cfg.pad_token_id), ("vocab", "word_embed")
+            ),
             name="word_embeddings",
         )
         if inputs_embeds is None:
@@ -137,12 +141,20 @@ class MobileBertEmbeddings(_Base):
             x = self.dense(cfg.hidden_size, (None, "embed"), "embedding_transformation")(x)
         init = nn.initializers.normal(cfg.initializer_range)
         pos = nn.Embed(
-            cfg.max_position_embeddings, cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype,
-            embedding_init=with_axes(init, (None, "embed")), name="position_embeddings",
+            cfg.max_position_embeddings,
+            cfg.hidden_size,
+            dtype=jnp.float32,
+            param_dtype=self.param_dtype,
+            embedding_init=with_axes(init, (None, "embed")),
+            name="position_embeddings",
         )
         typ = nn.Embed(
-            cfg.type_vocab_size, cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype,
-            embedding_init=with_axes(init, (None, "embed")), name="token_type_embeddings",
+            cfg.type_vocab_size,
+            cfg.hidden_size,
+            dtype=jnp.float32,
+            param_dtype=self.param_dtype,
+            embedding_init=with_axes(init, (None, "embed")),
+            name="token_type_embeddings",
         )
         # HF's add order (position, then type) so the float rounding matches.
         h = x.astype(jnp.float32) + pos(position_ids)
@@ -186,7 +198,11 @@ class MobileBertBottleneck(_Base):
     def __call__(self, h):
         cfg = self.config
         mk = lambda name: DenseNorm(  # noqa: E731
-            **self.kw, features=cfg.true_hidden_size, axes=("embed", "bottleneck"), eps=cfg.layer_norm_eps, name=name
+            **self.kw,
+            features=cfg.true_hidden_size,
+            axes=("embed", "bottleneck"),
+            eps=cfg.layer_norm_eps,
+            name=name,
         )
         li = mk("input")(h)
         if cfg.use_bottleneck_attention:
@@ -227,7 +243,9 @@ class MobileBertAttention(_Base):
     @nn.compact
     def __call__(self, q_in, k_in, v_in, residual, mask_bias, deterministic: bool = True):
         cfg = self.config
-        ctx, probs = MobileBertSelfAttention(**self.kw, name="self")(q_in, k_in, v_in, mask_bias, deterministic)
+        ctx, probs = MobileBertSelfAttention(**self.kw, name="self")(
+            q_in, k_in, v_in, mask_bias, deterministic
+        )
         out = DenseNorm(
             **self.kw,
             features=cfg.true_hidden_size,
@@ -245,7 +263,9 @@ class MobileBertIntermediate(_Base):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        return activation(cfg.hidden_act)(self.dense(cfg.intermediate_size, ("bottleneck", "mlp"), "dense")(x))
+        return activation(cfg.hidden_act)(
+            self.dense(cfg.intermediate_size, ("bottleneck", "mlp"), "dense")(x)
+        )
 
 
 class MobileBertFFN(_Base):
@@ -256,7 +276,11 @@ class MobileBertFFN(_Base):
         cfg = self.config
         m = MobileBertIntermediate(**self.kw, name="intermediate")(a)
         return DenseNorm(
-            **self.kw, features=cfg.true_hidden_size, axes=("mlp", "bottleneck"), eps=cfg.layer_norm_eps, name="output"
+            **self.kw,
+            features=cfg.true_hidden_size,
+            axes=("mlp", "bottleneck"),
+            eps=cfg.layer_norm_eps,
+            name="output",
         )(m, a)
 
 
@@ -304,7 +328,9 @@ class MobileBertLayer(_Base):
             li, q_in, k_in, v_in = MobileBertBottleneck(**self.kw, name="bottleneck")(h)
         else:
             li = q_in = k_in = v_in = h
-        a, probs = MobileBertAttention(**self.kw, name="attention")(q_in, k_in, v_in, li, mask_bias, deterministic)
+        a, probs = MobileBertAttention(**self.kw, name="attention")(
+            q_in, k_in, v_in, li, mask_bias, deterministic
+        )
         if cfg.num_feedforward_networks > 1:
             a = MobileBertFFNStack(**self.kw, name="ffn")(a)
         m = MobileBertIntermediate(**self.kw, name="intermediate")(a)

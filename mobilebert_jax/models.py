@@ -40,7 +40,9 @@ def _check_ids(name: str, x, upper: int, upper_name: str) -> None:
     bad = (a < 0) | (a >= upper)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name}{list(idx)} = {int(a[idx])} is out of range [0, {upper}) ({upper_name}={upper})")
+        raise ValueError(
+            f"{name}{list(idx)} = {int(a[idx])} is out of range [0, {upper}) ({upper_name}={upper})"
+        )
 
 
 def attention_bias(attention_mask: jax.Array | None, dtype=jnp.float32) -> jax.Array | None:
@@ -156,8 +158,11 @@ class MobileBertModel(_ModelBase):
                 f"sequence length {t} exceeds max_position_embeddings={cfg.max_position_embeddings}; "
                 "truncate the input (e.g. tokenizer max_length)"
             )
-        for name, x in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
-                        ("position_ids", position_ids)):
+        for name, x in (
+            ("attention_mask", attention_mask),
+            ("token_type_ids", token_type_ids),
+            ("position_ids", position_ids),
+        ):
             if x is not None and tuple(x.shape) != (b, t):
                 raise ValueError(f"{name} must have shape {(b, t)} like the input, got {tuple(x.shape)}")
         _check_ids("input_ids", input_ids, cfg.vocab_size, "vocab_size")
@@ -174,11 +179,13 @@ class MobileBertModel(_ModelBase):
         h = MobileBertEmbeddings(**self.kw, name="embeddings")(
             input_ids, jnp.asarray(token_type_ids), jnp.asarray(position_ids), inputs_embeds, deterministic
         )
-        h, all_h, attn = MobileBertEncoder(**self.kw, scan_layers=self.scan_layers, remat=self.remat, name="encoder")(
-            h, mask_bias, deterministic, output_hidden_states, output_attentions
-        )
+        h, all_h, attn = MobileBertEncoder(
+            **self.kw, scan_layers=self.scan_layers, remat=self.remat, name="encoder"
+        )(h, mask_bias, deterministic, output_hidden_states, output_attentions)
         pooled = MobileBertPooler(**self.kw, name="pooler")(h) if self.add_pooling_layer else None
-        return MobileBertModelOutput(last_hidden_state=h, pooler_output=pooled, hidden_states=all_h, attentions=attn)
+        return MobileBertModelOutput(
+            last_hidden_state=h, pooler_output=pooled, hidden_states=all_h, attentions=attn
+        )
 
 
 class MobileBertLMPredictionHead(_Base):
@@ -190,20 +197,33 @@ class MobileBertLMPredictionHead(_Base):
         E, H, V = cfg.embedding_size, cfg.hidden_size, cfg.vocab_size
         t = _Transform(**self.kw, name="transform")(h)
         # PT's `cls.predictions.dense.weight` (H-E, V), used untransposed in the forward pass.
-        extra = _RawMatrix((H - E, V), (None, "vocab"), cfg.initializer_range, self.param_dtype, name="dense")()
+        extra = _RawMatrix(
+            (H - E, V), (None, "vocab"), cfg.initializer_range, self.param_dtype, name="dense"
+        )()
         if cfg.tie_word_embeddings:
             dec = word_embeddings.T  # (E, V)
         else:
-            dec = _RawMatrix((E, V), ("word_embed", "vocab"), cfg.initializer_range, self.param_dtype,
-                             name="decoder", param_name="kernel")()
+            dec = _RawMatrix(
+                (E, V),
+                ("word_embed", "vocab"),
+                cfg.initializer_range,
+                self.param_dtype,
+                name="decoder",
+                param_name="kernel",
+            )()
         bias = self.param("bias", with_axes(nn.initializers.zeros, ("vocab",)), (V,), self.param_dtype)
         t = t.astype(self.dtype)
         # Two matmuls instead of one over concat([decᵀ, extra]) avoid building an (H, V) copy each step.
-        logits = jnp.dot(t[..., :E], dec.astype(self.dtype), precision=self.precision,
-                         preferred_element_type=jnp.float32)
+        logits = jnp.dot(
+            t[..., :E], dec.astype(self.dtype), precision=self.precision, preferred_element_type=jnp.float32
+        )
         if H > E:
-            logits = logits + jnp.dot(t[..., E:], extra.astype(self.dtype), precision=self.precision,
-                                      preferred_element_type=jnp.float32)
+            logits = logits + jnp.dot(
+                t[..., E:],
+                extra.astype(self.dtype),
+                precision=self.precision,
+                preferred_element_type=jnp.float32,
+            )
         return constrain(logits + bias.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
@@ -214,9 +234,13 @@ class _Transform(_Base):
         t = activation(cfg.hidden_act)(self.dense(cfg.hidden_size, ("embed", None), "dense")(h))
         # Always a real LayerNorm (eps = layer_norm_eps), whatever normalization_type says.
         return nn.LayerNorm(
-            epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=jnp.float32, param_dtype=self.param_dtype,
+            epsilon=cfg.layer_norm_eps,
+            use_fast_variance=False,
+            dtype=jnp.float32,
+            param_dtype=self.param_dtype,
             scale_init=with_axes(nn.initializers.ones, ("embed",)),
-            bias_init=with_axes(nn.initializers.zeros, ("embed",)), name="LayerNorm",
+            bias_init=with_axes(nn.initializers.zeros, ("embed",)),
+            name="LayerNorm",
         )(t)
 
 
@@ -248,7 +272,11 @@ class _Cls(_Base):
     @nn.compact
     def __call__(self, seq, pooled, word_table):
         mlm = MobileBertLMPredictionHead(**self.kw, name="predictions")(seq, word_table) if self.mlm else None
-        nsp = self.dense(2, ("embed", None), "seq_relationship")(pooled).astype(jnp.float32) if self.nsp else None
+        nsp = (
+            self.dense(2, ("embed", None), "seq_relationship")(pooled).astype(jnp.float32)
+            if self.nsp
+            else None
+        )
         return mlm, nsp
 
 
@@ -259,7 +287,11 @@ def _extras(out: MobileBertModelOutput) -> dict[str, Any]:
 class _HeadBase(_ModelBase):
     def encoder_model(self, pooling: bool) -> MobileBertModel:
         return MobileBertModel(
-            **self.kw, scan_layers=self.scan_layers, remat=self.remat, add_pooling_layer=pooling, name="mobilebert"
+            **self.kw,
+            scan_layers=self.scan_layers,
+            remat=self.remat,
+            add_pooling_layer=pooling,
+            name="mobilebert",
         )
 
     def classifier_dropout(self) -> nn.Dropout:
@@ -272,29 +304,68 @@ class MobileBertForPreTraining(_HeadBase):
     """MLM + NSP. Loss (only with both `labels` [B, T] and `next_sentence_label` [B]) = CE_mlm + CE_nsp."""
 
     @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, next_sentence_label=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        next_sentence_label=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         mb = self.encoder_model(pooling=True)
-        out = mb(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, deterministic,
-                 output_hidden_states, output_attentions)
+        out = mb(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
         mlm, nsp = _Cls(**self.kw, name="cls")(out.last_hidden_state, out.pooler_output, _word_table(mb))
         loss = None
         if labels is not None and next_sentence_label is not None:
-            loss = losses.cross_entropy(mlm, labels) + losses.cross_entropy(nsp, jnp.reshape(next_sentence_label, (-1,)))
-        return MobileBertForPreTrainingOutput(loss=loss, prediction_logits=mlm, seq_relationship_logits=nsp, **_extras(out))
+            loss = losses.cross_entropy(mlm, labels) + losses.cross_entropy(
+                nsp, jnp.reshape(next_sentence_label, (-1,))
+            )
+        return MobileBertForPreTrainingOutput(
+            loss=loss, prediction_logits=mlm, seq_relationship_logits=nsp, **_extras(out)
+        )
 
 
 class MobileBertForMaskedLM(_HeadBase):
     """MLM head on all positions; loss = CE over `labels` [B, T] (-100 ignored)."""
 
     @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         mb = self.encoder_model(pooling=False)
-        out = mb(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, deterministic,
-                 output_hidden_states, output_attentions)
+        out = mb(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
         mlm, _ = _Cls(**self.kw, nsp=False, name="cls")(out.last_hidden_state, None, _word_table(mb))
         loss = None if labels is None else losses.cross_entropy(mlm, labels)
         return MaskedLMOutput(loss=loss, logits=mlm, **_extras(out))
@@ -304,12 +375,29 @@ class MobileBertForNextSentencePrediction(_HeadBase):
     """NSP logits [B, 2] from the pooled output; loss = CE over `labels` [B] (0 = B follows A)."""
 
     @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         mb = self.encoder_model(pooling=True)
-        out = mb(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, deterministic,
-                 output_hidden_states, output_attentions)
+        out = mb(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
         _, nsp = _Cls(**self.kw, mlm=False, name="cls")(None, out.pooler_output, None)
         loss = None if labels is None else losses.cross_entropy(nsp, jnp.reshape(labels, (-1,)))
         return NextSentencePredictorOutput(loss=loss, logits=nsp, **_extras(out))
@@ -339,12 +427,29 @@ class MobileBertForSequenceClassification(_HeadBase):
     """classifier(dropout(pooled)) → logits [B, num_labels]; loss per `problem_type`."""
 
     @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         cfg = self.config
-        out = self.encoder_model(pooling=True)(input_ids, attention_mask, token_type_ids, position_ids,
-                                               inputs_embeds, deterministic, output_hidden_states, output_attentions)
+        out = self.encoder_model(pooling=True)(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
         x = self.classifier_dropout()(out.pooler_output, deterministic=deterministic)
         logits = self.dense(cfg.num_labels, ("embed", None), "classifier")(x).astype(jnp.float32)
         loss = None if labels is None else sequence_classification_loss(cfg, logits, jnp.asarray(labels))
@@ -355,9 +460,18 @@ class MobileBertForMultipleChoice(_HeadBase):
     """Inputs [B, C, T] (inputs_embeds [B, C, T, E]) → logits [B, C]; loss = CE over `labels` [B]."""
 
     @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         ref = input_ids if input_ids is not None else inputs_embeds
         if ref is None:
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -368,9 +482,19 @@ class MobileBertForMultipleChoice(_HeadBase):
         def flat(x):
             return None if x is None else jnp.reshape(x, (-1, x.shape[-1]))
 
-        embeds = None if inputs_embeds is None else jnp.reshape(inputs_embeds, (-1,) + inputs_embeds.shape[-2:])
-        out = self.encoder_model(pooling=True)(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                                               embeds, deterministic, output_hidden_states, output_attentions)
+        embeds = (
+            None if inputs_embeds is None else jnp.reshape(inputs_embeds, (-1,) + inputs_embeds.shape[-2:])
+        )
+        out = self.encoder_model(pooling=True)(
+            flat(input_ids),
+            flat(attention_mask),
+            flat(token_type_ids),
+            flat(position_ids),
+            embeds,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
         x = self.classifier_dropout()(out.pooler_output, deterministic=deterministic)
         logits = self.dense(1, ("embed", None), "classifier")(x).astype(jnp.float32).reshape(-1, c)
         loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
@@ -381,12 +505,29 @@ class MobileBertForTokenClassification(_HeadBase):
     """classifier(dropout(sequence)) → logits [B, T, num_labels]; loss = CE over `labels` (-100 ignored)."""
 
     @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         cfg = self.config
-        out = self.encoder_model(pooling=False)(input_ids, attention_mask, token_type_ids, position_ids,
-                                                inputs_embeds, deterministic, output_hidden_states, output_attentions)
+        out = self.encoder_model(pooling=False)(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
         x = self.classifier_dropout()(out.last_hidden_state, deterministic=deterministic)
         logits = self.dense(cfg.num_labels, ("embed", None), "classifier")(x).astype(jnp.float32)
         loss = None
@@ -413,15 +554,37 @@ class MobileBertForQuestionAnswering(_HeadBase):
     """qa_outputs(sequence) → start_logits, end_logits [B, T]; loss = mean of start and end CE."""
 
     @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, start_positions=None, end_positions=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         cfg = self.config
         if cfg.num_labels != 2:
-            raise ValueError(f"MobileBertForQuestionAnswering needs num_labels=2 (start, end), got {cfg.num_labels}")
-        out = self.encoder_model(pooling=False)(input_ids, attention_mask, token_type_ids, position_ids,
-                                                inputs_embeds, deterministic, output_hidden_states, output_attentions)
-        logits = self.dense(cfg.num_labels, ("embed", None), "qa_outputs")(out.last_hidden_state).astype(jnp.float32)
+            raise ValueError(
+                f"MobileBertForQuestionAnswering needs num_labels=2 (start, end), got {cfg.num_labels}"
+            )
+        out = self.encoder_model(pooling=False)(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
+        logits = self.dense(cfg.num_labels, ("embed", None), "qa_outputs")(out.last_hidden_state).astype(
+            jnp.float32
+        )
         start, end = logits[..., 0], logits[..., 1]
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -448,7 +611,9 @@ def init_params(model: nn.Module, rng: jax.Array | int = 0, batch_size: int = 1,
     """Random params (plain arrays, logical-axis boxes removed) for `model`."""
     if isinstance(rng, int):
         rng = jax.random.key(rng)
-    shape = (batch_size, 2, seq_len) if isinstance(model, MobileBertForMultipleChoice) else (batch_size, seq_len)
+    shape = (
+        (batch_size, 2, seq_len) if isinstance(model, MobileBertForMultipleChoice) else (batch_size, seq_len)
+    )
     ids = jnp.ones(shape, jnp.int32)
     variables = jax.jit(lambda r: model.init(r, input_ids=ids))(rng)
     return nn.meta.unbox(variables)["params"]

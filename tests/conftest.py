@@ -1,0 +1,67 @@
+"""Shared test helpers: HF reference models with perturbed weights, relative error, opt-in slow tests."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow or RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def rel_err(ours, ref) -> float:
+    """max|a - b| / max|b|: MobileBERT activations span 1e0..1e8, so errors are relative to the scale."""
+    a = np.asarray(ours, np.float64)
+    b = np.asarray(ref, np.float64)
+    assert a.shape == b.shape, f"shape {a.shape} != reference {b.shape}"
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def hf_config(config, attn="eager"):
+    """The transformers config equal to ours (via HF's own config.json reader)."""
+    transformers = pytest.importorskip("transformers", reason="transformers (5.x) is the test reference")
+    hf = transformers.MobileBertConfig.from_dict(config.to_dict())
+    hf._attn_implementation = attn
+    return hf
+
+
+def perturbed_hf_model(config, class_name: str, seed: int = 0, scale: float = 0.1):
+    """An HF PyTorch model with every parameter perturbed (NoNorm weights != 1, biases != 0).
+
+    24 layers with 0.1 noise overflow float32 in HF itself; full-size tests use `scale=0.02`.
+    """
+    torch = pytest.importorskip("torch", reason="torch is the test reference")
+    transformers = pytest.importorskip("transformers", reason="transformers (5.x) is the test reference")
+    torch.manual_seed(seed)
+    model = getattr(transformers, class_name)(hf_config(config)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+TINY = dict(
+    vocab_size=99,
+    embedding_size=16,
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=40,
+    intra_bottleneck_size=16,
+    max_position_embeddings=32,
+    num_labels=3,
+)
