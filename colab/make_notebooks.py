@@ -1,0 +1,187 @@
+"""Writes the Colab notebooks (outputs stripped). Edit the cells here, then run:
+
+    python colab/make_notebooks.py
+
+Every notebook's first cell installs the package (on Colab) and prints `jax.devices()`. With
+MOBILEBERT_JAX_SMOKE=1 (what CI sets) the notebooks shrink configs and steps so they run on CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+REPO = "https://github.com/mobilebert-jax/mobilebert-jax"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+INSTALL = f'''# Installs the package on Colab (TPU, GPU or CPU runtime); elsewhere it uses the installed one.
+import os, subprocess, sys
+SMOKE = os.environ.get("MOBILEBERT_JAX_SMOKE") == "1"   # CI: tiny configs, few steps
+if "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    os.environ.get("MOBILEBERT_JAX_PIP", "git+{REPO}")], check=True)
+import jax
+print(jax.__version__, jax.default_backend(), jax.devices())'''
+
+
+def badge(name: str) -> str:
+    url = f"https://colab.research.google.com/github/mobilebert-jax/mobilebert-jax/blob/main/colab/{name}"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def quickstart() -> nbformat.NotebookNode:
+    cells = [
+        new_markdown_cell(
+            f"{badge('01_quickstart_inference.ipynb')}\n\n# MobileBERT in JAX: quickstart inference\n\n"
+            "Config → model → tokenizer → fill-mask, classification and question-answering outputs, and "
+            "loading from an HF model directory. Set `MODEL` to a local HF directory or a hub id such as "
+            "`google/mobilebert-uncased` to use pretrained weights; without one, the notebook writes a "
+            "randomly initialised model (predictions are then meaningless, but every step runs)."
+        ),
+        new_code_cell(INSTALL),
+        new_code_cell(
+            "import numpy as np, jax, jax.numpy as jnp, tempfile\n"
+            "import mobilebert_jax as mbj\n"
+            "from mobilebert_jax.tokenizer import MobileBertTokenizer\n\n"
+            'MODEL = os.environ.get("MOBILEBERT_JAX_MODEL", "")   # e.g. "google/mobilebert-uncased"\n'
+            'preset = "mobilebert-test" if SMOKE else "mobilebert-uncased"\n'
+            "config = mbj.MobileBertConfig.from_preset(preset, vocab_size=30522)\n"
+            "print(config)"
+        ),
+        new_markdown_cell("## An HF-format directory\n\nWithout `MODEL`, write one from random weights; "
+                          "`from_pretrained` reads it exactly as it reads a checkpoint from the hub."),
+        new_code_cell(
+            "if not MODEL:\n"
+            "    MODEL = tempfile.mkdtemp()\n"
+            "    rand = mbj.MobileBertForPreTraining(config)\n"
+            "    mbj.save_pretrained(MODEL, mbj.init_params(rand), config, 'MobileBertForPreTraining')\n"
+            "    MobileBertTokenizer.default().save_pretrained(MODEL)\n"
+            "model, params = mbj.from_pretrained(MODEL, 'MobileBertForMaskedLM')\n"
+            "tok = MobileBertTokenizer.from_pretrained(MODEL)\n"
+            "print(type(model).__name__, sum(x.size for x in jax.tree.leaves(params)), 'parameters')"
+        ),
+        new_markdown_cell("## Fill-mask"),
+        new_code_cell(
+            'enc = tok(["the man worked as a [MASK]."], padding="longest")\n'
+            "out = jax.jit(lambda p, b: model.apply({'params': p}, **b))(params, dict(enc))\n"
+            "pos = int(np.argmax(enc['input_ids'][0] == tok.mask_token_id))\n"
+            "top = np.argsort(-np.asarray(out.logits[0, pos]))[:5]\n"
+            "print(tok.convert_ids_to_tokens(top.tolist()))"
+        ),
+        new_markdown_cell("## Sequence classification (a fresh head on the pretrained encoder)"),
+        new_code_cell(
+            "clf, clf_params = mbj.from_pretrained(MODEL, 'MobileBertForSequenceClassification', num_labels=2)\n"
+            'enc = tok(["a gripping, beautifully shot film", "dull and far too long"], padding="longest")\n'
+            "logits = clf.apply({'params': clf_params}, **enc).logits\n"
+            "print(jax.nn.softmax(logits, -1))"
+        ),
+        new_markdown_cell("## Question answering"),
+        new_code_cell(
+            "qa, qa_params = mbj.from_pretrained(MODEL, 'MobileBertForQuestionAnswering')\n"
+            'question, context = "Where is the Eiffel Tower?", "The Eiffel Tower is in Paris, France."\n'
+            "enc = tok(question, context, return_offsets_mapping=True)\n"
+            "offsets = enc.pop('offset_mapping')[0]               # arrays are [1, length], as HF's\n"
+            "out = qa.apply({'params': qa_params}, **enc)\n"
+            "s, e = int(jnp.argmax(out.start_logits[0])), int(jnp.argmax(out.end_logits[0]))\n"
+            "e = max(s, e)\n"
+            "print('answer span tokens', s, e, '->', repr(context[offsets[s][0]:offsets[e][1]]) "
+            "if enc['token_type_ids'][0, s] == 1 else '(outside the context)')"
+        ),
+    ]
+    return new_notebook(cells=cells, metadata=_meta())
+
+
+def convert() -> nbformat.NotebookNode:
+    cells = [
+        new_markdown_cell(
+            f"{badge('03_convert_checkpoints.ipynb')}\n\n# Convert checkpoints: PyTorch, TensorFlow and Flax\n\n"
+            "HF PyTorch directories (safetensors / `pytorch_model.bin`), HF TF2 `tf_model.h5` and the "
+            "original google-research TF1 checkpoints all load into the same Flax params, without "
+            "TensorFlow. Here we round-trip a PyTorch model and check the outputs agree."
+        ),
+        new_code_cell(INSTALL),
+        new_code_cell(
+            "import numpy as np, tempfile, jax\n"
+            "import mobilebert_jax as mbj\n"
+            "from mobilebert_jax import convert\n"
+            'config = mbj.MobileBertConfig.from_preset("mobilebert-test" if SMOKE else "mobilebert-uncased")\n'
+            "model = mbj.MobileBertForPreTraining(config)\n"
+            "params = mbj.init_params(model, 0)\n"
+            "ids = np.random.RandomState(0).randint(1, config.vocab_size, (2, 16))"
+        ),
+        new_markdown_cell("## Flax → HF directory → Flax\n\nThe directory is what "
+                          "`transformers.MobileBertForPreTraining.from_pretrained` reads."),
+        new_code_cell(
+            "d = tempfile.mkdtemp()\n"
+            "mbj.save_pretrained(d, params, config, 'MobileBertForPreTraining')\n"
+            "print(sorted(os.listdir(d)))\n"
+            "model2, params2, report = mbj.from_pretrained(d, return_report=True)\n"
+            "print(report.summary())\n"
+            "a = model.apply({'params': params}, input_ids=ids).prediction_logits\n"
+            "b = model2.apply({'params': params2}, input_ids=ids).prediction_logits\n"
+            "print('max |difference|:', float(abs(a - b).max()))"
+        ),
+        new_markdown_cell("## State dicts in memory, and the stacked (scanned) layout"),
+        new_code_cell(
+            "sd = convert.to_pytorch(params, config)          # PT names and layouts, numpy arrays\n"
+            "print(len(sd), 'tensors, e.g.', next(iter(sd)))\n"
+            "scanned = convert.from_pytorch(sd, config, 'MobileBertForPreTraining', scan_layers=True)\n"
+            "m3 = mbj.MobileBertForPreTraining(config, scan_layers=True)\n"
+            "c = m3.apply({'params': scanned}, input_ids=ids).prediction_logits\n"
+            "print('scanned vs loop, max |difference|:', float(abs(a - c).max()))"
+        ),
+        new_markdown_cell(
+            "## With PyTorch installed: compare against HF transformers\n\nSkipped when torch or "
+            "transformers is missing (Colab TPU runtimes have neither by default)."
+        ),
+        new_code_cell(
+            "try:\n"
+            "    import torch, transformers\n"
+            "except ImportError:\n"
+            "    print('torch/transformers not installed: skipped')\n"
+            "else:\n"
+            "    pt = transformers.MobileBertForPreTraining.from_pretrained(d, attn_implementation='eager').eval()\n"
+            "    with torch.no_grad():\n"
+            "        ref = pt(input_ids=torch.tensor(ids)).prediction_logits.numpy()\n"
+            "    print('relative error vs HF PyTorch:', float(abs(np.asarray(a) - ref).max() / abs(ref).max()))"
+        ),
+        new_markdown_cell(
+            "## TensorFlow checkpoints (no TensorFlow needed)\n\n"
+            "```bash\n"
+            "mobilebert-jax convert path/to/tf_model_dir out_dir            # HF TF2 tf_model.h5\n"
+            "mobilebert-jax convert path/to/mobilebert_variables.ckpt out_dir --config bert_config.json  # TF1\n"
+            "mobilebert-jax convert path/to/hf_dir out_orbax --to orbax\n"
+            "```"
+        ),
+    ]
+    return new_notebook(cells=cells, metadata=_meta())
+
+
+def _meta() -> dict:
+    return {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        "accelerator": "TPU",
+        "colab": {"provenance": []},
+    }
+
+
+NOTEBOOKS = {
+    "01_quickstart_inference.ipynb": quickstart,
+    "03_convert_checkpoints.ipynb": convert,
+}
+
+
+def main() -> None:
+    for name, build in NOTEBOOKS.items():
+        nb = build()
+        nbformat.validate(nb)
+        with open(os.path.join(HERE, name), "w", encoding="utf-8") as f:
+            nbformat.write(nb, f)
+        print("wrote", name)
+
+
+if __name__ == "__main__":
+    main()
