@@ -2,6 +2,7 @@
 
 from .config import PRESETS, MobileBertConfig
 from .hub import from_pretrained, save_pretrained
+from .tokenizer import MobileBertTokenizer
 from .models import (
     MODEL_CLASSES,
     MobileBertForMaskedLM,
@@ -32,4 +33,5 @@ __all__ = [
     "init_params",
     "from_pretrained",
     "save_pretrained",
+    "MobileBertTokenizer",
 ]
