@@ -127,3 +127,31 @@ def test_gradients_match_pytorch(class_name):
     scale = max(np.abs(g).max() for g in ref.values())
     worst = max(rel_err(ours[k], g) for k, g in ref.items() if np.abs(g).max() > 1e-6 * scale)
     assert worst < 1e-4, worst  # gradients sum more terms than outputs; still 4 orders below signal
+
+
+def test_pooler_weights_into_heads_without_pooler_are_dropped_as_hf_does():
+    sd = _sd("MobileBertForPreTraining")  # default config: has pooler.dense
+    params, report = from_pytorch(
+        sd, CFG.replace(num_labels=2), "MobileBertForQuestionAnswering", return_report=True
+    )
+    assert report.dropped["mobilebert.pooler.dense.weight"].startswith("pooler not used")
+    assert sorted(report.initialised) == ["qa_outputs.bias", "qa_outputs.weight"]
+    assert float(np.abs(params["qa_outputs"]["bias"]).max()) == 0.0  # HF init: zero bias, N(0, 0.02) kernel
+    assert 0.005 < float(np.std(params["qa_outputs"]["kernel"])) < 0.05
+
+
+def test_abstract_params_of_unrolled_model_equal_a_real_init():
+    from mobilebert_jax.convert import abstract_params
+
+    for name in ("MobileBertForPreTraining", "MobileBertForMultipleChoice"):
+        model = MODEL_CLASSES[name](CFG)
+        real = flax.linen.meta.unbox(
+            model.init(
+                jax.random.key(0), input_ids=jnp.ones((1, 2, 8) if "Multiple" in name else (1, 8), jnp.int32)
+            )
+        )["params"]
+        fast = abstract_params(model)
+        assert jax.tree.structure(fast) == jax.tree.structure(real)
+        assert all(
+            jax.tree.leaves(jax.tree.map(lambda a, b: a.shape == b.shape and a.dtype == b.dtype, fast, real))
+        )
