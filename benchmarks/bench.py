@@ -4,8 +4,9 @@
     python benchmarks/bench.py --grid                   # SeqCls and PreTraining, B in {1,8,32}, L in {128,512}
     python benchmarks/bench.py --torch-compile --json results.json
 
-Each cell alternates ours and the reference for `--repeats` rounds (machine noise hits both) and
-reports medians: ms per call, ratio (reference / ours; > 1 means we are faster), compile seconds,
+Ours and the reference run in two separate worker processes (in one process, XLA's and torch's
+thread pools spin against each other and slow both, by up to 10x on 2 cores). The coordinator
+alternates them, one call at a time, for `--repeats` rounds (machine noise hits both), and reports medians: ms per call, ratio (reference / ours; > 1 means we are faster), compile seconds,
 tokens/s, peak RSS growth, and the fraction of this machine's fp32 matmul peak (measured here by a
 large jnp matmul) that our model FLOPs (from XLA's cost analysis) reach.
 """
@@ -64,16 +65,24 @@ def _timeit(fn) -> float:
     return time.perf_counter() - t0
 
 
-def alternate(ours, ref, repeats: int) -> tuple[float, float]:
-    o, r = [], []
-    for _ in range(repeats):
-        o.append(_timeit(ours))
-        if ref is not None:
-            r.append(_timeit(ref))
-    return statistics.median(o), (statistics.median(r) if r else float("nan"))
+def _worker(
+    conn, side: str, kind: str, model_name: str, b: int, t: int, scan: bool, torch_compile: bool
+) -> None:
+    """Builds one side of one cell, reports its setup, then times one call per "run" message."""
+    try:
+        info, fn = (_setup_ours if side == "ours" else _setup_ref)(
+            kind, model_name, b, t, scan, torch_compile
+        )
+    except Exception as e:  # reported, not hidden
+        conn.send({"error": f"{type(e).__name__}: {str(e)[:300]}"})
+        return
+    conn.send(info)
+    while conn.recv() == "run":
+        conn.send(_timeit(fn))
 
 
-def build(model_name: str, scan: bool, dtype):
+def build(model_name: str, scan: bool, dtype, flax: bool = True):
+    """The mobilebert-uncased config; HF PyTorch weights (seed 0) and (with `flax`) the same in Flax."""
     import torch
     import transformers
 
@@ -83,143 +92,150 @@ def build(model_name: str, scan: bool, dtype):
     cfg = MobileBertConfig.from_preset("mobilebert-uncased")
     torch.manual_seed(0)
     pt = getattr(transformers, model_name)(transformers.MobileBertConfig.from_dict(cfg.to_dict()))
+    if not flax:  # the reference worker runs no JAX at all
+        return cfg, pt, None, None
     params = from_pytorch(pt.state_dict(), cfg, model_name, scan_layers=scan)
     return cfg, pt, MODEL_CLASSES[model_name](cfg, scan_layers=scan, dtype=dtype), params
 
 
-def bench_inference(model_name, b, t, args, peak):
-    import torch
-
-    cfg, pt, model, params = build(model_name, args.scan, jnp.float32)
-    pt.eval()
+def _inputs(cfg, b, t):
     rs = np.random.RandomState(0)
-    ids = rs.randint(1, cfg.vocab_size, (b, t))
-    mask = np.ones((b, t), np.int64)
-
-    def out_of(o):
-        return o.logits if getattr(o, "logits", None) is not None else o.prediction_logits
-
-    fwd = jax.jit(lambda p, i, m: out_of(model.apply({"params": p}, input_ids=i, attention_mask=m)))
-    ij, mj = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
-    t0 = time.perf_counter()
-    compiled = fwd.lower(params, ij, mj).compile()
-    compile_s = time.perf_counter() - t0
-    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-    with PeakRSS() as mem_ours:
-        compiled(params, ij, mj).block_until_ready()
-    it, mt = torch.tensor(ids), torch.tensor(mask)
-    torch_fns = {"eager": pt}
-    if args.torch_compile:
-        try:
-            torch_fns["compile"] = torch.compile(pt)
-            with torch.no_grad():
-                torch_fns["compile"](input_ids=it, attention_mask=mt)
-        except Exception as e:  # report, do not hide
-            print(f"  torch.compile failed: {type(e).__name__}: {str(e)[:200]}")
-            torch_fns.pop("compile")
-    rows = []
-    with torch.no_grad():
-        with PeakRSS() as mem_ref:
-            pt(input_ids=it, attention_mask=mt)
-        for kind, fn in torch_fns.items():
-            ours_s, ref_s = alternate(
-                lambda: compiled(params, ij, mj).block_until_ready(),
-                lambda fn=fn: fn(input_ids=it, attention_mask=mt),
-                args.repeats,
-            )
-            rows.append(
-                dict(
-                    bench="inference",
-                    model=model_name,
-                    batch=b,
-                    seq=t,
-                    reference=f"hf_pt_{kind}",
-                    ours_ms=ours_s * 1e3,
-                    ref_ms=ref_s * 1e3,
-                    ratio=ref_s / ours_s,
-                    compile_s=compile_s,
-                    tokens_per_s=b * t / ours_s,
-                    peak_rss_mb_ours=mem_ours.peak - mem_ours.start,
-                    peak_rss_mb_ref=mem_ref.peak - mem_ref.start,
-                    fraction_of_matmul_peak=flops / ours_s / peak,
-                )
-            )
-    return rows
-
-
-def bench_train(b, t, args, peak):
-    import torch
-
-    from mobilebert_jax import optim
-    from mobilebert_jax.objectives import loss_fn_for
-    from mobilebert_jax.train_state import TrainState
-
-    name = "MobileBertForSequenceClassification"
-    cfg, pt, model, params = build(name, args.scan, jnp.float32)
-    rs = np.random.RandomState(0)
-    batch = dict(
+    return dict(
         input_ids=rs.randint(1, cfg.vocab_size, (b, t)).astype(np.int32),
         attention_mask=np.ones((b, t), np.int32),
         labels=rs.randint(0, 2, (b,)).astype(np.int32),
     )
-    tx = optim.adamw(2e-5)
-    loss_fn = loss_fn_for(model)
 
-    def step(state, batch, rng):
-        def f(p):
-            s, (c, _) = loss_fn(p, batch, rng, False)
-            return s / c
 
-        loss, g = jax.value_and_grad(f)(state.params)
-        return state.apply_gradients(g), loss
+def _setup_ours(kind, model_name, b, t, scan, _torch_compile):
+    from mobilebert_jax import optim
+    from mobilebert_jax.objectives import loss_fn_for
+    from mobilebert_jax.train_state import TrainState
 
-    state = TrainState.create(params, tx)
-    jstep = jax.jit(step, donate_argnums=0)
-    bj = {k: jnp.asarray(v) for k, v in batch.items()}
-    rng = jax.random.key(0)
-    t0 = time.perf_counter()
-    compiled = jstep.lower(state, bj, rng).compile()
-    compile_s = time.perf_counter() - t0
+    cfg, _, model, params = build(model_name, scan, jnp.float32)
+    batch = {k: jnp.asarray(v) for k, v in _inputs(cfg, b, t).items()}
+    with PeakRSS() as mem:
+        if kind == "inference":
+
+            def out_of(o):
+                return o.logits if getattr(o, "logits", None) is not None else o.prediction_logits
+
+            f = jax.jit(lambda p, i, m: out_of(model.apply({"params": p}, input_ids=i, attention_mask=m)))
+            t0 = time.perf_counter()
+            compiled = f.lower(params, batch["input_ids"], batch["attention_mask"]).compile()
+            compile_s = time.perf_counter() - t0
+
+            def fn():
+                compiled(params, batch["input_ids"], batch["attention_mask"]).block_until_ready()
+        else:
+            loss_fn = loss_fn_for(model)
+
+            def step(state, batch, rng):
+                def f(p):
+                    s, (c, _) = loss_fn(p, batch, rng, False)
+                    return s / c
+
+                loss, g = jax.value_and_grad(f)(state.params)
+                return state.apply_gradients(g), loss
+
+            holder = {"s": TrainState.create(params, optim.adamw(2e-5))}
+            rng = jax.random.key(0)
+            t0 = time.perf_counter()
+            compiled = jax.jit(step, donate_argnums=0).lower(holder["s"], batch, rng).compile()
+            compile_s = time.perf_counter() - t0
+
+            def fn():
+                holder["s"], loss = compiled(holder["s"], batch, rng)
+                loss.block_until_ready()
+
+        fn()
     flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-    holder = {"s": state}
+    return dict(compile_s=compile_s, flops=flops, peak_rss_mb=mem.peak - mem.start), fn
 
-    def ours():
-        holder["s"], loss = compiled(holder["s"], bj, rng)
-        loss.block_until_ready()
 
-    with PeakRSS() as mem_ours:
-        ours()
-    pt.train()
-    opt = torch.optim.AdamW(pt.parameters(), lr=2e-5, eps=1e-6, weight_decay=0.01)
-    tb = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+def _setup_ref(kind, model_name, b, t, _scan, torch_compile):
+    import torch
 
-    def ref():
-        opt.zero_grad(set_to_none=True)
-        out = pt(**tb)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(pt.parameters(), 1.0)
-        opt.step()
+    cfg, pt, _, _ = build(model_name, False, jnp.float32, flax=False)
+    tb = {k: torch.tensor(v, dtype=torch.long) for k, v in _inputs(cfg, b, t).items()}
+    if torch_compile:
+        pt = torch.compile(pt)
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        if kind == "inference":
+            pt.eval()
 
-    with PeakRSS() as mem_ref:
-        ref()
-    ours_s, ref_s = alternate(ours, ref, args.repeats)
-    return [
-        dict(
-            bench="train_step",
-            model=name,
-            batch=b,
-            seq=t,
-            reference="hf_pt_eager_adamw",
-            ours_ms=ours_s * 1e3,
-            ref_ms=ref_s * 1e3,
-            ratio=ref_s / ours_s,
-            compile_s=compile_s,
-            tokens_per_s=b * t / ours_s,
-            peak_rss_mb_ours=mem_ours.peak - mem_ours.start,
-            peak_rss_mb_ref=mem_ref.peak - mem_ref.start,
-            fraction_of_matmul_peak=flops / ours_s / peak,
+            def fn():
+                with torch.no_grad():
+                    pt(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"])
+        else:
+            pt.train()
+            opt = torch.optim.AdamW(pt.parameters(), lr=2e-5, eps=1e-6, weight_decay=0.01)
+
+            def fn():
+                opt.zero_grad(set_to_none=True)
+                pt(**tb).loss.backward()
+                torch.nn.utils.clip_grad_norm_(pt.parameters(), 1.0)
+                opt.step()
+
+        fn()
+    return dict(
+        compile_s=time.perf_counter() - t0 if torch_compile else 0.0, peak_rss_mb=mem.peak - mem.start
+    ), fn
+
+
+def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    sides = {}
+    for side in ("ours", "ref"):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_worker,
+            args=(child, side, kind, model_name, b, t, args.scan, torch_compile and side == "ref"),
+            daemon=True,
         )
-    ]
+        proc.start()
+        info = parent.recv()
+        if "error" in info:
+            print(f"  {side} ({'torch.compile' if torch_compile else 'eager'}) failed: {info['error']}")
+            proc.kill()
+            for conn, p, _ in sides.values():
+                conn.send("stop")
+                p.join()
+            return None
+        sides[side] = (parent, proc, info)
+    times = {"ours": [], "ref": []}
+    for _ in range(args.repeats):  # one call each in turn; the idle side sleeps on its pipe
+        for side, (conn, _, _) in sides.items():
+            time.sleep(0.2)  # let the other side's thread pool go idle
+            conn.send("run")
+            times[side].append(conn.recv())
+    for conn, proc, _ in sides.values():
+        conn.send("stop")
+        proc.join()
+    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["ref"])
+    o, r = sides["ours"][2], sides["ref"][2]
+    ref_name = ("hf_pt_compile" if torch_compile else "hf_pt_eager") + (
+        "" if kind == "inference" else "_adamw"
+    )
+    return dict(
+        bench=kind,
+        model=model_name,
+        batch=b,
+        seq=t,
+        reference=ref_name,
+        ours_ms=ours_s * 1e3,
+        ref_ms=ref_s * 1e3,
+        ratio=ref_s / ours_s,
+        compile_s=o["compile_s"],
+        ref_compile_s=r["compile_s"],
+        tokens_per_s=b * t / ours_s,
+        peak_rss_mb_ours=o["peak_rss_mb"],
+        peak_rss_mb_ref=r["peak_rss_mb"],
+        fraction_of_matmul_peak=o["flops"] / ours_s / peak,
+    )
 
 
 def main() -> None:
@@ -234,7 +250,7 @@ def main() -> None:
 
     import torch
 
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops()  # in this (coordinator) process: no torch work runs here
     print(
         f"machine: {os.cpu_count()} cpus, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"jax {jax.__version__} on {jax.devices()[0].platform}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
@@ -250,14 +266,15 @@ def main() -> None:
         else [("MobileBertForSequenceClassification", 8, 128)]
     )
     rows = []
-    for m, b, t in cells:
-        new = bench_inference(m, b, t, args, peak)
-        _print(new)
-        rows += new
+    jobs = [("inference", m, b, t) for m, b, t in cells]
     if not args.no_train:
-        new = bench_train(8, 128, args, peak)
-        _print(new)
-        rows += new
+        jobs.append(("train_step", "MobileBertForSequenceClassification", 8, 128))
+    for kind, m, b, t in jobs:
+        for compiled in (False, True) if args.torch_compile else (False,):
+            row = run_cell(kind, m, b, t, args, peak, torch_compile=compiled)
+            if row is not None:
+                _print([row])
+                rows.append(row)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(matmul_peak_flops=peak, rows=rows), f, indent=2)
