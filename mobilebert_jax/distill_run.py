@@ -1,0 +1,491 @@
+"""The distillation run: stages, optimizers, sharded teacher and student, resume, memory reports.
+
+A run is a list of stages, each a `trainer.fit` call with its own orbax checkpoints under
+`output_dir/<stage>/checkpoints` (the stage is the folder, the step is the checkpoint):
+
+    transfer_00 .. transfer_{L-1}   progressive knowledge transfer, layer k alone, LAMB with the
+                                    TF1 per-stage schedule (`distill.transfer_schedule`)
+    distill                         pre-training distillation, every param, LAMB with linear warmup
+                                    then linear decay to `end_lr_rate`·lr (google's schedule)
+
+A run restarted with the same arguments skips the finished stages, restores the last finished one
+(params and data position), and `fit` resumes an unfinished stage at its last checkpoint, so a
+resumed run reaches the params of an uninterrupted one. Each stage starts a fresh optimizer
+(`optim.py`: the TF gate zeroes the moments of inactive layers). Student embeddings and heads are
+copied from the teacher before the first stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import distill as D
+from . import optim
+from . import sharding as shd
+from .config import MobileBertConfig
+from .hub import save_pretrained
+from .models import MobileBertForPreTraining
+from .train_state import (
+    abstract_train_state,
+    checkpoint_manager,
+    create_train_state,
+    model_init_fn,
+    restore_checkpoint,
+)
+from .trainer import FitConfig, fit, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """The recipe. Defaults are the paper's (google-research README command, TF2 yaml)."""
+
+    # progressive knowledge transfer: one stage per encoder layer
+    steps_per_stage: int = 10_000  # README --num_distill_steps=240000 over 24 layers; 0 skips the phase
+    transfer_learning_rate: float = 1.5e-3  # constant base lr of the warm-up (end_lr_rate=1 in TF1)
+    transfer_lr_multiplier: float = 3.0  # distill_util: the active layer trains at 3 x background x lr
+    factors: D.TransferFactors = D.TransferFactors()  # 100 / 1 / 5000 / 5
+    # pre-training distillation
+    distill_steps: int = 500_000  # --num_train_steps; 0 skips the phase
+    learning_rate: float = 1.5e-3  # --learning_rate
+    warmup_steps: int = 10_000  # --num_warmup_steps
+    end_lr_rate: float = 1e-4  # linear decay to lr x this (optimization.py)
+    ground_truth_ratio: float = 0.5  # --distill_ground_truth_ratio
+    temperature: float = 1.0  # --distill_temperature
+    max_predictions_per_seq: int | None = 20  # MLM logits only at the masked positions
+    student_dropout: bool = False  # TF1 builds the student with is_training=False
+    # optimizer (LAMB, optim.lamb)
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    # batches
+    batch_size: int = 2048  # global batch (--train_batch_size)
+    max_seq_length: int = 512
+    num_micro_batches: int = 1  # gradient accumulation inside the step (memory)
+    # run
+    seed: int = 0
+    checkpoint_every: int = 1000
+    max_to_keep: int = 2
+    log_every: int = 100
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
+        d = dict(d)
+        if isinstance(d.get("factors"), dict):
+            d["factors"] = D.TransferFactors(**d["factors"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ValueError(f"unknown DistillConfig field(s) {bad}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# The two presets of `mobilebert-jax distill --config`: the recipe plus the two model configs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        student=dict(preset="mobilebert-uncased"),
+        teacher=dict(preset="ibbert-large-teacher"),
+        distill=dict(num_micro_batches=4),  # 2048 x 512 on 8 devices: 64 sequences per micro-batch
+        sharding_rules="fsdp",
+    ),
+    "tiny": dict(
+        # Real vocabulary (so the packaged tokenizer works), 4 layers, CPU-sized widths.
+        student=dict(preset="mobilebert-uncased", embedding_size=32, hidden_size=128, intra_bottleneck_size=32,
+                     intermediate_size=128, num_hidden_layers=4, num_feedforward_networks=2,
+                     max_position_embeddings=128),
+        teacher=dict(preset="ibbert-large-teacher", embedding_size=32, hidden_size=128, intra_bottleneck_size=256,
+                     intermediate_size=512, num_hidden_layers=4, max_position_embeddings=128,
+                     hidden_dropout_prob=0.0),
+        distill=dict(steps_per_stage=60, distill_steps=360, warmup_steps=30, learning_rate=5e-3,
+                     transfer_learning_rate=2e-3, batch_size=32, max_seq_length=64, max_predictions_per_seq=10,
+                     checkpoint_every=100, log_every=20),
+        teacher_pretrain_steps=800,
+        sharding_rules="dp",
+    ),
+}  # fmt: skip
+
+
+def preset_configs(name: str) -> tuple[MobileBertConfig, MobileBertConfig, DistillConfig]:
+    """(student config, teacher config, DistillConfig) of the preset `name` ("paper" or "tiny")."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown distill preset {name!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[name]
+
+    def cfg(d):
+        d = dict(d)
+        return MobileBertConfig.from_preset(d.pop("preset"), **d)
+
+    return cfg(p["student"]), cfg(p["teacher"]), DistillConfig(**p["distill"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # folder under output_dir
+    layer: int | None  # the trained layer (None: pre-training distillation)
+    steps: int
+
+
+def stage_plan(cfg: DistillConfig, num_layers: int) -> list[Stage]:
+    """The stages in order: `transfer_{k:02d}` for every layer (if steps_per_stage), then `distill`."""
+    plan = []
+    if cfg.steps_per_stage > 0:
+        plan += [Stage(f"transfer_{k:02d}", k, cfg.steps_per_stage) for k in range(num_layers)]
+    if cfg.distill_steps > 0:
+        plan.append(Stage("distill", None, cfg.distill_steps))
+    if not plan:
+        raise ValueError("nothing to run: steps_per_stage and distill_steps are both 0")
+    return plan
+
+
+def stage_setup(
+    stage: Stage, student_model: nn.Module, teacher_model: nn.Module, params: Any, cfg: DistillConfig
+):
+    """(optax tx, learning-rate schedule, DistillLossFn) of `stage`; `params` may be abstract."""
+    if stage.layer is not None:
+        labels = optim.layer_labels(params, layer=stage.layer)
+        schedule = D.transfer_schedule(cfg.transfer_learning_rate, stage.steps, cfg.transfer_lr_multiplier)
+        tx = optim.lamb(schedule, cfg.weight_decay, clip_norm=cfg.clip_norm, trainable_labels=labels)
+        loss = D.transfer_loss(
+            student_model, teacher_model, stage.layer, cfg.factors, trainable_labels=labels
+        )
+        return tx, schedule, loss
+    schedule = optim.warmup_linear_decay(cfg.learning_rate, stage.steps, min(cfg.warmup_steps, stage.steps),
+                                         end_value=cfg.learning_rate * cfg.end_lr_rate, decay_from_zero=True)  # fmt: skip
+    tx = optim.lamb(schedule, cfg.weight_decay, clip_norm=cfg.clip_norm)
+    loss = D.pretraining_distill_loss(student_model, teacher_model, cfg.ground_truth_ratio, cfg.temperature,
+                                      cfg.max_predictions_per_seq, cfg.student_dropout)  # fmt: skip
+    return tx, schedule, loss
+
+
+def example_batch(batch_size: int = 1, seq_len: int = 8) -> dict[str, np.ndarray]:
+    """Model inputs of the given shape (for init and shape inference)."""
+    z = np.zeros((batch_size, seq_len), np.int32)
+    return {"input_ids": z, "attention_mask": z + 1, "token_type_ids": z}
+
+
+def place_params(model: nn.Module, params: Any, mesh: jax.sharding.Mesh | None, rules: shd.Rules | None):
+    """(params on their shards, their shardings), from the model's logical axes and `rules`."""
+    boxed = jax.eval_shape(model_init_fn(model, example_batch()), jax.random.key(0))
+    abstract = nn.meta.unbox(boxed)["params"]
+    want = {optim.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
+    got = {optim.path_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    bad = sorted(k for k in want.keys() & got.keys() if want[k] != got[k])
+    if want.keys() != got.keys() or bad:
+        raise ValueError(
+            f"params do not fit {type(model).__name__}: missing {sorted(want.keys() - got.keys())}, unexpected "
+            f"{sorted(got.keys() - want.keys())}, wrong shapes {[f'{k}: {got[k]} vs {want[k]}' for k in bad]}"
+        )
+    shardings = shd.logical_to_sharding(nn.get_partition_spec(boxed)["params"], abstract, mesh, rules)
+    params = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), params, abstract)
+    if mesh is not None:
+        params = jax.device_put(params, shardings)
+    return params, shardings
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DistillResult:
+    params: Any  # the student's params after the last stage run (None if nothing ran or restored)
+    stopped: str  # "done", "stopped" (stop_at_step) or "preempted"
+    step: int  # global step reached (sum over stages)
+    histories: dict[str, list[dict[str, float]]]  # per stage: fit's logged metrics
+
+
+def _latest_step(workdir: str) -> int | None:
+    path = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(path):
+        return None
+    mngr = checkpoint_manager(path, async_save=False)
+    try:
+        return mngr.latest_step()
+    finally:
+        mngr.close()
+
+
+def _check_run_file(output_dir: str, record: dict) -> None:
+    path = os.path.join(output_dir, "distill_run.json")
+    ignore = ("checkpoint_every", "max_to_keep", "log_every")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        strip = lambda d: {**d, "distill": {k: v for k, v in d["distill"].items() if k not in ignore}}  # noqa: E731
+        a, b = strip(old), strip(json.loads(json.dumps(record)))
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise ValueError(
+                f"{output_dir} holds a run with other settings ({', '.join(diff)} differ); "
+                "resume with the same configs or use a new --output-dir"
+            )
+    elif jax.process_index() == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+
+
+def run_distillation(
+    student_model: nn.Module,
+    teacher_model: nn.Module,
+    teacher_params: Any,
+    data: Any,
+    cfg: DistillConfig,
+    output_dir: str,
+    *,
+    student_params: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: shd.Rules | None = None,
+    stop_at_step: int | None = None,
+    progress: bool = True,
+    plot: bool = True,
+    say: Callable[[str], None] = print,
+    compiler_options: dict[str, Any] | None = None,
+) -> DistillResult:
+    """Runs (or resumes) every stage of `stage_plan(cfg, L)`; writes `output_dir/final_model` at the end.
+
+    Args:
+        student_model, teacher_model: `MobileBertForPreTraining` models (unrolled layers).
+        teacher_params: the teacher's params (placed on their shards here; never trained).
+        data: a `trainer.DataIterator` of pre-training batches (input_ids, token_type_ids,
+            attention_mask, labels or masked_lm_*, next_sentence_label), global batch `cfg.batch_size`.
+        cfg: the recipe.
+        output_dir: stage folders, `distill_run.json` (the settings a resume must match), final_model/.
+        student_params: initial student params (default: random init from `cfg.seed`); the non-encoder
+            params are replaced by the teacher's either way.
+        mesh, rules: from `sharding.make_mesh` / `sharding.logical_rules` (None: one device).
+        stop_at_step: stop (with a checkpoint) when the global step reaches this; rerun to continue.
+        progress, plot: fit's progress bar and per-stage loss.png.
+        say: progress messages.
+        compiler_options: XLA options for the step compiles (e.g. {"xla_backend_optimization_level": 0}).
+    """
+    sc, tc = student_model.config, teacher_model.config
+    D.check_compatible(sc, tc)
+    if getattr(student_model, "scan_layers", False):
+        raise ValueError(
+            "the student needs unrolled layers (scan_layers=False) for the per-layer gate and LAMB"
+        )
+    plan = stage_plan(cfg, sc.num_hidden_layers)
+    _check_run_file(output_dir, {"distill": cfg.to_dict(), "student": sc.to_dict(), "teacher": tc.to_dict(),
+                                 "stages": [dataclasses.asdict(s) for s in plan]})  # fmt: skip
+    rng = jax.random.key(cfg.seed)
+    teacher_params, t_shard = place_params(teacher_model, teacher_params, mesh, rules)
+    init_fn = model_init_fn(student_model, example_batch())
+    b_shard = shd.batch_sharding(mesh)
+
+    def initial_params():
+        p = student_params
+        if p is None:
+            with shd.mesh_context(mesh, rules):
+                p = nn.meta.unbox(jax.jit(init_fn)(rng))["params"]
+        p, rep = D.copy_non_encoder(p, teacher_params, sc, tc)
+        say(
+            f"copied {len(rep.copied)} embedding/head params from the teacher; kept the student's "
+            f"{rep.kept or 'none'}"
+        )
+        return p
+
+    def restore_final(stage: Stage):
+        abstract_p = nn.meta.unbox(jax.eval_shape(init_fn, rng))["params"]
+        tx, _, _ = stage_setup(stage, student_model, teacher_model, abstract_p, cfg)
+        target, _, _ = abstract_train_state(init_fn, tx, rng, mesh, rules)
+        state, data_state, _ = restore_checkpoint(os.path.join(output_dir, stage.name, "checkpoints"), target,
+                                                  step=stage.steps)  # fmt: skip
+        return state.params, data_state
+
+    params, histories, g0, stopped = None, {}, 0, "done"
+    for i, stage in enumerate(plan):
+        wd = os.path.join(output_dir, stage.name)
+        if _latest_step(wd) == stage.steps:
+            say(f"{stage.name}: finished earlier ({stage.steps} steps)")
+            params, g0 = None, g0 + stage.steps
+            continue
+        if stop_at_step is not None and stop_at_step <= g0:
+            stopped = "stopped"
+            break
+        if params is None:
+            if i == 0:
+                params = initial_params()
+            else:
+                params, data_state = restore_final(plan[i - 1])
+                if data_state and hasattr(data, "set_state"):
+                    data.set_state(data_state)
+                say(f"restored the end of {plan[i - 1].name}")
+        tx, schedule, loss = stage_setup(stage, student_model, teacher_model, params, cfg)
+        sharded = create_train_state(init_fn, tx, rng, mesh, rules, params=params)
+        step = D.make_distill_step(loss, state_shardings=sharded.shardings, teacher_shardings=t_shard, mesh=mesh,
+                                   rules=rules, num_micro_batches=cfg.num_micro_batches, learning_rate=schedule,
+                                   compiler_options=compiler_options)  # fmt: skip
+        n = stage.steps if stop_at_step is None else min(stage.steps, stop_at_step - g0)
+        what = f"layer {stage.layer}" if stage.layer is not None else "pre-training distillation"
+        say(f"{stage.name}: {what}, {stage.steps} steps" + (f" (running to {n})" if n < stage.steps else ""))
+        res = fit(
+            FitConfig(num_steps=n, workdir=wd, log_every=min(cfg.log_every, n), checkpoint_every=cfg.checkpoint_every,
+                      max_to_keep=cfg.max_to_keep, progress=progress, plot=plot),
+            sharded.state, functools.partial(_with_teacher, step, teacher_params), data, jax.random.fold_in(rng, i),
+            batch_sharding=b_shard,
+        )  # fmt: skip
+        params, histories[stage.name] = res.state.params, res.history
+        if res.history:
+            say(f"{stage.name}: " + _summary(res.history))
+        if res.stopped != "done" or n < stage.steps:
+            stopped = "preempted" if res.stopped == "preempted" else "stopped"
+            g0 += res.step
+            break
+        g0 += stage.steps
+    else:
+        if params is None:
+            params, _ = restore_final(plan[-1])
+        if jax.process_index() == 0:
+            final = os.path.join(output_dir, "final_model")
+            save_pretrained(final, jax.device_get(params), sc, "MobileBertForPreTraining")
+            say(f"wrote {final}")
+    return DistillResult(params=params, stopped=stopped, step=g0, histories=histories)
+
+
+def _with_teacher(step: Callable, teacher_params: Any, state: Any, batch: dict, rng: Any):
+    return step(state, teacher_params, batch, rng)
+
+
+_SHOW = ("loss", "feature_map_mse", "attention_kl", "attention_ce", "mean_sq_diff", "variance_abs_diff",
+         "mlm_true", "mlm_accuracy")  # fmt: skip
+
+
+def _summary(history: list[dict[str, float]]) -> str:
+    first, last = history[0], history[-1]
+    parts = [f"{k} {first[k]:.4g} -> {last[k]:.4g}" for k in _SHOW if k in first and k in last]
+    return f"steps {first['step']}..{last['step']}: " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training without a teacher (teacher pre-training; the no-teacher baseline)
+# ---------------------------------------------------------------------------------------------------
+
+
+def pretrain(
+    model: nn.Module,
+    data: Any,
+    num_steps: int,
+    *,
+    learning_rate: float,
+    warmup_steps: int = 0,
+    end_lr_rate: float = 1e-4,
+    max_predictions: int | None = 20,
+    params: Any = None,
+    workdir: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: shd.Rules | None = None,
+    seed: int = 0,
+    log_every: int = 50,
+    progress: bool = True,
+) -> tuple[Any, list[dict[str, float]]]:
+    """MLM + NSP with LAMB and google's schedule (the MLM at the masked positions); returns (params, history).
+
+    The same loss as the distillation phase with no teacher (`pretraining_distill_loss(model)`), so
+    a student trained here and a distilled one are measured the same way.
+    """
+    rng = jax.random.key(seed)
+    schedule = optim.warmup_linear_decay(learning_rate, num_steps, min(warmup_steps, num_steps),
+                                         end_value=learning_rate * end_lr_rate, decay_from_zero=True)  # fmt: skip
+    tx = optim.lamb(schedule)
+    loss = D.bind_teacher(D.pretraining_distill_loss(model, None, max_predictions=max_predictions))
+    sharded = create_train_state(model_init_fn(model, example_batch()), tx, rng, mesh, rules, params=params)
+    step = make_train_step(
+        loss, state_shardings=sharded.shardings, mesh=mesh, rules=rules, learning_rate=schedule
+    )
+    res = fit(FitConfig(num_steps=num_steps, workdir=workdir, log_every=log_every, progress=progress, plot=False),
+              sharded.state, step, data, rng, batch_sharding=shd.batch_sharding(mesh))  # fmt: skip
+    return res.state.params, res.history
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compile-only memory report (paper scale on any mesh, no FLOPs, no params in memory)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _bytes_per_device(tree: Any) -> int:
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+        total += math.prod(shape) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def compile_report(
+    student_config: MobileBertConfig,
+    teacher_config: MobileBertConfig,
+    cfg: DistillConfig,
+    mesh: jax.sharding.Mesh,
+    rules: shd.Rules,
+    stages: tuple[str, ...] | None = None,
+    compile: bool = True,
+    teacher_dtype: Any = jnp.float32,
+    compiler_options: dict[str, Any] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Lowers (and compiles) the distillation steps on abstract inputs; bytes per device per stage.
+
+    Nothing is materialised: params, optimizer state, teacher and batch are `ShapeDtypeStruct`s
+    carrying their shardings. Returns per stage: "params", "opt_state", "teacher" (sharded bytes per
+    device) and, when compiled, XLA's "argument", "output", "temp", "alias", "generated_code" sizes
+    and "peak" = argument + output + temp - alias. `compiler_options` (e.g. a low LLVM optimization
+    level) shorten the compile without changing the buffer assignment.
+    """
+    student = MobileBertForPreTraining(student_config)
+    teacher = MobileBertForPreTraining(teacher_config, dtype=teacher_dtype, param_dtype=teacher_dtype)
+    rng = jax.random.key(0)
+    init_fn = model_init_fn(student, example_batch())
+    abstract_p = nn.meta.unbox(jax.eval_shape(init_fn, rng))["params"]
+    t_boxed = jax.eval_shape(model_init_fn(teacher, example_batch()), rng)
+    t_abs = nn.meta.unbox(t_boxed)["params"]
+    t_shard = shd.logical_to_sharding(nn.get_partition_spec(t_boxed)["params"], t_abs, mesh, rules)
+    t_abs = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), t_abs, t_shard)
+    b, t, p = cfg.batch_size, cfg.max_seq_length, cfg.max_predictions_per_seq or cfg.max_seq_length
+    bs = shd.batch_sharding(mesh)
+    sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=bs)  # noqa: E731
+    batch = {k: sds((b, t), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    batch.update(masked_lm_positions=sds((b, p), jnp.int32), masked_lm_ids=sds((b, p), jnp.int32),
+                 masked_lm_weights=sds((b, p), jnp.float32), next_sentence_label=sds((b,), jnp.int32))  # fmt: skip
+    plan = {s.name: s for s in stage_plan(cfg, student_config.num_hidden_layers)}
+    names = stages or tuple(plan)
+    out = {}
+    for name in names:
+        if name not in plan:
+            raise ValueError(f"unknown stage {name!r}; stages: {sorted(plan)}")
+        tx, schedule, loss = stage_setup(plan[name], student, teacher, abstract_p, cfg)
+        state, shardings, _ = abstract_train_state(init_fn, tx, rng, mesh, rules)
+        step = D.make_distill_step(loss, state_shardings=shardings, teacher_shardings=t_shard, mesh=mesh,
+                                   rules=rules, num_micro_batches=cfg.num_micro_batches, learning_rate=schedule)  # fmt: skip
+        row = {"params": _bytes_per_device(state.params), "opt_state": _bytes_per_device(state.opt_state),
+               "teacher": _bytes_per_device(t_abs)}  # fmt: skip
+        with shd.mesh_context(mesh, rules):
+            lowered = step.jitted.lower(state, t_abs, batch, jax.ShapeDtypeStruct((), rng.dtype))
+        if compile:
+            ma = lowered.compile(compiler_options).memory_analysis()
+            if ma is not None:
+                row.update(argument=ma.argument_size_in_bytes, output=ma.output_size_in_bytes,
+                           temp=ma.temp_size_in_bytes, alias=ma.alias_size_in_bytes,
+                           generated_code=ma.generated_code_size_in_bytes)  # fmt: skip
+                row["peak"] = row["argument"] + row["output"] + row["temp"] - row["alias"]
+        out[name] = row
+    return out

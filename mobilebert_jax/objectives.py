@@ -1,0 +1,249 @@
+"""Loss functions for every MobileBERT head, in the form the trainer accumulates exactly.
+
+A loss function is `loss_fn(params, batch, rng, deterministic) -> (sums, (counts, aux))`:
+
+- `sums`, `counts`: a scalar each, or dicts with the same keys (one entry per loss term). The
+  objective is `Σ_k sums[k] / counts[k]` where the counts are totals over the whole (accumulated)
+  batch, so micro-batching and padding change nothing: padded targets add 0 to both.
+- `aux`: dict of extra metrics `name -> (sum, count)`, reported as `sum / count` (e.g. accuracy).
+- `rng`: dropout key (used when `deterministic` is False); `batch`: dict of arrays with the model
+  inputs (`input_ids`, `attention_mask`, `token_type_ids`, `position_ids`) and the labels named as in
+  HF (`labels`, `next_sentence_label`, `start_positions`, `end_positions`).
+
+The losses are those of HF's PyTorch heads (and of this package's `models.py`), computed from the
+logits in float32 with `mobilebert_jax.losses`. Sequence-level losses accept an optional
+`example_mask` [B] (1 = real example) so a padded last eval batch counts exactly; token-level
+labels use -100 for ignored positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from . import losses
+from .models import (
+    MobileBertForMaskedLM,
+    MobileBertForMultipleChoice,
+    MobileBertForNextSentencePrediction,
+    MobileBertForPreTraining,
+    MobileBertForQuestionAnswering,
+    MobileBertForSequenceClassification,
+    MobileBertForTokenClassification,
+)
+
+LossFn = Callable[[Any, dict, jax.Array | None, bool], tuple[Any, tuple[Any, dict]]]
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+IGNORE = losses.IGNORE_INDEX
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `batch` the model's `__call__` takes."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def apply_model(
+    model: nn.Module, params: Any, batch: dict, rng: jax.Array | None, deterministic: bool
+) -> Any:
+    """`model.apply` on the batch's inputs, with dropout from `rng` when not deterministic."""
+    rngs = {} if deterministic or rng is None else {"dropout": rng}
+    return model.apply({"params": params}, **model_inputs(batch), deterministic=deterministic, rngs=rngs)
+
+
+def _need(batch: dict, *keys: str) -> None:
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"batch is missing {missing}; it has {sorted(batch)}")
+
+
+def _accuracy(logits: jax.Array, labels: jax.Array, ignore: int = IGNORE) -> tuple[jax.Array, jax.Array]:
+    valid = labels != ignore
+    hit = (jnp.argmax(logits, -1) == labels) & valid
+    return hit.sum().astype(jnp.float32), valid.sum().astype(jnp.float32)
+
+
+def _masked_labels(batch: dict, labels: jax.Array) -> jax.Array:
+    """Class labels with padded examples (`example_mask` == 0) set to the ignore index."""
+    if "example_mask" not in batch:
+        return labels
+    m = jnp.reshape(batch["example_mask"], (-1,) + (1,) * (labels.ndim - 1)) > 0
+    return jnp.where(m, labels, IGNORE)
+
+
+def pretraining_loss(model: MobileBertForPreTraining) -> LossFn:
+    """MLM + NSP: `CE_mlm(labels [B, T], -100 ignored) + CE_nsp(next_sentence_label [B])`."""
+
+    def loss_fn(params, batch, rng, deterministic):
+        _need(batch, "labels", "next_sentence_label")
+        out = apply_model(model, params, batch, rng, deterministic)
+        nsp_labels = _masked_labels(batch, jnp.reshape(batch["next_sentence_label"], (-1,)))
+        mlm_sum, mlm_n = losses.cross_entropy_sum_and_count(out.prediction_logits, batch["labels"])
+        nsp_sum, nsp_n = losses.cross_entropy_sum_and_count(out.seq_relationship_logits, nsp_labels)
+        aux = {
+            "mlm_accuracy": _accuracy(out.prediction_logits, batch["labels"]),
+            "nsp_accuracy": _accuracy(out.seq_relationship_logits, nsp_labels),
+        }
+        return {"mlm": mlm_sum, "nsp": nsp_sum}, ({"mlm": mlm_n, "nsp": nsp_n}, aux)
+
+    return loss_fn
+
+
+def masked_lm_loss(model: MobileBertForMaskedLM) -> LossFn:
+    """Token CE over `labels` [B, T] (-100 ignored)."""
+
+    def loss_fn(params, batch, rng, deterministic):
+        _need(batch, "labels")
+        out = apply_model(model, params, batch, rng, deterministic)
+        s, n = losses.cross_entropy_sum_and_count(out.logits, batch["labels"])
+        return s, (n, {"accuracy": _accuracy(out.logits, batch["labels"])})
+
+    return loss_fn
+
+
+def _classification(logits: jax.Array, labels: jax.Array, batch: dict) -> tuple[Any, tuple[Any, dict]]:
+    labels = _masked_labels(batch, labels)
+    s, n = losses.cross_entropy_sum_and_count(logits, labels)
+    return s, (n, {"accuracy": _accuracy(logits, labels)})
+
+
+def next_sentence_loss(model: MobileBertForNextSentencePrediction) -> LossFn:
+    """NSP CE over `labels` [B] (0 = B follows A)."""
+
+    def loss_fn(params, batch, rng, deterministic):
+        _need(batch, "labels")
+        out = apply_model(model, params, batch, rng, deterministic)
+        return _classification(out.logits, jnp.reshape(batch["labels"], (-1,)), batch)
+
+    return loss_fn
+
+
+def problem_type_of(config: Any, labels: jax.Array) -> str:
+    """HF's rule: config.problem_type, else 1 label → regression, int labels → single-label, else multi."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def sequence_classification_loss(model: MobileBertForSequenceClassification) -> LossFn:
+    """HF's three problem types on logits [B, num_labels]:
+
+    - regression: MSE (labels [B] or [B, num_labels] floats); count = B·num_labels;
+    - single-label: CE over `labels` [B] ints (-100 ignored); aux accuracy;
+    - multi-label: BCE-with-logits over `labels` [B, num_labels] in {0, 1}; count = B·num_labels.
+    """
+    cfg = model.config
+
+    def loss_fn(params, batch, rng, deterministic):
+        _need(batch, "labels")
+        out = apply_model(model, params, batch, rng, deterministic)
+        logits, labels = out.logits, jnp.asarray(batch["labels"])
+        kind = problem_type_of(cfg, labels)
+        if kind == "single_label_classification":
+            return _classification(logits, jnp.reshape(labels, (-1,)), batch)
+        b = logits.shape[0]
+        y = jnp.reshape(labels, (b, -1)).astype(jnp.float32)
+        x = logits.astype(jnp.float32)
+        if y.shape != x.shape:
+            raise ValueError(
+                f"{kind} labels must have shape [batch, num_labels={cfg.num_labels}] "
+                f"(or [batch] for one label), got {labels.shape}"
+            )
+        w = jnp.ones((b, 1), jnp.float32)
+        if "example_mask" in batch:
+            w = jnp.reshape(batch["example_mask"], (b, 1)).astype(jnp.float32)
+        if kind == "regression":
+            per = (x - y) ** 2
+        elif kind == "multi_label_classification":
+            per = jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
+        else:
+            raise ValueError(f"unknown problem_type {kind!r}")
+        n = (w * jnp.ones_like(per)).sum()
+        return (per * w).sum(), (n, {})
+
+    return loss_fn
+
+
+def token_classification_loss(model: MobileBertForTokenClassification) -> LossFn:
+    """Token CE over `labels` [B, T] (-100 ignored, e.g. padding and non-first sub-words)."""
+
+    def loss_fn(params, batch, rng, deterministic):
+        _need(batch, "labels")
+        out = apply_model(model, params, batch, rng, deterministic)
+        return _classification(out.logits, jnp.asarray(batch["labels"]), batch)
+
+    return loss_fn
+
+
+def multiple_choice_loss(model: MobileBertForMultipleChoice) -> LossFn:
+    """CE over choices: inputs [B, C, T], logits [B, C], `labels` [B]."""
+
+    def loss_fn(params, batch, rng, deterministic):
+        _need(batch, "labels")
+        out = apply_model(model, params, batch, rng, deterministic)
+        return _classification(out.logits, jnp.reshape(batch["labels"], (-1,)), batch)
+
+    return loss_fn
+
+
+def question_answering_loss(model: MobileBertForQuestionAnswering) -> LossFn:
+    """HF's QA loss (CE_start + CE_end) / 2; positions [B] clamped to [0, T], position T ignored.
+
+    Returned as two terms ("start", "end") each pre-multiplied by 1/2, so the objective
+    Σ sums/counts is exactly HF's even when a position is ignored in only one of them.
+    """
+
+    def loss_fn(params, batch, rng, deterministic):
+        _need(batch, "start_positions", "end_positions")
+        out = apply_model(model, params, batch, rng, deterministic)
+        t = out.start_logits.shape[1]
+        sums, counts, aux = {}, {}, {}
+        for name, logits in (("start", out.start_logits), ("end", out.end_logits)):
+            pos = jnp.clip(jnp.reshape(batch[f"{name}_positions"], (-1,)), 0, t)
+            if "example_mask" in batch:
+                pos = jnp.where(jnp.reshape(batch["example_mask"], (-1,)) > 0, pos, t)
+            s, n = losses.cross_entropy_sum_and_count(logits, pos, ignore_index=t)
+            sums[name], counts[name] = 0.5 * s, n
+            aux[f"{name}_accuracy"] = _accuracy(logits, pos, ignore=t)
+        return sums, (counts, aux)
+
+    return loss_fn
+
+
+_BY_CLASS = {
+    MobileBertForPreTraining: pretraining_loss,
+    MobileBertForMaskedLM: masked_lm_loss,
+    MobileBertForNextSentencePrediction: next_sentence_loss,
+    MobileBertForSequenceClassification: sequence_classification_loss,
+    MobileBertForTokenClassification: token_classification_loss,
+    MobileBertForMultipleChoice: multiple_choice_loss,
+    MobileBertForQuestionAnswering: question_answering_loss,
+}
+
+
+def loss_fn_for(model: nn.Module) -> LossFn:
+    """The loss function of a head model (raises for the bare `MobileBertModel`)."""
+    for cls, make in _BY_CLASS.items():
+        if isinstance(model, cls):
+            return make(model)
+    raise TypeError(
+        f"no loss for {type(model).__name__}; heads with losses: {[c.__name__ for c in _BY_CLASS]}"
+    )
+
+
+def objective(sums: Any, counts: Any) -> jax.Array:
+    """Σ_k sums[k] / counts[k] (or sums / counts for scalars): the loss HF would report.
+
+    A term with no targets at all (count 0, so sum 0) contributes 0 where HF's mean would be NaN, so
+    a batch without, say, any masked token does not trip the trainer's NaN guard.
+    """
+    if isinstance(sums, dict):
+        return sum(sums[k] / jnp.maximum(counts[k], 1) for k in sorted(sums))
+    return sums / jnp.maximum(counts, 1)
