@@ -2,7 +2,6 @@
 
 from .config import PRESETS, MobileBertConfig
 from .hub import from_pretrained, save_pretrained
-from .tokenizer import MobileBertTokenizer
 from .models import (
     MODEL_CLASSES,
     MobileBertForMaskedLM,
@@ -15,6 +14,7 @@ from .models import (
     MobileBertModel,
     init_params,
 )
+from .tokenizer import MobileBertTokenizer
 
 __version__ = "0.1.0"
 
