@@ -81,7 +81,7 @@ def _demo_job(smoke: bool) -> dict[str, Any]:
         logging_steps=10,
         save_steps=100,
         scan_layers=True,
-        mesh_data=1,
+        mesh_data=-1,
     )
     if smoke:
         job.update(

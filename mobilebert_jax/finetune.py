@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -133,6 +134,15 @@ def check_compatible(config: MobileBertConfig, tok: MobileBertTokenizer, max_seq
         raise ValueError(
             f"--max-seq-length {max_seq_length} > max_position_embeddings {config.max_position_embeddings}"
         )
+
+
+def job_mesh(job: JobConfig):
+    """The job's mesh; fixed sizes (no -1) smaller than the device count use the first devices."""
+    sizes = (job.mesh_data, job.mesh_fsdp, job.mesh_tensor)
+    devices = jax.devices()
+    if -1 not in sizes:
+        devices = devices[: math.prod(sizes)]
+    return shd.make_mesh(*sizes, devices=devices)
 
 
 def load_tokenizer(job: JobConfig) -> MobileBertTokenizer:
@@ -262,7 +272,7 @@ def run_finetune(job: JobConfig) -> dict[str, Any]:
     train_feats = task.featurise(train_ex, tok, job.max_seq_length)
     eval_feats = task.featurise(eval_ex, tok, job.max_seq_length)
 
-    mesh = shd.make_mesh(job.mesh_data, job.mesh_fsdp, job.mesh_tensor)
+    mesh = job_mesh(job)
     rules = shd.logical_rules(job.sharding_rules, mesh, config)
     n_dev = mesh.devices.size
     batch = job.per_device_train_batch_size * n_dev * job.gradient_accumulation_steps
