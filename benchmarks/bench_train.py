@@ -105,15 +105,24 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--modes", default="unrolled,scanned")
     ap.add_argument("--no_torch", action="store_true")
+    ap.add_argument(
+        "--omp_active",
+        action="store_true",
+        help="keep OpenMP's default spin-waiting for torch (by default OMP_WAIT_POLICY=PASSIVE: on a shared, "
+        "oversubscribed CPU, spinning torch threads slowed its step 5-10x in our runs)",
+    )
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
 
+    if not args.omp_active:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp
     cfg = MobileBertConfig(num_labels=2)
     batch = make_batch(args.batch, args.seq, cfg.vocab_size)
     dtype = jnp.dtype(args.dtype)
     print(
         f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, cpus={os.cpu_count()}, "
-        f"B={args.batch} L={args.seq}, dtype={args.dtype}, steps={args.steps}",
+        f"load avg {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"B={args.batch} L={args.seq}, dtype={args.dtype}, steps={args.steps}x{args.rounds}",
         flush=True,
     )
     results: dict[str, dict] = {}
