@@ -419,10 +419,12 @@ def _mlm_nsp_logits(model: nn.Module, enc: MobileBertModel, params: Any, batch: 
 
 
 def _accuracy(logits: Array, labels: Array) -> SumCount:
+    """(hits, counted): a hit when the label's logit is the row maximum. Same as argmax == label up to
+    exact ties, and a plain max: XLA's CPU argmax (a variadic reduce) costs ~40x more over 30k logits."""
     valid = labels != IGNORE_INDEX
-    return ((jnp.argmax(logits, -1) == labels) & valid).sum().astype(jnp.float32), valid.sum().astype(
-        jnp.float32
-    )
+    picked = jnp.take_along_axis(logits, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+    hit = (picked >= jnp.max(logits, axis=-1)) & valid
+    return hit.sum().astype(jnp.float32), valid.sum().astype(jnp.float32)
 
 
 def pretraining_distill_loss(

@@ -240,14 +240,13 @@ def _run(args: argparse.Namespace) -> int:
         ev = _read_arrays(
             dataclasses.replace(task, dupe_factor=1), args.validation_file, tok, cfg.max_seq_length
         )
-        rows = len(ev["input_ids"])
-        bs = max(d for d in range(1, min(cfg.batch_size, rows) + 1)
-                 if rows % d == 0 and d % mesh.devices.size == 0) if rows >= mesh.devices.size else None  # fmt: skip
-        if bs is None:
-            raise ValueError(
-                f"{args.validation_file}: {rows} examples, fewer than the {mesh.devices.size} devices"
-            )
-        batches = [{k: v[i : i + bs] for k, v in ev.items()} for i in range(0, rows, bs)]
+        rows, n_dev = len(ev["input_ids"]), mesh.devices.size
+        bs = min(cfg.batch_size, rows) // n_dev * n_dev
+        if bs == 0:
+            raise ValueError(f"{args.validation_file}: {rows} instances, fewer than the {n_dev} devices")
+        # whole batches only (every device gets rows); the dropped tail is < one batch
+        batches = [{k: v[i : i + bs] for k, v in ev.items()} for i in range(0, rows - bs + 1, bs)]
+        report["eval_instances"] = len(batches) * bs
         for name, model, params in (("student", student, result.params), ("teacher", teacher, t_params)):
             p_shard = R.place_params(model, params, mesh, rules)[1]
             step = make_eval_step(D.bind_teacher(D.pretraining_distill_loss(model, None,
