@@ -214,7 +214,11 @@ class MobileBertBottleneck(_Base):
 
 
 class MobileBertSelfAttention(_Base):
-    """Scaled dot-product attention; context [B, T, I] and probabilities [B, N, T, T]."""
+    """Scaled dot-product attention; context [B, T, I] and probabilities [B, N, T, T].
+
+    The probabilities returned are the softmax before dropout (a distribution, as attention transfer
+    needs); HF's eager path returns them after dropout. In eval mode the two are the same.
+    """
 
     @nn.compact
     def __call__(self, q_in, k_in, v_in, mask_bias, deterministic: bool = True):
@@ -226,15 +230,23 @@ class MobileBertSelfAttention(_Base):
         k = self.dense(n * d, (in_axis, "heads"), "key")(k_in)
         v = self.dense(n * d, (v_axis, "heads"), "value")(v_in)
         b, t = q.shape[:2]
-        q, k, v = (x.reshape(b, t, n, d) for x in (q, k, v))
-        scores = jnp.einsum("bqnd,bknd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
+        # [B, N, T, d]: heads-major operands make both attention matmuls plain batched GEMMs.
+        q, k, v = (x.reshape(b, t, n, d).transpose(0, 2, 1, 3) for x in (q, k, v))
+        scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
         scores = scores * (d**-0.5)
         if mask_bias is not None:
             scores = scores + mask_bias
-        probs = jax.nn.softmax(scores, axis=-1)  # float32
-        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-        ctx = jnp.einsum("bnqk,bknd->bqnd", probs.astype(self.dtype), v, precision=self.precision)
-        return ctx.reshape(b, t, n * d), probs
+        # softmax(s) @ v computed as (exp(s - max) @ v) / sum(exp(s - max)): the normalisation moves
+        # from the [B, N, T, T] probabilities to the [B, N, T, d] context (same math, rounding ~1e-7).
+        # Dropout on the probabilities commutes with the per-row division, so it applies to exp(...).
+        m = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+        e = jnp.exp(scores - m)
+        denom = jnp.sum(e, axis=-1, keepdims=True)
+        probs = e / denom  # float32; only materialised when a caller uses it (output_attentions)
+        e = nn.Dropout(cfg.attention_probs_dropout_prob)(e, deterministic=deterministic)
+        ctx = jnp.einsum("bnqk,bnkd->bnqd", e.astype(self.dtype), v, precision=self.precision)
+        ctx = (ctx.astype(jnp.float32) / denom).astype(self.dtype)
+        return ctx.transpose(0, 2, 1, 3).reshape(b, t, n * d), probs
 
 
 class MobileBertAttention(_Base):

@@ -1,4 +1,4 @@
-"""The encoder stack, `MobileBertModel` and the seven heads, with HF's names, inputs and losses."""
+"""`MobileBertModel` (from `encoder.py`) and the seven heads, with HF's names, inputs and losses."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import losses
 from .config import MobileBertConfig
-from .modeling import MobileBertEmbeddings, MobileBertLayer, _Base, activation, constrain, with_axes
+from .encoder import MobileBertModel, _ModelBase
+from .modeling import _Base, activation, constrain, with_axes
 from .outputs import (
     MaskedLMOutput,
     MobileBertForPreTrainingOutput,
@@ -22,170 +22,6 @@ from .outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-
-
-def _is_concrete(x) -> bool:
-    return x is not None and not isinstance(x, jax.core.Tracer)
-
-
-def _check_ids(name: str, x, upper: int, upper_name: str) -> None:
-    """Raises a ValueError naming the bad id and where it is (only for concrete inputs)."""
-    if not _is_concrete(x):
-        return
-    a = np.asarray(x)
-    if a.size == 0:
-        return
-    if not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
-    bad = (a < 0) | (a >= upper)
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{name}{list(idx)} = {int(a[idx])} is out of range [0, {upper}) ({upper_name}={upper})"
-        )
-
-
-def attention_bias(attention_mask: jax.Array | None, dtype=jnp.float32) -> jax.Array | None:
-    """[B, T] mask (1 = attend) → additive [B, 1, 1, T] bias: 0 or finfo(float32).min, as HF PyTorch."""
-    if attention_mask is None:
-        return None
-    return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)
-
-
-class MobileBertEncoder(_Base):
-    """`encoder/layer/{i}` (or one scanned `encoder/layer` with a leading layer axis)."""
-
-    scan_layers: bool = False
-    remat: bool = False
-
-    @nn.compact
-    def __call__(self, h, mask_bias, deterministic=True, output_hidden_states=False, output_attentions=False):
-        cfg = self.config
-        L = cfg.num_hidden_layers
-        layer_cls = nn.remat(MobileBertLayer, static_argnums=(3,)) if self.remat else MobileBertLayer
-        if self.scan_layers:
-
-            def body(layer, carry, bias):
-                out, probs = layer(carry, bias, deterministic)
-                return out, (out if output_hidden_states else None, probs if output_attentions else None)
-
-            scanned = nn.scan(
-                body,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,),
-                length=L,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            h_out, (hs, probs) = scanned(layer_cls(**self.kw, name="layer"), h, mask_bias)
-            all_h = (h,) + tuple(hs[i] for i in range(L)) if output_hidden_states else None
-            attn = tuple(probs[i] for i in range(L)) if output_attentions else None
-            return h_out, all_h, attn
-        container = _LayerList(**self.kw, layer_cls=layer_cls, name="layer")
-        return container(h, mask_bias, deterministic, output_hidden_states, output_attentions)
-
-
-class _LayerList(_Base):
-    """Container named `layer` whose children are `0 .. L-1`, as PT's ModuleList."""
-
-    layer_cls: Any = MobileBertLayer
-
-    @nn.compact
-    def __call__(self, h, mask_bias, deterministic, output_hidden_states, output_attentions):
-        all_h = [h] if output_hidden_states else None
-        attn = [] if output_attentions else None
-        for i in range(self.config.num_hidden_layers):
-            h, probs = self.layer_cls(**self.kw, name=str(i))(h, mask_bias, deterministic)
-            if output_hidden_states:
-                all_h.append(h)
-            if output_attentions:
-                attn.append(probs)
-        return h, (tuple(all_h) if all_h is not None else None), (tuple(attn) if attn is not None else None)
-
-
-class MobileBertPooler(_Base):
-    """CLS vector [B, H], through tanh(Dense) when `classifier_activation` (else no params)."""
-
-    @nn.compact
-    def __call__(self, h):
-        c = h[:, 0]
-        if not self.config.classifier_activation:
-            return c
-        return jnp.tanh(self.dense(self.config.hidden_size, ("embed", None), "dense")(c))
-
-
-class _ModelBase(_Base):
-    """Fields shared by all eight public classes."""
-
-    scan_layers: bool = False
-    remat: bool = False
-
-
-class MobileBertModel(_ModelBase):
-    """The bare encoder. Params: `embeddings`, `encoder`, `pooler` (when it has parameters)."""
-
-    add_pooling_layer: bool = True
-
-    @nn.compact
-    def __call__(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> MobileBertModelOutput:
-        """Inputs [B, T] (ints; `inputs_embeds` [B, T, E]); returns a `MobileBertModelOutput`."""
-        cfg = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if input_ids is not None:
-            if getattr(input_ids, "ndim", None) != 2:
-                raise ValueError(f"input_ids must have shape [batch, length], got {np.shape(input_ids)}")
-            b, t = input_ids.shape
-        else:
-            if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.embedding_size:
-                raise ValueError(
-                    f"inputs_embeds must have shape [batch, length, embedding_size={cfg.embedding_size}], "
-                    f"got {inputs_embeds.shape}"
-                )
-            b, t = inputs_embeds.shape[:2]
-        if t > cfg.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {t} exceeds max_position_embeddings={cfg.max_position_embeddings}; "
-                "truncate the input (e.g. tokenizer max_length)"
-            )
-        for name, x in (
-            ("attention_mask", attention_mask),
-            ("token_type_ids", token_type_ids),
-            ("position_ids", position_ids),
-        ):
-            if x is not None and tuple(x.shape) != (b, t):
-                raise ValueError(f"{name} must have shape {(b, t)} like the input, got {tuple(x.shape)}")
-        _check_ids("input_ids", input_ids, cfg.vocab_size, "vocab_size")
-        _check_ids("token_type_ids", token_type_ids, cfg.type_vocab_size, "type_vocab_size")
-        _check_ids("position_ids", position_ids, cfg.max_position_embeddings, "max_position_embeddings")
-
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros((b, t), jnp.int32)
-        if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        input_ids = None if input_ids is None else jnp.asarray(input_ids)
-        mask_bias = attention_bias(None if attention_mask is None else jnp.asarray(attention_mask))
-
-        h = MobileBertEmbeddings(**self.kw, name="embeddings")(
-            input_ids, jnp.asarray(token_type_ids), jnp.asarray(position_ids), inputs_embeds, deterministic
-        )
-        h, all_h, attn = MobileBertEncoder(
-            **self.kw, scan_layers=self.scan_layers, remat=self.remat, name="encoder"
-        )(h, mask_bias, deterministic, output_hidden_states, output_attentions)
-        pooled = MobileBertPooler(**self.kw, name="pooler")(h) if self.add_pooling_layer else None
-        return MobileBertModelOutput(
-            last_hidden_state=h, pooler_output=pooled, hidden_states=all_h, attentions=attn
-        )
 
 
 class MobileBertLMPredictionHead(_Base):
