@@ -260,7 +260,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", action="store_true", help="the full inference grid (slow on CPU)")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--scan", action="store_true", help="scanned layers (same math; faster compile and, on CPU, faster inference)")
+    ap.add_argument(
+        "--scan",
+        action="store_true",
+        help="scanned layers (same math; faster compile and, on CPU, faster inference)",
+    )
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--json", help="write all rows here")
