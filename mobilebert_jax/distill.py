@@ -42,16 +42,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from . import sharding as shd
 from .config import MobileBertConfig
 from .losses import IGNORE_INDEX
 from .models import MobileBertLMPredictionHead, MobileBertModel
 from .objectives import model_inputs
-from .optim import FROZEN, Schedule, learning_rate_at, path_str
+from .optim import FROZEN, Schedule, path_str
 from .train_state import TrainState
-from .trainer import loss_and_grads
+from .trainer import apply_update, jit_step
 
 Array = jax.Array
 SumCount = tuple[Array, Array]
@@ -508,47 +507,24 @@ def make_distill_step(
     grad_shardings = None if (mesh is None or state_shardings is None) else state_shardings.params
 
     def step(state: TrainState, teacher_params: Any, batch: dict, rng: Array):
-        rng = jax.random.fold_in(rng, state.step)
         teacher_params = jax.lax.stop_gradient(teacher_params)
 
         def lf(p, b, r, det):
             return loss_fn(p, teacher_params, b, r, det)
 
-        loss, grads, metrics = loss_and_grads(lf, state.params, batch, rng, num_micro_batches, grad_shardings)
-        grad_norm = optax.tree.norm(grads)
-        new = state.apply_gradients(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        if skip_nonfinite:
-            new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
-        n_tok = (
-            jnp.sum(batch["attention_mask"] > 0)
-            if "attention_mask" in batch
-            else jnp.size(batch["input_ids"])
+        return apply_update(
+            lf, state, batch, rng, num_micro_batches, grad_shardings, skip_nonfinite, learning_rate
         )
-        metrics.update(
-            grad_norm=grad_norm,
-            param_norm=optax.tree.norm(new.params),
-            tokens=jnp.asarray(n_tok, jnp.float32),
-            finite=finite.astype(jnp.float32),
-        )
-        if learning_rate is not None:
-            metrics["learning_rate"] = learning_rate_at(learning_rate, state.step)
-        return new, metrics
 
-    kw: dict[str, Any] = {"donate_argnums": (0,) if donate else (), "compiler_options": compiler_options}
-    if mesh is not None:
-        kw.update(
-            in_shardings=(state_shardings, teacher_shardings, shd.batch_sharding(mesh), None),
-            out_shardings=(state_shardings, None),
-        )
-    jitted = jax.jit(step, **kw)
-
-    def run(state, teacher_params, batch, rng):
-        with shd.mesh_context(mesh, rules):
-            return jitted(state, teacher_params, batch, rng)
-
-    run.jitted = jitted  # for .lower(...).compile() memory reports
-    return run
+    return jit_step(
+        step,
+        mesh=mesh,
+        rules=rules,
+        in_shardings=(state_shardings, teacher_shardings, shd.batch_sharding(mesh), None),
+        out_shardings=(state_shardings, None),
+        donate=donate,
+        compiler_options=compiler_options,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -182,36 +182,76 @@ def make_train_step(
     grad_shardings = None if (mesh is None or state_shardings is None) else state_shardings.params
 
     def step(state: TrainState, batch: dict, rng: jax.Array):
-        rng = jax.random.fold_in(rng, state.step)
-        loss, grads, metrics = loss_and_grads(
-            loss_fn, state.params, batch, rng, num_micro_batches, grad_shardings
+        return apply_update(
+            loss_fn, state, batch, rng, num_micro_batches, grad_shardings, skip_nonfinite, learning_rate
         )
-        grad_norm = optax.tree.norm(grads)
-        new = state.apply_gradients(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        if skip_nonfinite:
-            new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
-        metrics.update(
-            grad_norm=grad_norm,
-            param_norm=optax.tree.norm(new.params),
-            tokens=_num_tokens(batch),
-            finite=finite.astype(jnp.float32),
-        )
-        if learning_rate is not None:
-            metrics["learning_rate"] = learning_rate_at(learning_rate, state.step)
-        return new, metrics
 
-    b_shard = shd.batch_sharding(mesh)
+    return jit_step(
+        step,
+        mesh=mesh,
+        rules=rules,
+        in_shardings=(state_shardings, shd.batch_sharding(mesh), None),
+        out_shardings=(state_shardings, None),
+        donate=donate,
+        compiler_options=compiler_options,
+    )
+
+
+def apply_update(
+    loss_fn: LossFn,
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    num_micro_batches: int = 1,
+    grad_shardings: Any = None,
+    skip_nonfinite: bool = True,
+    learning_rate: float | Schedule | None = None,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer update, traced inside a jitted step: grads (accumulated over micro-batches),
+    the update, the non-finite guard and the step metrics (see `make_train_step`)."""
+    rng = jax.random.fold_in(rng, state.step)
+    loss, grads, metrics = loss_and_grads(
+        loss_fn, state.params, batch, rng, num_micro_batches, grad_shardings
+    )
+    grad_norm = optax.tree.norm(grads)
+    new = state.apply_gradients(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    metrics.update(
+        grad_norm=grad_norm,
+        param_norm=optax.tree.norm(new.params),
+        tokens=_num_tokens(batch),
+        finite=finite.astype(jnp.float32),
+    )
+    if learning_rate is not None:
+        metrics["learning_rate"] = learning_rate_at(learning_rate, state.step)
+    return new, metrics
+
+
+def jit_step(
+    step: Callable,
+    *,
+    mesh: jax.sharding.Mesh | None,
+    rules: shd.Rules | None,
+    in_shardings: tuple,
+    out_shardings: tuple,
+    donate: bool = True,
+    compiler_options: dict[str, Any] | None = None,
+) -> Callable:
+    """`jax.jit(step)` with the state (argument 0) donated and, on a mesh, the given shardings; the
+    returned callable runs under the mesh and logical rules. `.jitted` is the jitted function (for
+    `.lower(...)` in benchmarks and memory reports)."""
     kw: dict[str, Any] = {"donate_argnums": (0,) if donate else (), "compiler_options": compiler_options}
     if mesh is not None:
-        kw.update(in_shardings=(state_shardings, b_shard, None), out_shardings=(state_shardings, None))
+        kw.update(in_shardings=in_shardings, out_shardings=out_shardings)
     jitted = jax.jit(step, **kw)
 
-    def run(state, batch, rng):
+    def run(*args):
         with shd.mesh_context(mesh, rules):
-            return jitted(state, batch, rng)
+            return jitted(*args)
 
-    run.jitted = jitted  # for .lower(...) in benchmarks
+    run.jitted = jitted
     return run
 
 
