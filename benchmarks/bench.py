@@ -87,7 +87,7 @@ def build(model_name: str, scan: bool, dtype, flax: bool = True):
     import transformers
 
     from mobilebert_jax import MODEL_CLASSES, MobileBertConfig
-    from mobilebert_jax.convert import from_pytorch
+    from mobilebert_jax.checkpoints.pytorch import from_pytorch
 
     cfg = MobileBertConfig.from_preset("mobilebert-uncased")
     torch.manual_seed(0)
@@ -108,9 +108,9 @@ def _inputs(cfg, b, t):
 
 
 def _setup_ours(kind, model_name, b, t, scan, _torch_compile):
-    from mobilebert_jax import optim
-    from mobilebert_jax.objectives import loss_fn_for
-    from mobilebert_jax.train_state import TrainState
+    from mobilebert_jax.training import optim
+    from mobilebert_jax.training.objectives import loss_fn_for
+    from mobilebert_jax.training.state import TrainState
 
     cfg, _, model, params = build(model_name, scan, jnp.float32)
     batch = {k: jnp.asarray(v) for k, v in _inputs(cfg, b, t).items()}
@@ -158,7 +158,7 @@ def _setup_ours(kind, model_name, b, t, scan, _torch_compile):
 def _unrolled_flops(kind, model_name, cfg, batch) -> float:
     """FLOPs of the same computation with unrolled layers, from XLA's cost analysis of the lowering."""
     from mobilebert_jax import MODEL_CLASSES
-    from mobilebert_jax.objectives import loss_fn_for
+    from mobilebert_jax.training.objectives import loss_fn_for
 
     model = MODEL_CLASSES[model_name](cfg)
     ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -83,9 +83,9 @@ def main() -> None:
     import jax
 
     from mobilebert_jax import MobileBertConfig, MobileBertForPreTraining
-    from mobilebert_jax import tf_bundle as tb
-    from mobilebert_jax.convert import abstract_params, flax_to_pt_name, from_pytorch
-    from mobilebert_jax.convert_tf import (
+    from mobilebert_jax.checkpoints import tf_bundle as tb
+    from mobilebert_jax.checkpoints.pytorch import abstract_params, flax_to_pt_name, from_pytorch
+    from mobilebert_jax.checkpoints.tensorflow import (
         h5_to_pytorch_names,
         load_tf1_checkpoint,
         load_tf_h5,

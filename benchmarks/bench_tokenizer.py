@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilebert_jax.tokenizer import MobileBertTokenizer
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SQUAD = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"

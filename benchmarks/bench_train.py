@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax
 import jax.numpy as jnp
 
-from mobilebert_jax import MobileBertConfig, MobileBertForSequenceClassification, objectives, optim, trainer
-from mobilebert_jax import train_state as ts
+from mobilebert_jax import MobileBertConfig, MobileBertForSequenceClassification
+from mobilebert_jax.training import objectives, optim, trainer
+from mobilebert_jax.training import state as ts
 
 
 def make_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -37,12 +37,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mobilebert_jax import MobileBertForPreTraining  # noqa: E402
-from mobilebert_jax import distill as D  # noqa: E402
-from mobilebert_jax import distill_run as R  # noqa: E402
-from mobilebert_jax.finetune import PACKAGE_DATA  # noqa: E402
+from mobilebert_jax.distill import objectives as D  # noqa: E402
+from mobilebert_jax.distill import run as R  # noqa: E402
+from mobilebert_jax.tasks.finetune import PACKAGE_DATA  # noqa: E402
 from mobilebert_jax.tasks.pretraining import PretrainingTask  # noqa: E402
-from mobilebert_jax.tokenizer import MobileBertTokenizer  # noqa: E402
-from mobilebert_jax.trainer import ArrayIterator, evaluate, make_eval_step  # noqa: E402
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer  # noqa: E402
+from mobilebert_jax.training.trainer import ArrayIterator, evaluate, make_eval_step  # noqa: E402
 
 
 def qnli_documents(path: str) -> list[list[str]]:

@@ -44,7 +44,7 @@ def quickstart() -> nbformat.NotebookNode:
         new_code_cell(
             "import numpy as np, jax, jax.numpy as jnp, tempfile\n"
             "import mobilebert_jax as mbj\n"
-            "from mobilebert_jax.tokenizer import MobileBertTokenizer\n\n"
+            "from mobilebert_jax.text.tokenizer import MobileBertTokenizer\n\n"
             'MODEL = os.environ.get("MOBILEBERT_JAX_MODEL", "")   # e.g. "google/mobilebert-uncased"\n'
             'preset = "mobilebert-test" if SMOKE else "mobilebert-uncased"\n'
             "config = mbj.MobileBertConfig.from_preset(preset, vocab_size=30522)\n"
@@ -108,12 +108,12 @@ def finetune() -> nbformat.NotebookNode:
             "from IPython.display import clear_output, display\n"
             "import mobilebert_jax as mbj\n"
             "from mobilebert_jax import optim, sharding as shd\n"
-            "from mobilebert_jax.finetune import PACKAGE_DATA, evaluate_task, model_arrays\n"
-            "from mobilebert_jax.objectives import loss_fn_for\n"
+            "from mobilebert_jax.tasks.finetune import PACKAGE_DATA, evaluate_task, model_arrays\n"
+            "from mobilebert_jax.training.objectives import loss_fn_for\n"
             "from mobilebert_jax.tasks import get_task\n"
-            "from mobilebert_jax.tokenizer import MobileBertTokenizer\n"
-            "from mobilebert_jax.train_state import create_train_state, model_init_fn\n"
-            "from mobilebert_jax.trainer import ArrayIterator, make_train_step\n\n"
+            "from mobilebert_jax.text.tokenizer import MobileBertTokenizer\n"
+            "from mobilebert_jax.training.state import create_train_state, model_init_fn\n"
+            "from mobilebert_jax.training.trainer import ArrayIterator, make_train_step\n\n"
             "backend, n_dev = jax.default_backend(), jax.device_count()\n"
             "BF16 = backend in ('tpu', 'gpu')                    # bf16 compute, f32 params and optimizer\n"
             "PER_DEVICE = 32 if backend != 'cpu' else 16\n"

@@ -1,8 +1,8 @@
 """mobilebert-jax: MobileBERT in JAX/Flax, numerically equal to HF transformers' PyTorch MobileBERT."""
 
-from .config import PRESETS, MobileBertConfig
-from .hub import from_pretrained, save_pretrained
-from .models import (
+from mobilebert_jax.checkpoints.hub import from_pretrained, save_pretrained
+from mobilebert_jax.model.config import PRESETS, MobileBertConfig
+from mobilebert_jax.model.heads import (
     MODEL_CLASSES,
     MobileBertForMaskedLM,
     MobileBertForMultipleChoice,
@@ -14,7 +14,7 @@ from .models import (
     MobileBertModel,
     init_params,
 )
-from .tokenizer import MobileBertTokenizer
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 __version__ = "0.1.0"
 

@@ -25,9 +25,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax
 import jax.numpy as jnp
 
-from mobilebert_jax import MobileBertConfig, MobileBertForSequenceClassification, objectives, optim, trainer
-from mobilebert_jax import train_state as ts
-from mobilebert_jax.optim import path_str
+from mobilebert_jax import MobileBertConfig, MobileBertForSequenceClassification
+from mobilebert_jax.training import objectives, optim, trainer
+from mobilebert_jax.training import state as ts
+from mobilebert_jax.training.optim import path_str
 
 FAST = {"xla_backend_optimization_level": 0}  # compile time matters more than CPU step time here
 BATCH = 8

@@ -15,8 +15,8 @@ import numpy as np
 from conftest import TINY, rel_err
 
 from mobilebert_jax import MobileBertConfig
-from mobilebert_jax.encoder import attention_bias
-from mobilebert_jax.modeling import MobileBertSelfAttention, _Base
+from mobilebert_jax.model.encoder import attention_bias
+from mobilebert_jax.model.layers import MobileBertSelfAttention, _Base
 
 
 class _HFOrder(_Base):

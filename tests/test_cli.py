@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from mobilebert_jax.cli import main
+from mobilebert_jax.cli.main import main
 
 TINY = [
     "--model",
@@ -225,7 +225,7 @@ def test_main_job_smoke_mode(tmp_path):
         [
             sys.executable,
             "-m",
-            "mobilebert_jax.cli",
+            "mobilebert_jax.cli.main",
             "demo",
             "--smoke",
             "--output-dir",

@@ -11,7 +11,13 @@ from conftest import TINY, perturbed_hf_model, rel_err
 from test_parity import make_inputs
 
 from mobilebert_jax import MODEL_CLASSES, MobileBertConfig
-from mobilebert_jax.convert import ConversionError, from_pytorch, loop_to_scan, scan_to_loop, to_pytorch
+from mobilebert_jax.checkpoints.pytorch import (
+    ConversionError,
+    from_pytorch,
+    loop_to_scan,
+    scan_to_loop,
+    to_pytorch,
+)
 
 torch = pytest.importorskip("torch", reason="torch is the test reference")
 CFG = MobileBertConfig(**TINY)
@@ -141,7 +147,7 @@ def test_pooler_weights_into_heads_without_pooler_are_dropped_as_hf_does():
 
 
 def test_abstract_params_of_unrolled_model_equal_a_real_init():
-    from mobilebert_jax.convert import abstract_params
+    from mobilebert_jax.checkpoints.pytorch import abstract_params
 
     for name in ("MobileBertForPreTraining", "MobileBertForMultipleChoice"):
         model = MODEL_CLASSES[name](CFG)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from mobilebert_jax import MobileBertConfig, MobileBertForPreTraining, init_params
-from mobilebert_jax import distill as D
-from mobilebert_jax import distill_run as R
-from mobilebert_jax import sharding as shd
-from mobilebert_jax.optim import path_str
-from mobilebert_jax.train_state import abstract_train_state, model_init_fn, restore_checkpoint
-from mobilebert_jax.trainer import ArrayIterator
+from mobilebert_jax.distill import objectives as D
+from mobilebert_jax.distill import run as R
+from mobilebert_jax.training import sharding as shd
+from mobilebert_jax.training.optim import path_str
+from mobilebert_jax.training.state import abstract_train_state, model_init_fn, restore_checkpoint
+from mobilebert_jax.training.trainer import ArrayIterator
 
 RNG = np.random.default_rng(0)
 

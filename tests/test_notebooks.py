@@ -27,7 +27,9 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     assert "jax.devices()" in nb.cells[1].source
     monkeypatch.setenv("MOBILEBERT_JAX_SMOKE", "1")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors

@@ -18,9 +18,9 @@ from mobilebert_jax import (
     MobileBertForSequenceClassification,
     MobileBertForTokenClassification,
     MobileBertModel,
-    objectives,
 )
-from mobilebert_jax.train_state import model_init_fn
+from mobilebert_jax.training import objectives
+from mobilebert_jax.training.state import model_init_fn
 
 FAST = {"xla_backend_optimization_level": 0}
 B, T = 4, 10

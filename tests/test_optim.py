@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from mobilebert_jax import MobileBertConfig, MobileBertForPreTraining, optim
-from mobilebert_jax import train_state as ts
-from mobilebert_jax.optim import path_str
+from mobilebert_jax import MobileBertConfig, MobileBertForPreTraining
+from mobilebert_jax.training import optim
+from mobilebert_jax.training import state as ts
+from mobilebert_jax.training.optim import path_str
 
 
 def _params(seed=0):

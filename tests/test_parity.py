@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY, perturbed_hf_model, rel_err
 
 from mobilebert_jax import MODEL_CLASSES, MobileBertConfig
-from mobilebert_jax.convert import from_pytorch, to_pytorch
+from mobilebert_jax.checkpoints.pytorch import from_pytorch, to_pytorch
 
 torch = pytest.importorskip("torch", reason="torch is the test reference")
 

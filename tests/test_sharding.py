@@ -13,9 +13,9 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mobilebert_jax import MobileBertConfig, MobileBertForPreTraining
-from mobilebert_jax import sharding as shd
-from mobilebert_jax import train_state as ts
-from mobilebert_jax.optim import path_str
+from mobilebert_jax.training import sharding as shd
+from mobilebert_jax.training import state as ts
+from mobilebert_jax.training.optim import path_str
 
 needs8 = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8"

@@ -11,7 +11,7 @@ from conftest import SHARED_DATA
 
 from mobilebert_jax.tasks import DataError, get_task, glue
 from mobilebert_jax.tasks import metrics as M
-from mobilebert_jax.tokenizer import MobileBertTokenizer
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 GLUE = os.path.join(SHARED_DATA, "glue")
 
@@ -251,7 +251,7 @@ def test_loss_equals_model_and_torch(name):
     torch = pytest.importorskip("torch", reason="torch is the test reference")
     jnp = pytest.importorskip("jax.numpy")
     from mobilebert_jax import MobileBertConfig
-    from mobilebert_jax.models import sequence_classification_loss
+    from mobilebert_jax.model.heads import sequence_classification_loss
 
     task = get_task(name)
     config = MobileBertConfig.from_preset("mobilebert-test").replace(**task.config_overrides())
@@ -273,7 +273,7 @@ def test_loss_equals_model_and_torch(name):
 
 
 def test_registry_specs():
-    from mobilebert_jax.models import MODEL_CLASSES
+    from mobilebert_jax.model.heads import MODEL_CLASSES
     from mobilebert_jax.tasks import TASK_NAMES
 
     for name in TASK_NAMES:

@@ -11,7 +11,7 @@ import pytest
 import mobilebert_jax
 from mobilebert_jax.tasks import DataError, get_task
 from mobilebert_jax.tasks.multiple_choice import read_swag
-from mobilebert_jax.tokenizer import MobileBertTokenizer
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 # The vocab shipped in the package (the same file as ../shared/data/vocab/vocab.txt).
 PACKAGED_VOCAB = os.path.join(os.path.dirname(mobilebert_jax.__file__), "data", "vocab.txt")
@@ -51,7 +51,7 @@ def test_read_and_featurise_like_run_swag(swag_csv, tok):
     assert f["labels"].tolist() == [2, 0]
     # HF run_swag: first = [sent1] * 4, second = [f"{sent2} {ending_i}"], truncation + max_length padding.
     transformers = pytest.importorskip("transformers", reason="transformers is the test reference")
-    from mobilebert_jax.tokenizer import load_vocab
+    from mobilebert_jax.text.vocab import load_vocab
 
     hf = transformers.BertTokenizer(vocab=load_vocab(PACKAGED_VOCAB))
     first = [e.context for e in ex for _ in range(4)]

@@ -11,7 +11,7 @@ from conftest import SHARED_DATA
 
 import mobilebert_jax
 from mobilebert_jax.tasks import DataError, get_task, ner
-from mobilebert_jax.tokenizer import MobileBertTokenizer
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 # The vocab shipped in the package (the same file as ../shared/data/vocab/vocab.txt).
 PACKAGED_VOCAB = os.path.join(os.path.dirname(mobilebert_jax.__file__), "data", "vocab.txt")
@@ -121,7 +121,7 @@ def test_features_first_subtoken_labels_real_dev(tok):
     f = task.featurise(ex, tok, 128)
     # Reference: HF's is_split_into_words + word_ids() alignment (label on a word's first token).
     transformers = pytest.importorskip("transformers", reason="transformers is the test reference")
-    from mobilebert_jax.tokenizer import load_vocab
+    from mobilebert_jax.text.vocab import load_vocab
 
     hf = transformers.BertTokenizer(vocab=load_vocab(PACKAGED_VOCAB))
     ref = hf([list(e.words) for e in ex], is_split_into_words=True, max_length=128, padding="max_length",

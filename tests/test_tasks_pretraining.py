@@ -13,7 +13,7 @@ from conftest import SHARED_DATA
 
 from mobilebert_jax.tasks import DataError, get_task
 from mobilebert_jax.tasks import pretraining as pt
-from mobilebert_jax.tokenizer import MobileBertTokenizer
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 SQUAD = os.path.join(SHARED_DATA, "squad", "dev-v1.1.json")
 MASK, CLS, SEP = 103, 101, 102

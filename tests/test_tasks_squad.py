@@ -13,7 +13,7 @@ import mobilebert_jax
 from mobilebert_jax.tasks import DataError, get_task
 from mobilebert_jax.tasks import squad as sq
 from mobilebert_jax.tasks import squad_metric as sm
-from mobilebert_jax.tokenizer import MobileBertTokenizer
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 # The vocab shipped in the package (the same file as ../shared/data/vocab/vocab.txt).
 PACKAGED_VOCAB = os.path.join(os.path.dirname(mobilebert_jax.__file__), "data", "vocab.txt")
@@ -129,7 +129,7 @@ def _hf_reference_features(examples, hf_tok, max_len=384, stride=128):
 @needs_dev
 def test_features_equal_hf_run_qa(dev, dev_features):
     transformers = pytest.importorskip("transformers", reason="transformers is the test reference")
-    from mobilebert_jax.tokenizer import load_vocab
+    from mobilebert_jax.text.vocab import load_vocab
 
     # NB: transformers 5's BertTokenizerFast(vocab_file=...) ignores the vocab; this is the real one.
     hf_tok = transformers.BertTokenizer(vocab=load_vocab(PACKAGED_VOCAB))
@@ -356,7 +356,7 @@ def test_bad_jsonl_names_line(tmp_path):
 def test_loss_equals_model_and_torch():
     torch = pytest.importorskip("torch", reason="torch is the test reference")
     jnp = pytest.importorskip("jax.numpy")
-    from mobilebert_jax.models import question_answering_loss
+    from mobilebert_jax.model.heads import question_answering_loss
 
     rng = np.random.default_rng(0)
     start, end = rng.normal(size=(2, 4, 24)).astype(np.float32)

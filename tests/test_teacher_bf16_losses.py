@@ -11,7 +11,7 @@ from conftest import TINY, perturbed_hf_model, rel_err
 from scipy.special import erf
 
 from mobilebert_jax import MODEL_CLASSES, MobileBertConfig, init_params
-from mobilebert_jax.convert import from_pytorch
+from mobilebert_jax.checkpoints.pytorch import from_pytorch
 
 
 # ------------------------------------------------------------------ numpy reference (REFERENCE §2)

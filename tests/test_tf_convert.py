@@ -19,9 +19,8 @@ import pytest
 from conftest import rel_err
 
 from mobilebert_jax import MODEL_CLASSES, MobileBertConfig
-from mobilebert_jax import tf_bundle as tb
-from mobilebert_jax.convert_cli import add_convert_arguments, detect_source, infer_model_class, run_convert
-from mobilebert_jax.convert_tf import (
+from mobilebert_jax.checkpoints import tf_bundle as tb
+from mobilebert_jax.checkpoints.tensorflow import (
     config_from_google,
     h5_to_pytorch_names,
     load_config,
@@ -33,6 +32,7 @@ from mobilebert_jax.convert_tf import (
     tf1_name_to_pytorch,
     tf1_to_pytorch_names,
 )
+from mobilebert_jax.cli.convert import add_convert_arguments, detect_source, infer_model_class, run_convert
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "tf")
 TF1 = os.path.join(FIX, "tf1", "mobilebert_variables.ckpt")
@@ -478,7 +478,7 @@ def test_cli_trainer_checkpoint_to_hf(tmp_path):
     """An orbax CheckpointManager folder written by the trainer (latest step, item "state") → HF dir."""
     optax = pytest.importorskip("optax")
     torch = pytest.importorskip("torch")
-    from mobilebert_jax.train_state import TrainState, checkpoint_manager, save_checkpoint
+    from mobilebert_jax.training.state import TrainState, checkpoint_manager, save_checkpoint
 
     src = os.path.join(FIX, "h5", "pretraining")
     params, report = load_tf_h5(src, None, "MobileBertForPreTraining")

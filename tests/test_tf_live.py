@@ -23,9 +23,9 @@ tf = pytest.importorskip(
 from conftest import rel_err  # noqa: E402
 
 from mobilebert_jax import MODEL_CLASSES  # noqa: E402
-from mobilebert_jax import tf_bundle as tb  # noqa: E402
-from mobilebert_jax.convert import to_pytorch  # noqa: E402
-from mobilebert_jax.convert_tf import load_tf1_checkpoint, load_tf_h5, save_tf1_checkpoint  # noqa: E402
+from mobilebert_jax.checkpoints import tf_bundle as tb  # noqa: E402
+from mobilebert_jax.checkpoints.pytorch import to_pytorch  # noqa: E402
+from mobilebert_jax.checkpoints.tensorflow import load_tf1_checkpoint, load_tf_h5, save_tf1_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from mobilebert_jax.tokenizer import MobileBertTokenizer
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = ROOT / "mobilebert_jax" / "data" / "vocab.txt"
@@ -659,6 +659,8 @@ def test_word_ids_do_not_need_offsets():
     tok = MobileBertTokenizer.default()
     texts = ["hello world foo", "unaffable pancakes , really"]
     alone = tok(texts, return_word_ids=True, padding="longest")["word_ids"]
-    with_offsets = tok(texts, return_word_ids=True, return_offsets_mapping=True, padding="longest")["word_ids"]
+    with_offsets = tok(texts, return_word_ids=True, return_offsets_mapping=True, padding="longest")[
+        "word_ids"
+    ]
     np.testing.assert_array_equal(alone, with_offsets)
     assert alone[0][:5].tolist() == [-1, 0, 1, 2, -1]

@@ -28,13 +28,11 @@ from mobilebert_jax import (
     MobileBertForPreTraining,
     MobileBertForSequenceClassification,
     MobileBertForTokenClassification,
-    objectives,
-    optim,
-    trainer,
 )
-from mobilebert_jax import sharding as shd
-from mobilebert_jax import train_state as ts
-from mobilebert_jax.optim import path_str
+from mobilebert_jax.training import objectives, optim, trainer
+from mobilebert_jax.training import sharding as shd
+from mobilebert_jax.training import state as ts
+from mobilebert_jax.training.optim import path_str
 
 FAST = resume_job.FAST
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -443,7 +441,7 @@ def test_bf16_mixed_precision_trains_full_size_model():
 
 
 def test_array_iterator_positions_and_host_slices(monkeypatch):
-    from mobilebert_jax.train_io import ArrayIterator
+    from mobilebert_jax.training.data import ArrayIterator
 
     arrays = {"x": np.arange(10), "y": np.arange(10) * 2}
     it = ArrayIterator(arrays, batch_size=4, seed=3)
@@ -469,7 +467,7 @@ def test_tensorboard_writer_is_used_when_installed(tmp_path, monkeypatch):
     import importlib.util
     import types
 
-    from mobilebert_jax import train_io
+    from mobilebert_jax.training import metrics as train_metrics
 
     calls = []
 
@@ -491,7 +489,7 @@ def test_tensorboard_writer_is_used_when_installed(tmp_path, monkeypatch):
         importlib.util, "find_spec", lambda n, *a: object() if n == "tensorboardX" else real(n, *a)
     )
     monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=FakeWriter))
-    w = train_io.MetricsWriter(str(tmp_path))
+    w = train_metrics.MetricsWriter(str(tmp_path))
     w.write(5, {"loss": 1.5})
     w.close()
     assert calls == [("init", os.path.join(str(tmp_path), "tensorboard")), ("loss", 1.5, 5), ("close",)]

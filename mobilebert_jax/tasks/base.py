@@ -75,7 +75,7 @@ class Task:
 
     def model_cls(self) -> type:
         """The Flax head class (imported lazily so that data code does not need the model)."""
-        from mobilebert_jax.models import MODEL_CLASSES
+        from mobilebert_jax.model.heads import MODEL_CLASSES
 
         return MODEL_CLASSES[self.model_class]
 
@@ -263,7 +263,7 @@ def encode(
 ) -> dict[str, np.ndarray]:
     """Call a HF-style tokenizer on a batch and return int32 numpy arrays.
 
-    Works with `mobilebert_jax.tokenizer.MobileBertTokenizer` and with `transformers`' fast BERT
+    Works with `mobilebert_jax.text.tokenizer.MobileBertTokenizer` and with `transformers`' fast BERT
     tokenizer (which returns lists). With the default padding every row has `max_length` tokens.
 
     Returns:

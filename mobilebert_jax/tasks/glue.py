@@ -264,7 +264,7 @@ class GlueTask(Task):
         """Cross-entropy (MSE for STS-B) as `{"cls": (sum, count)}` over the batch."""
         import jax.numpy as jnp
 
-        from mobilebert_jax import losses
+        from mobilebert_jax.model import losses
 
         logits = output(outputs, "logits")
         labels = jnp.asarray(batch["labels"])

@@ -116,7 +116,7 @@ class MultipleChoiceTask(Task):
     def loss_terms(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
         import jax.numpy as jnp
 
-        from mobilebert_jax import losses
+        from mobilebert_jax.model import losses
 
         return {
             "choice": losses.cross_entropy_sum_and_count(

@@ -240,7 +240,7 @@ class NerTask(Task):
         """Token cross-entropy over labels != -100."""
         import jax.numpy as jnp
 
-        from mobilebert_jax import losses
+        from mobilebert_jax.model import losses
 
         return {
             "tokens": losses.cross_entropy_sum_and_count(

@@ -293,7 +293,7 @@ class PretrainingTask(Task):
         """MLM cross-entropy over labels != -100 and NSP cross-entropy; HF's loss is their sum of means."""
         import jax.numpy as jnp
 
-        from mobilebert_jax import losses
+        from mobilebert_jax.model import losses
 
         mlm = losses.cross_entropy_sum_and_count(
             output(outputs, "prediction_logits"), jnp.asarray(batch["labels"])

@@ -350,7 +350,7 @@ class SquadTask(Task):
         """Start and end cross-entropy; positions are clamped to [0, T] and T is ignored (as HF)."""
         import jax.numpy as jnp
 
-        from mobilebert_jax import losses
+        from mobilebert_jax.model import losses
 
         out = {}
         for key, pos_key in (("start", "start_positions"), ("end", "end_positions")):

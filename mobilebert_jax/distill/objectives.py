@@ -43,14 +43,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from . import sharding as shd
-from .config import MobileBertConfig
-from .losses import IGNORE_INDEX
-from .models import MobileBertLMPredictionHead, MobileBertModel
-from .objectives import model_inputs
-from .optim import FROZEN, Schedule, path_str
-from .train_state import TrainState
-from .trainer import apply_update, jit_step
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.heads import MobileBertLMPredictionHead, MobileBertModel
+from mobilebert_jax.model.losses import IGNORE_INDEX
+from mobilebert_jax.training import sharding as shd
+from mobilebert_jax.training.objectives import model_inputs
+from mobilebert_jax.training.optim import FROZEN, Schedule, path_str
+from mobilebert_jax.training.state import TrainState
+from mobilebert_jax.training.trainer import apply_update, jit_step
 
 Array = jax.Array
 SumCount = tuple[Array, Array]

@@ -11,7 +11,7 @@ A loss function is `loss_fn(params, batch, rng, deterministic) -> (sums, (counts
   HF (`labels`, `next_sentence_label`, `start_positions`, `end_positions`).
 
 The losses are those of HF's PyTorch heads (and of this package's `models.py`), computed from the
-logits in float32 with `mobilebert_jax.losses`. Sequence-level losses accept an optional
+logits in float32 with `mobilebert_jax.model.losses`. Sequence-level losses accept an optional
 `example_mask` [B] (1 = real example) so a padded last eval batch counts exactly; token-level
 labels use -100 for ignored positions.
 """
@@ -25,8 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from . import losses
-from .models import (
+from mobilebert_jax.model import losses
+from mobilebert_jax.model.heads import (
     MobileBertForMaskedLM,
     MobileBertForMultipleChoice,
     MobileBertForNextSentencePrediction,

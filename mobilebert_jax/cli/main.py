@@ -5,7 +5,7 @@
     mobilebert-jax finetune --config-file job.json --learning-rate 3e-5   # flags override the file
     mobilebert-jax demo                                                  # the README's main job
 
-Job flags are the fields of `mobilebert_jax.finetune.JobConfig`, spelled with dashes (HF's names).
+Job flags are the fields of `mobilebert_jax.tasks.finetune.JobConfig`, spelled with dashes (HF's names).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _JOBS = ("finetune", "evaluate", "predict", "pretrain")
 
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
-    from .finetune import JobConfig
+    from mobilebert_jax.tasks.finetune import JobConfig
 
     hints = typing.get_type_hints(JobConfig)
     p.add_argument("--config-file", help="JSON file of job fields; flags given here override it")
@@ -46,7 +46,7 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _job_from_args(args: argparse.Namespace, **defaults: Any):
-    from .finetune import JobConfig
+    from mobilebert_jax.tasks.finetune import JobConfig
 
     given = {
         f.name: getattr(args, f.name)
@@ -62,7 +62,7 @@ def _job_from_args(args: argparse.Namespace, **defaults: Any):
 
 def _demo_job(smoke: bool) -> dict[str, Any]:
     """The main job: QNLI-derived data shipped in the package, a small model from random init."""
-    from .finetune import PACKAGE_DATA
+    from mobilebert_jax.tasks.finetune import PACKAGE_DATA
 
     data = os.path.join(PACKAGE_DATA, "qnli_demo")
     job = dict(
@@ -117,13 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_flags(demo)
     demo.add_argument("--smoke", action="store_true", help="a few steps on a tiny config (CI)")
     try:
-        from .convert_cli import add_convert_arguments
+        from mobilebert_jax.cli.convert import add_convert_arguments
     except ImportError:
         add_convert_arguments = None
     if add_convert_arguments is not None:
         add_convert_arguments(sub.add_parser("convert", help="convert checkpoints: HF PT/TF2 h5/TF1/orbax"))
     try:
-        from .distill_cli import add_distill_arguments
+        from mobilebert_jax.cli.distill import add_distill_arguments
     except ImportError:
         add_distill_arguments = None
     if add_distill_arguments is not None:
@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in (*_JOBS, "demo"):
-        from . import finetune
-        from .sharding import maybe_initialize_distributed
+        from mobilebert_jax.tasks import finetune
+        from mobilebert_jax.training.sharding import maybe_initialize_distributed
 
         maybe_initialize_distributed(True if args.distributed else None)
         if args.command == "demo":
@@ -156,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         run(job)
         return 0
     if args.command == "convert":
-        from .convert_cli import run_convert
+        from mobilebert_jax.cli.convert import run_convert
 
         return int(run_convert(args) or 0)
     if args.command == "distill":
-        from .distill_cli import run_distill
+        from mobilebert_jax.cli.distill import run_distill
 
         return int(run_distill(args) or 0)
     raise AssertionError(args.command)

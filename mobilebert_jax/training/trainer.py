@@ -26,11 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import sharding as shd
-from .objectives import LossFn, objective
-from .optim import Schedule, learning_rate_at
-from .train_io import ArrayIterator, DataIterator, MetricsWriter, plot_loss_curve
-from .train_state import TrainState, checkpoint_manager, restore_checkpoint, save_checkpoint
+from mobilebert_jax.training import sharding as shd
+from mobilebert_jax.training.data import ArrayIterator, DataIterator
+from mobilebert_jax.training.metrics import MetricsWriter, plot_loss_curve
+from mobilebert_jax.training.objectives import LossFn, objective
+from mobilebert_jax.training.optim import Schedule, learning_rate_at
+from mobilebert_jax.training.state import TrainState, checkpoint_manager, restore_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 Metrics = dict[str, jax.Array]

@@ -15,12 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .config import MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
 
 Dtype = Any
 Array = jax.Array
 
-# Partitioning is by logical axis name only; `mobilebert_jax.sharding` maps names to mesh axes.
+# Partitioning is by logical axis name only; `mobilebert_jax.training.sharding` maps names to mesh axes.
 with_axes = nn.with_logical_partitioning
 constrain = nn.with_logical_constraint
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import MobileBertConfig
-from .convert import LoadReport, from_pytorch, to_pytorch
-from .models import MobileBertForPreTraining
-from .tf_bundle import BundleReader
+from mobilebert_jax.checkpoints.pytorch import LoadReport, from_pytorch, to_pytorch
+from mobilebert_jax.checkpoints.tf_bundle import BundleReader
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.heads import MobileBertForPreTraining
 
 __all__ = [
     "TFConversionReport", "config_from_google", "h5_to_pytorch_names", "load_config", "load_tf1_checkpoint",

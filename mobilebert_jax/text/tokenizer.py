@@ -23,32 +23,29 @@ Differences from HF, all on purpose:
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 import numpy as np
-from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import WordPiece
+from tokenizers import Tokenizer
 
-MODEL_MAX_LENGTH = 512  # MobileBERT's max_position_embeddings
-VOCAB_FILE = "vocab.txt"
-TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_FILE = "special_tokens_map.json"
-SPECIAL_TOKENS = {
-    "unk_token": "[UNK]",
-    "sep_token": "[SEP]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
-}
-_ADDED_ORDER = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+from mobilebert_jax.text.batching import as_batch, check_int, clean_up_tokenization, pack, to_lists
+from mobilebert_jax.text.vocab import (
+    CONFIG_FILE,
+    MODEL_MAX_LENGTH,
+    SPECIAL_TOKENS,
+    SPECIAL_TOKENS_FILE,
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    build_backend,
+    load_vocab,
+    resolve_folder,
+)
+
 _PADDING = {
     False: None,
     "do_not_pad": None,
@@ -58,123 +55,6 @@ _PADDING = {
 }
 _TRUNCATION = {False: None, "do_not_truncate": None, True: "longest_first", "longest_first": "longest_first"}
 _TRUNCATION.update(only_first="only_first", only_second="only_second")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def load_vocab(path: str | os.PathLike) -> dict[str, int]:
-    """Reads a WordPiece `vocab.txt` (one token a line; the line number is the id), as HF does."""
-    vocab: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            token = line.rstrip("\n")
-            if token in vocab:
-                raise ValueError(
-                    f"{path}: line {index + 1}: token {token!r} already appears on line {vocab[token] + 1}; "
-                    "a WordPiece vocab needs one line per distinct token"
-                )
-            vocab[token] = index
-    if not vocab:
-        raise ValueError(f"{path}: the vocab file is empty")
-    return vocab
-
-
-def build_backend(
-    vocab: dict[str, int],
-    *,
-    do_lower_case: bool = True,
-    strip_accents: bool | None = None,
-    tokenize_chinese_chars: bool = True,
-    special_tokens: dict[str, str] | None = None,
-) -> Tokenizer:
-    """The `tokenizers.Tokenizer` of HF v5 `BertTokenizer(vocab=...)` (REFERENCE §6.4)."""
-    special = {**SPECIAL_TOKENS, **(special_tokens or {})}
-    for name in _ADDED_ORDER:
-        if special[name] not in vocab:
-            raise ValueError(
-                f"special token {name}={special[name]!r} is not in the vocab ({len(vocab)} tokens)"
-            )
-    backend = Tokenizer(
-        WordPiece(
-            vocab,
-            unk_token=special["unk_token"],
-            continuing_subword_prefix="##",
-            max_input_chars_per_word=100,
-        )
-    )
-    backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True,
-        handle_chinese_chars=tokenize_chinese_chars,
-        strip_accents=strip_accents,
-        lowercase=do_lower_case,
-    )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    backend.add_special_tokens([AddedToken(special[n], special=True, normalized=False) for n in _ADDED_ORDER])
-    cls, sep = special["cls_token"], special["sep_token"]
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0",
-        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
-    )
-    return backend
-
-
-def _clean_up_tokenization(text: str) -> str:
-    # HF's `PreTrainedTokenizerBase.clean_up_tokenization`.
-    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't")):
-        text = text.replace(old, new)
-    for old, new in ((" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
-        text = text.replace(old, new)
-    return text
-
-
-def _as_batch(text: Any, name: str, split_into_words: bool) -> tuple[bool, list]:
-    """(is_batched, examples) by HF's rules: a list is a batch; with pre-split words, a list of lists."""
-    if split_into_words:
-        batched = isinstance(text, (list, tuple)) and bool(text) and not isinstance(text[0], str)
-        for i, words in enumerate(text if batched else [text]):
-            where = f"{name}[{i}]" if batched else name
-            if not isinstance(words, (list, tuple)):
-                raise TypeError(
-                    f"{where} must be a list of str words (is_split_into_words), got {words!r:.60}"
-                )
-            for j, word in enumerate(words):
-                if not isinstance(word, str):
-                    raise TypeError(f"{where}[{j}] is {type(word).__name__}, expected a str word")
-        return batched, [list(words) for words in (text if batched else [text])]
-    if isinstance(text, str):
-        return False, [text]
-    if not isinstance(text, (list, tuple)):
-        raise TypeError(f"{name} must be a str or a list of str, got {type(text).__name__}")
-    for i, item in enumerate(text):
-        if not isinstance(item, str):
-            raise TypeError(
-                f"{name}[{i}] is {type(item).__name__} ({item!r:.60}), expected str; pass pairs as "
-                "text=[...], text_pair=[...] and pre-split words with is_split_into_words=True"
-            )
-    return True, list(text)
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _pack(rows: list, lengths: np.ndarray, target: int, fill: Any, tail: tuple = ()) -> np.ndarray | list:
-    """Right-pads rows to `max(length, target)`: an int32 `[n, width, *tail]` array, or a list of
-    1-D arrays when the widths differ (no padding, or rows longer than `target`)."""
-    widths = np.maximum(lengths, target)
-    flat = np.asarray(list(itertools.chain.from_iterable(rows)), np.int32).reshape((-1, *tail))
-    if len(rows) == 0 or (widths == widths[0]).all():
-        width = int(widths[0]) if len(rows) else target
-        out = np.full((len(rows), width, *tail), fill, np.int32)
-        out[np.arange(width) < lengths[:, None]] = flat
-        return out
-    ragged = [np.full((int(w), *tail), fill, np.int32) for w in widths]
-    for row, values in zip(ragged, np.split(flat, np.cumsum(lengths)[:-1])):
-        row[: len(values)] = values
-    return ragged
 
 
 class MobileBertTokenizer:
@@ -207,7 +87,7 @@ class MobileBertTokenizer:
         # tokenizer.json files of sentence-transformers pad and truncate to 128 (REFERENCE §6.5).
         self._backend.no_padding()
         self._backend.no_truncation()
-        self.model_max_length = _check_int(model_max_length, "model_max_length", 1)
+        self.model_max_length = check_int(model_max_length, "model_max_length", 1)
         self._special = {**SPECIAL_TOKENS, **(special_tokens or {})}
         self._special_ids = {}
         for name, token in self._special.items():
@@ -280,7 +160,7 @@ class MobileBertTokenizer:
         configs often say 1e30, which lets too-long inputs reach the model), else 512.
         A hub id needs `huggingface_hub` and network (or its cache).
         """
-        folder = _resolve_folder(os.fspath(name_or_path), revision, cache_dir)
+        folder = resolve_folder(os.fspath(name_or_path), revision, cache_dir)
         config: dict[str, Any] = {}
         for name in (SPECIAL_TOKENS_FILE, CONFIG_FILE):
             file = os.path.join(folder, name)
@@ -447,7 +327,7 @@ class MobileBertTokenizer:
         text = self._backend.decode(
             self._check_ids(token_ids, "token_ids"), skip_special_tokens=skip_special_tokens
         )
-        return _clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+        return clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
     def batch_decode(
         self, sequences: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False
@@ -457,7 +337,7 @@ class MobileBertTokenizer:
             raise ValueError(f"sequences must be [batch, length], got shape {sequences.shape}")
         rows = [self._check_ids(row, f"sequences[{i}]") for i, row in enumerate(sequences)]
         texts = self._backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
-        return [_clean_up_tokenization(t) for t in texts] if clean_up_tokenization_spaces else texts
+        return [clean_up_tokenization(t) for t in texts] if clean_up_tokenization_spaces else texts
 
     # -------------------------------------------------------------------------------------- encoding
     def __call__(
@@ -506,10 +386,10 @@ class MobileBertTokenizer:
             `overflow_to_sample_mapping` `[rows]`); rows = batch size, or the number of windows with
             `return_overflowing_tokens`. Rows of different lengths give a list of 1-D arrays per key.
         """
-        batched, texts = _as_batch(text, "text", is_split_into_words)
+        batched, texts = as_batch(text, "text", is_split_into_words)
         pairs = None
         if text_pair is not None:
-            pair_batched, pairs = _as_batch(text_pair, "text_pair", is_split_into_words)
+            pair_batched, pairs = as_batch(text_pair, "text_pair", is_split_into_words)
             if pair_batched != batched or len(pairs) != len(texts):
                 raise TypeError(
                     f"text and text_pair must both be single examples or batches of the same size; got "
@@ -522,10 +402,10 @@ class MobileBertTokenizer:
         if not isinstance(truncation, (bool, str)) or truncation not in _TRUNCATION:
             raise ValueError(f"truncation must be one of {list(_TRUNCATION)}, got {truncation!r}")
         pad_mode, strategy = _PADDING[padding], _TRUNCATION[truncation]
-        max_length = self.model_max_length if max_length is None else _check_int(max_length, "max_length", 1)
-        stride = _check_int(stride, "stride", 0)
+        max_length = self.model_max_length if max_length is None else check_int(max_length, "max_length", 1)
+        stride = check_int(stride, "stride", 0)
         if pad_to_multiple_of is not None:
-            pad_to_multiple_of = _check_int(pad_to_multiple_of, "pad_to_multiple_of", 1)
+            pad_to_multiple_of = check_int(pad_to_multiple_of, "pad_to_multiple_of", 1)
             if strategy and pad_mode and max_length % pad_to_multiple_of:
                 raise ValueError(
                     f"Truncation and padding are both activated but truncation length ({max_length}) is not a "
@@ -591,7 +471,7 @@ class MobileBertTokenizer:
             target = int(lengths.max())
         if pad_mode and pad_to_multiple_of:
             target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
-        out: dict[str, Any] = {"input_ids": _pack(ids, lengths, target, self.pad_token_id)}
+        out: dict[str, Any] = {"input_ids": pack(ids, lengths, target, self.pad_token_id)}
         fields = {
             "token_type_ids": (return_token_type_ids, lambda e: e.type_ids, 0),
             "attention_mask": (return_attention_mask, lambda e: e.attention_mask, 0),
@@ -602,7 +482,7 @@ class MobileBertTokenizer:
         for key, (wanted, get, fill) in fields.items():
             if wanted:
                 tail = (2,) if key == "offset_mapping" else ()
-                out[key] = _pack([get(e) for e in rows], lengths, target, fill, tail)
+                out[key] = pack([get(e) for e in rows], lengths, target, fill, tail)
         if sample is not None:
             out["overflow_to_sample_mapping"] = np.asarray(sample, np.int32)
         too_long = lengths > self.model_max_length
@@ -614,7 +494,7 @@ class MobileBertTokenizer:
                 stacklevel=2,
             )
         if return_tensors is None:
-            out = {k: _to_lists(v, unbatch=not batched and sample is None) for k, v in out.items()}
+            out = {k: to_lists(v, unbatch=not batched and sample is None) for k, v in out.items()}
         return out
 
     def _lengths(self, seqs: list, pretok: bool) -> np.ndarray:
@@ -669,44 +549,3 @@ class MobileBertTokenizer:
 
     def __repr__(self) -> str:
         return f"MobileBertTokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length})"
-
-
-def _to_lists(value: np.ndarray | list, unbatch: bool) -> list:
-    """HF's `return_tensors=None` form: nested lists, offsets as tuples, a single example unbatched."""
-    rows = [r.tolist() for r in value] if isinstance(value, list) else value.tolist()
-    if np.ndim(value[0] if isinstance(value, list) and value else value) == (
-        2 if isinstance(value, list) else 3
-    ):
-        rows = [[tuple(p) for p in r] for r in rows]
-    return rows[0] if unbatch and rows and isinstance(rows[0], list) else rows
-
-
-def _resolve_folder(name_or_path: str, revision: str | None, cache_dir: str | None) -> str:
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    if os.path.exists(name_or_path):
-        raise ValueError(
-            f"{name_or_path} is a file; pass the directory that holds it, or use from_vocab_file/from_tokenizer_json"
-        )
-    if not _HUB_ID.match(name_or_path):
-        raise FileNotFoundError(f"{name_or_path} is neither a directory nor a Hugging Face Hub id")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise OSError(
-            f"{name_or_path!r} is not a local directory, and huggingface_hub is not installed to fetch it from "
-            "the Hub (pip install huggingface_hub, or pass a directory with vocab.txt or tokenizer.json)"
-        ) from None
-    try:
-        return snapshot_download(
-            name_or_path,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=[VOCAB_FILE, TOKENIZER_FILE, CONFIG_FILE, SPECIAL_TOKENS_FILE],
-        )
-    except Exception as err:
-        raise OSError(
-            f"could not fetch the tokenizer files of {name_or_path!r} from the Hugging Face Hub "
-            f"({type(err).__name__}: {err}); check the id and the network (or HF_HUB_OFFLINE), or pass a "
-            "local directory"
-        ) from err

@@ -8,11 +8,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from . import losses
-from .config import MobileBertConfig
-from .encoder import MobileBertModel, _ModelBase
-from .modeling import _Base, activation, constrain, with_axes
-from .outputs import (
+from mobilebert_jax.model import losses
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.encoder import MobileBertModel, _ModelBase
+from mobilebert_jax.model.layers import _Base, activation, constrain, with_axes
+from mobilebert_jax.model.outputs import (
     MaskedLMOutput,
     MobileBertForPreTrainingOutput,
     MobileBertModelOutput,

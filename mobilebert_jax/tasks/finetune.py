@@ -20,16 +20,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import optim
-from . import sharding as shd
-from .config import PRESETS, MobileBertConfig
-from .hub import from_pretrained, save_pretrained
-from .models import MODEL_CLASSES, init_params
-from .objectives import loss_fn_for
-from .tasks import Task, get_task
-from .tokenizer import MobileBertTokenizer
-from .train_state import create_train_state, model_init_fn
-from .trainer import (
+from mobilebert_jax.checkpoints.hub import from_pretrained, save_pretrained
+from mobilebert_jax.model.config import PRESETS, MobileBertConfig
+from mobilebert_jax.model.heads import MODEL_CLASSES, init_params
+from mobilebert_jax.tasks import Task, get_task
+from mobilebert_jax.text.tokenizer import MobileBertTokenizer
+from mobilebert_jax.training import optim
+from mobilebert_jax.training import sharding as shd
+from mobilebert_jax.training.objectives import loss_fn_for
+from mobilebert_jax.training.state import create_train_state, model_init_fn
+from mobilebert_jax.training.trainer import (
     ArrayIterator,
     FitConfig,
     evaluate,

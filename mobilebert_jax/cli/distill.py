@@ -95,8 +95,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_config(spec: str | None, default: Any) -> Any:
-    from .config import PRESETS, MobileBertConfig
-    from .convert_tf import load_config
+    from mobilebert_jax.checkpoints.tensorflow import load_config
+    from mobilebert_jax.model.config import PRESETS, MobileBertConfig
 
     if spec is None:
         return default
@@ -111,8 +111,8 @@ def load_teacher(path: str, config: str | None = None) -> tuple[Any, Any]:
     A run folder (`hf_model/` or `final_model/` inside) is followed; a TF1 checkpoint with
     `teacher/...` variables gives its teacher, one without gives its only model.
     """
-    from .convert_cli import _READERS, detect_source
-    from .tf_bundle import BundleReader
+    from mobilebert_jax.checkpoints.tf_bundle import BundleReader
+    from mobilebert_jax.cli.convert import _READERS, detect_source
 
     for sub in ("final_model", "hf_model"):
         if os.path.isfile(os.path.join(path, sub, "config.json")):
@@ -128,14 +128,14 @@ def load_teacher(path: str, config: str | None = None) -> tuple[Any, Any]:
 
 
 def _read_arrays(task: Any, path: str, tok: Any, max_len: int) -> dict:
-    from .tasks.pretraining import read_documents
+    from mobilebert_jax.tasks.pretraining import read_documents
 
     return task.featurise(read_documents(path), tok, max_len)
 
 
 def run_distill(args: argparse.Namespace) -> int:
     """Runs `distill` with parsed `args`; returns the exit status."""
-    from .sharding import maybe_initialize_distributed
+    from mobilebert_jax.training.sharding import maybe_initialize_distributed
 
     maybe_initialize_distributed(True if args.distributed else None)
     try:
@@ -148,13 +148,13 @@ def _run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
-    from . import distill as D
-    from . import distill_run as R
-    from . import sharding as shd
-    from .models import MobileBertForPreTraining
-    from .tasks.pretraining import PretrainingTask
-    from .tokenizer import MobileBertTokenizer
-    from .trainer import ArrayIterator, evaluate, make_eval_step
+    from mobilebert_jax.distill import objectives as D
+    from mobilebert_jax.distill import run as R
+    from mobilebert_jax.model.heads import MobileBertForPreTraining
+    from mobilebert_jax.tasks.pretraining import PretrainingTask
+    from mobilebert_jax.text.tokenizer import MobileBertTokenizer
+    from mobilebert_jax.training import sharding as shd
+    from mobilebert_jax.training.trainer import ArrayIterator, evaluate, make_eval_step
 
     t0 = time.perf_counter()
     preset = R.PRESETS[args.config]
@@ -217,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
                                     seed=cfg.seed + 1, progress=not args.no_progress)  # fmt: skip
         if hist:
             say(f"teacher: mlm_true {hist[0]['mlm_true']:.3f} -> {hist[-1]['mlm_true']:.3f}")
-        from .hub import save_pretrained
+        from mobilebert_jax.checkpoints.hub import save_pretrained
 
         save_pretrained(
             os.path.join(tdir, "hf_model"), jax.device_get(t_params), tc, "MobileBertForPreTraining"
@@ -225,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     student = MobileBertForPreTraining(sc)
     s_params = None
     if args.student:
-        from .hub import from_pretrained
+        from mobilebert_jax.checkpoints.hub import from_pretrained
 
         _, s_params = from_pretrained(args.student, MobileBertForPreTraining)
     result = R.run_distillation(student, teacher, t_params, ArrayIterator(arrays, cfg.batch_size, seed=cfg.seed), cfg,
@@ -262,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m mobilebert_jax.distill_cli ...`)."""
+    """Standalone entry (`python -m mobilebert_jax.cli.distill ...`)."""
     parser = argparse.ArgumentParser(prog="mobilebert-jax distill", description=__doc__.split("\n")[0])
     add_distill_arguments(parser)
     return run_distill(parser.parse_args(argv))

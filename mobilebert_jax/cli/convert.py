@@ -22,12 +22,25 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .config import MobileBertConfig
-from .convert import ConversionError, from_pytorch, scan_to_loop, to_pytorch
-from .convert_tf import TFConversionReport, load_config, load_tf1_checkpoint, load_tf_h5, map_tf1_names
-from .hub import SAFE_INDEX, SAFE_WEIGHTS, TF_WEIGHTS, CheckpointError, load_state_dict, save_pretrained
-from .models import MODEL_CLASSES
-from .tf_bundle import BundleError, BundleReader, resolve_checkpoint_prefix
+from mobilebert_jax.checkpoints.hub import save_pretrained
+from mobilebert_jax.checkpoints.pytorch import ConversionError, from_pytorch, scan_to_loop, to_pytorch
+from mobilebert_jax.checkpoints.state_dict import (
+    SAFE_INDEX,
+    SAFE_WEIGHTS,
+    TF_WEIGHTS,
+    CheckpointError,
+    load_state_dict,
+)
+from mobilebert_jax.checkpoints.tensorflow import (
+    TFConversionReport,
+    load_config,
+    load_tf1_checkpoint,
+    load_tf_h5,
+    map_tf1_names,
+)
+from mobilebert_jax.checkpoints.tf_bundle import BundleError, BundleReader, resolve_checkpoint_prefix
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.heads import MODEL_CLASSES
 
 __all__ = ["add_convert_arguments", "detect_source", "infer_model_class", "run_convert"]
 
@@ -149,11 +162,11 @@ def _read_hf(args: argparse.Namespace) -> tuple[dict, MobileBertConfig, str, Any
     if os.path.isdir(src):
         state = load_state_dict(src)
     elif src.endswith(".bin"):
-        from .hub import load_pytorch_bin
+        from mobilebert_jax.checkpoints.state_dict import load_pytorch_bin
 
         state = load_pytorch_bin(src)
     else:
-        from .hub import load_safetensors
+        from mobilebert_jax.checkpoints.state_dict import load_safetensors
 
         state = load_safetensors(src)
     cls = args.model_class or infer_model_class(state, config)
@@ -167,7 +180,7 @@ def _read_h5(args: argparse.Namespace) -> tuple[dict, MobileBertConfig, str, Any
     config = _config_for(args, os.path.join(os.path.dirname(os.path.abspath(path)), "config.json"))
     cls = args.model_class or (config.extra.get("architectures") or [None])[0]
     if cls not in MODEL_CLASSES:
-        from .convert_tf import h5_to_pytorch_names
+        from mobilebert_jax.checkpoints.tensorflow import h5_to_pytorch_names
 
         cls = infer_model_class(h5_to_pytorch_names(path), config)
     params, report = load_tf_h5(path, config, cls, strict=args.strict)
@@ -267,7 +280,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m mobilebert_jax.convert_cli SRC DST`)."""
+    """Standalone entry (`python -m mobilebert_jax.cli.convert SRC DST`)."""
     parser = argparse.ArgumentParser(prog="mobilebert-jax convert", description=__doc__.split("\n")[0])
     add_convert_arguments(parser)
     return run_convert(parser.parse_args(argv))

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import MobileBertConfig
-from .models import (
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.heads import (
     MODEL_CLASSES,
     MobileBertForMaskedLM,
     MobileBertForMultipleChoice,

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .modeling import MobileBertEmbeddings, MobileBertLayer, _Base
-from .outputs import MobileBertModelOutput
+from mobilebert_jax.model.layers import MobileBertEmbeddings, MobileBertLayer, _Base
+from mobilebert_jax.model.outputs import MobileBertModelOutput
 
 
 def _is_concrete(x) -> bool:

@@ -22,7 +22,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import sharding as shd
+from mobilebert_jax.training import sharding as shd
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def create_train_state(
 
 
 def _check_same_tree(params: Any, expected: Any) -> None:
-    from .optim import path_str
+    from mobilebert_jax.training.optim import path_str
 
     got = {path_str(p): tuple(jnp.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(params)}
     want = {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(expected)}

@@ -31,20 +31,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import distill as D
-from . import optim
-from . import sharding as shd
-from .config import MobileBertConfig
-from .hub import save_pretrained
-from .models import MobileBertForPreTraining
-from .train_state import (
+from mobilebert_jax.checkpoints.hub import save_pretrained
+from mobilebert_jax.distill import objectives as D
+from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.model.heads import MobileBertForPreTraining
+from mobilebert_jax.training import optim
+from mobilebert_jax.training import sharding as shd
+from mobilebert_jax.training.state import (
     abstract_train_state,
     checkpoint_manager,
     create_train_state,
     model_init_fn,
     restore_checkpoint,
 )
-from .trainer import FitConfig, fit, make_train_step
+from mobilebert_jax.training.trainer import FitConfig, fit, make_train_step
 
 log = logging.getLogger(__name__)
 

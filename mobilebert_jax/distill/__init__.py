@@ -1,0 +1,1 @@
+"""Distillation: IB-BERT teacher -> MobileBERT student (progressive transfer, pretraining distillation)."""

@@ -1,0 +1,1 @@
+"""The model: config, blocks, encoder, the eight `MobileBert*` heads, outputs, losses (pure linen)."""

@@ -1,0 +1,1 @@
+"""Text: the WordPiece tokenizer on `tokenizers`, equal to HF's fast BERT tokenizer."""
