@@ -107,7 +107,7 @@ def finetune() -> nbformat.NotebookNode:
             "import numpy as np, jax, jax.numpy as jnp, matplotlib.pyplot as plt\n"
             "from IPython.display import clear_output, display\n"
             "import mobilebert_jax as mbj\n"
-            "from mobilebert_jax import optim, sharding as shd\n"
+            "from mobilebert_jax.training import optim, sharding as shd\n"
             "from mobilebert_jax.tasks.finetune import PACKAGE_DATA, evaluate_task, model_arrays\n"
             "from mobilebert_jax.training.objectives import loss_fn_for\n"
             "from mobilebert_jax.tasks import get_task\n"
@@ -191,7 +191,7 @@ def convert() -> nbformat.NotebookNode:
         new_code_cell(
             "import numpy as np, tempfile, jax\n"
             "import mobilebert_jax as mbj\n"
-            "from mobilebert_jax import convert\n"
+            "from mobilebert_jax.checkpoints import pytorch as convert\n"
             'config = mbj.MobileBertConfig.from_preset("mobilebert-test" if SMOKE else "mobilebert-uncased")\n'
             "model = mbj.MobileBertForPreTraining(config)\n"
             "params = mbj.init_params(model, 0)\n"

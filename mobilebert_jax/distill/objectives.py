@@ -15,7 +15,7 @@ The recipe is google-research `mobilebert/run_pretraining.py` (REFERENCE §5 "Tr
   (ratio 0.5, T 1) at the masked positions, plus NSP on the hard labels.
 
 Every loss returns `(sum, count)` so the trainer's micro-batch accumulation stays exact under padding
-(`objectives.py`). Our models return post-softmax attention probabilities (the TF1 code compares
+(`training/objectives.py`). Our models return post-softmax attention probabilities (the TF1 code compares
 pre-softmax scores with softmax/log_softmax; the distributions are the same). Masked keys have
 probability exactly 0 in both models; they add nothing to the KL and produce no NaN.
 

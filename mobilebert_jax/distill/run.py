@@ -11,7 +11,7 @@ A run is a list of stages, each a `trainer.fit` call with its own orbax checkpoi
 A run restarted with the same arguments skips the finished stages, restores the last finished one
 (params and data position), and `fit` resumes an unfinished stage at its last checkpoint, so a
 resumed run reaches the params of an uninterrupted one. Each stage starts a fresh optimizer
-(`optim.py`: the TF gate zeroes the moments of inactive layers). Student embeddings and heads are
+(`training/optim.py`: the TF gate zeroes the moments of inactive layers). Student embeddings and heads are
 copied from the teacher before the first stage.
 """
 

@@ -1,6 +1,6 @@
 """The encoder stack and `MobileBertModel` (embeddings → L layers → pooler), with HF's inputs.
 
-Shapes: B batch, T length, H hidden_size. The heads built on `MobileBertModel` live in `models.py`.
+Shapes: B batch, T length, H hidden_size. The heads built on `MobileBertModel` live in `heads.py`.
 """
 
 from __future__ import annotations

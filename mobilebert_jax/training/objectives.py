@@ -10,7 +10,7 @@ A loss function is `loss_fn(params, batch, rng, deterministic) -> (sums, (counts
   inputs (`input_ids`, `attention_mask`, `token_type_ids`, `position_ids`) and the labels named as in
   HF (`labels`, `next_sentence_label`, `start_positions`, `end_positions`).
 
-The losses are those of HF's PyTorch heads (and of this package's `models.py`), computed from the
+The losses are those of HF's PyTorch heads (and of this package's `model/heads.py`), computed from the
 logits in float32 with `mobilebert_jax.model.losses`. Sequence-level losses accept an optional
 `example_mask` [B] (1 = real example) so a padded last eval batch counts exactly; token-level
 labels use -100 for ignored positions.

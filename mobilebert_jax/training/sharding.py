@@ -1,6 +1,6 @@
 """Mesh, logical-axis rules and shardings: the one place that knows about devices.
 
-Modules annotate params and activations with logical axis names only (`modeling.py`); this module
+Modules annotate params and activations with logical axis names only (`model/layers.py`); this module
 maps those names to mesh axes. Mesh axes are `("data", "fsdp", "tensor")`:
 
 - `data`: pure data parallelism (params replicated across it);

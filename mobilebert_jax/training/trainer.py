@@ -1,6 +1,6 @@
 """Train/eval steps (jit with shardings, donation, exact gradient accumulation) and the `fit` loop.
 
-Sections: steps · evaluation · fit (data iterators and logging live in `train_io.py`). The steps
+Sections: steps · evaluation · fit (data iterators live in `data.py`, logging in `metrics.py`). The steps
 take a loss function of the form in `objectives.py` (`(params, batch, rng, deterministic) ->
 (sums, (counts, aux))`), so accumulating micro-batches is exact under padding: gradients and sums
 add, counts add, and the objective Σ sums/counts is divided by the totals of the whole batch.
