@@ -81,7 +81,9 @@ def test_recipe_smoke_run(tmp_path, path):
     if argv[0] == "distill":
         report = json.loads((out / "distill_results.json").read_text())
         assert report["stopped"] == "done"
-        stages = sorted(d.name for d in out.iterdir() if d.is_dir() and d.name.startswith(("transfer_", "distill")))
+        stages = sorted(
+            d.name for d in out.iterdir() if d.is_dir() and d.name.startswith(("transfer_", "distill"))
+        )
         assert stages == ["distill", "transfer_00", "transfer_01"]
         assert math.isfinite(report["eval_student"]["loss"])
         return
