@@ -24,6 +24,7 @@ from mobilebert_jax.checkpoints.hub import from_pretrained, resolve_model, save_
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.heads import MODEL_CLASSES, init_params
 from mobilebert_jax.tasks import Task, get_task
+from mobilebert_jax.tasks.metrics import check_finite
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 from mobilebert_jax.training import optim
 from mobilebert_jax.training import sharding as shd
@@ -230,7 +231,9 @@ def evaluate_task(task, model, params, examples, features, batch_size, **kw) -> 
         return evaluate(eval_step, params, batches, shd.batch_sharding(kw.get("mesh"))), None
     outputs = predict_outputs(task, model, params, features, batch_size, **kw)
     predictions = task.postprocess(examples, features, outputs)
-    return task.metric(predictions, task.references(examples, features)), predictions
+    metrics = task.metric(predictions, task.references(examples, features))
+    check_finite(metrics, f"evaluation of {task.name}", outputs)  # NaN metrics are an error, not a score
+    return metrics, predictions
 
 
 def majority_baseline(task: Task, train_examples, eval_examples, eval_features) -> dict[str, float] | None:
