@@ -228,10 +228,12 @@ def evaluate_task(task, model, params, examples, features, batch_size, **kw) -> 
             rules=kw.get("rules"),
         )
         batches = (b for b, _ in padded_batches(model_arrays(task, features), batch_size))
-        return evaluate(eval_step, params, batches, shd.batch_sharding(kw.get("mesh"))), None
-    outputs = predict_outputs(task, model, params, features, batch_size, **kw)
-    predictions = task.postprocess(examples, features, outputs)
-    metrics = task.metric(predictions, task.references(examples, features))
+        metrics = evaluate(eval_step, params, batches, shd.batch_sharding(kw.get("mesh")))
+        outputs = predictions = None
+    else:
+        outputs = predict_outputs(task, model, params, features, batch_size, **kw)
+        predictions = task.postprocess(examples, features, outputs)
+        metrics = task.metric(predictions, task.references(examples, features))
     check_finite(metrics, f"evaluation of {task.name}", outputs)  # NaN metrics are an error, not a score
     return metrics, predictions
 
