@@ -80,7 +80,6 @@ def test_presets():
     "kw, match",
     [
         (dict(num_feedforward_networks=0), "num_feedforward_networks"),
-        (dict(embedding_size=600), "embedding_size"),
         (dict(num_attention_heads=3), "divisible"),
         (dict(normalization_type="manual_layer_norm"), "normalization_type"),
         (dict(hidden_act="mish2"), "hidden_act"),

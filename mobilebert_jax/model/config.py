@@ -145,11 +145,8 @@ class MobileBertConfig:
             self.normalization_type in NORMALIZATION_TYPES,
             f"normalization_type={self.normalization_type!r} is not supported; choose one of {NORMALIZATION_TYPES}",
         )
-        need(
-            self.embedding_size <= self.hidden_size,
-            f"embedding_size ({self.embedding_size}) must be <= hidden_size ({self.hidden_size}): the MLM "
-            "decoder concatenates the tied E-wide embedding with an (H-E)-wide extra matrix",
-        )
+        # embedding_size > hidden_size is valid (HF's own tests use H=37, E=128): only the MLM decoder needs
+        # E <= H, and `MobileBertLMPredictionHead` says so for the two classes that have it.
         if self.use_bottleneck:
             need(
                 isinstance(self.intra_bottleneck_size, int) and self.intra_bottleneck_size > 0,

@@ -31,6 +31,12 @@ class MobileBertLMPredictionHead(_Base):
     def __call__(self, h, word_embeddings):
         cfg = self.config
         E, H, V = cfg.embedding_size, cfg.hidden_size, cfg.vocab_size
+        if E > H:  # HF fails here too (a negative-size dense); the six classes without an MLM head build
+            raise ValueError(
+                f"MobileBertConfig: embedding_size ({E}) > hidden_size ({H}) cannot have an MLM head "
+                "(MobileBertForMaskedLM, MobileBertForPreTraining): its decoder is the tied E-wide embedding "
+                "plus an (H-E)-wide matrix; use embedding_size <= hidden_size or a class without an MLM head"
+            )
         t = _Transform(**self.kw, name="transform")(h)
         # PT's `cls.predictions.dense.weight` (H-E, V), used untransposed in the forward pass.
         extra = _RawMatrix(

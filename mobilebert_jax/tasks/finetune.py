@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilebert_jax.checkpoints.hub import from_pretrained, save_pretrained
-from mobilebert_jax.model.config import PRESETS, MobileBertConfig
+from mobilebert_jax.checkpoints.hub import from_pretrained, resolve_model, save_pretrained
+from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.heads import MODEL_CLASSES, init_params
 from mobilebert_jax.tasks import Task, get_task
+from mobilebert_jax.tasks.metrics import check_finite
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 from mobilebert_jax.training import optim
 from mobilebert_jax.training import sharding as shd
@@ -116,10 +117,11 @@ def load_model(job: JobConfig, task: Task, rng: jax.Array):
     dtype = jnp.bfloat16 if job.bf16 else jnp.float32
     overrides = {**task.config_overrides(), **job.model_config}
     kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat)
-    if job.model in PRESETS:
+    source = resolve_model(job.model)  # the rule from_pretrained uses: preset, local directory, hub id
+    if source.kind == "preset":
         config = MobileBertConfig.from_preset(job.model, **overrides)
         return config, MODEL_CLASSES[task.model_class](config, **kw), None
-    model, params = from_pretrained(job.model, task.model_class, rng=rng, **kw, **overrides)
+    model, params = from_pretrained(source.folder, task.model_class, rng=rng, **kw, **overrides)
     return model.config, model, params
 
 
@@ -147,8 +149,7 @@ def job_mesh(job: JobConfig):
 
 def load_tokenizer(job: JobConfig) -> MobileBertTokenizer:
     if (
-        job.model not in PRESETS
-        and os.path.isdir(job.model)
+        os.path.isdir(job.model)  # a directory wins over a preset name, as in resolve_model
         and any(os.path.exists(os.path.join(job.model, f)) for f in ("vocab.txt", "tokenizer.json"))
     ):
         return MobileBertTokenizer.from_pretrained(job.model)
@@ -227,10 +228,14 @@ def evaluate_task(task, model, params, examples, features, batch_size, **kw) -> 
             rules=kw.get("rules"),
         )
         batches = (b for b, _ in padded_batches(model_arrays(task, features), batch_size))
-        return evaluate(eval_step, params, batches, shd.batch_sharding(kw.get("mesh"))), None
-    outputs = predict_outputs(task, model, params, features, batch_size, **kw)
-    predictions = task.postprocess(examples, features, outputs)
-    return task.metric(predictions, task.references(examples, features)), predictions
+        metrics = evaluate(eval_step, params, batches, shd.batch_sharding(kw.get("mesh")))
+        outputs = predictions = None
+    else:
+        outputs = predict_outputs(task, model, params, features, batch_size, **kw)
+        predictions = task.postprocess(examples, features, outputs)
+        metrics = task.metric(predictions, task.references(examples, features))
+    check_finite(metrics, f"evaluation of {task.name}", outputs)  # NaN metrics are an error, not a score
+    return metrics, predictions
 
 
 def majority_baseline(task: Task, train_examples, eval_examples, eval_features) -> dict[str, float] | None:

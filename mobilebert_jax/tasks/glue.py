@@ -285,7 +285,7 @@ class GlueTask(Task):
         logits = np.asarray(outputs["logits"])
         if self.is_regression:
             return logits.reshape(-1).astype(np.float32)
-        return logits.argmax(axis=-1).astype(np.int32)
+        return M.argmax(logits)  # NaN where the logits are NaN, so the metrics are NaN too
 
     def references(
         self, examples: Sequence[GlueExample], features: Mapping[str, np.ndarray] | None = None
@@ -315,6 +315,10 @@ class GlueTask(Task):
         preds = np.asarray(predictions).reshape(-1)
         if len(preds) != len(examples):
             raise ValueError(f"{len(preds)} predictions for {len(examples)} examples")
+        if np.isnan(preds.astype(np.float64)).any():
+            raise ValueError(
+                f"{path}: {int(np.isnan(preds).sum())} predictions are NaN (the model is broken)"
+            )
         with open(path, "w", encoding="utf-8") as f:
             f.write("index\tprediction\n")
             for i, p in enumerate(preds):

@@ -4,11 +4,54 @@ accuracy = `sklearn.metrics.accuracy_score`; f1 = `sklearn.metrics.f1_score` (bi
 0.0 when undefined); matthews_corrcoef = `sklearn.metrics.matthews_corrcoef` (multi-class form,
 0.0 when undefined); pearson / spearman = `scipy.stats.pearsonr` / `spearmanr` statistics (NaN for
 constant input).
+
+NaN in, NaN out: a NaN prediction or reference makes every metric NaN (as scipy's correlations do),
+so a diverged model never scores a plausible number; `argmax` keeps a row of NaN logits as a NaN
+prediction, and `check_finite` turns non-finite metrics or model outputs into a job error.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
+
+NAN = float("nan")
+
+
+def _has_nan(*arrays: np.ndarray) -> bool:
+    return any(np.issubdtype(a.dtype, np.inexact) and bool(np.isnan(a).any()) for a in arrays)
+
+
+def argmax(logits, axis: int = -1) -> np.ndarray:
+    """Class ids of `logits` (int32), or float with NaN where a row holds a NaN (a broken model)."""
+    logits = np.asarray(logits)
+    ids = logits.argmax(axis=axis).astype(np.int32)
+    bad = np.isnan(logits).any(axis=axis) if np.issubdtype(logits.dtype, np.inexact) else None
+    if bad is not None and bad.any():
+        return np.where(bad, np.nan, ids.astype(np.float64))
+    return ids
+
+
+def check_finite(metrics: Mapping[str, Any], where: str, outputs: Mapping[str, Any] | None = None) -> None:
+    """Raises ValueError naming every NaN/inf metric (and non-finite model output) of `where`."""
+    problems = []
+    for name, arr in (outputs or {}).items():
+        a = np.asarray(arr)
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            problems.append(
+                f"model output {name} has {int(np.size(a) - np.isfinite(a).sum())} NaN/inf values"
+            )
+    bad = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isfinite(v)]
+    if bad:
+        problems.append("metrics " + ", ".join(f"{k}={metrics[k]}" for k in bad))
+    if problems:
+        raise ValueError(
+            f"{where}: {'; '.join(problems)}: the model is broken (diverged training? try a lower learning "
+            "rate, or float32) or its predictions are constant; no result is reported"
+        )
 
 
 def _pair(predictions, references) -> tuple[np.ndarray, np.ndarray]:
@@ -24,12 +67,16 @@ def _pair(predictions, references) -> tuple[np.ndarray, np.ndarray]:
 def accuracy(predictions, references) -> float:
     """Fraction of predictions equal to the reference."""
     p, r = _pair(predictions, references)
+    if _has_nan(p, r):
+        return NAN
     return float(np.mean(p == r))
 
 
 def f1(predictions, references, pos_label: int = 1) -> float:
     """Binary F1 of the class `pos_label`; 0.0 when there is no true or predicted positive."""
     p, r = _pair(predictions, references)
+    if _has_nan(p, r):
+        return NAN
     tp = np.sum((p == pos_label) & (r == pos_label))
     fp = np.sum((p == pos_label) & (r != pos_label))
     fn = np.sum((p != pos_label) & (r == pos_label))
@@ -40,6 +87,8 @@ def f1(predictions, references, pos_label: int = 1) -> float:
 def matthews_corrcoef(predictions, references) -> float:
     """Matthews correlation coefficient (Gorodkin's multi-class form, as sklearn)."""
     p, r = _pair(predictions, references)
+    if _has_nan(p, r):
+        return NAN
     classes, inv = np.unique(np.concatenate([r, p]), return_inverse=True)
     k = len(classes)
     conf = np.zeros((k, k), dtype=np.float64)
@@ -59,6 +108,8 @@ def matthews_corrcoef(predictions, references) -> float:
 def pearson(predictions, references) -> float:
     """Pearson correlation coefficient; NaN if either side is constant."""
     p, r = _pair(predictions, references)
+    if _has_nan(p, r):
+        return NAN
     x = p.astype(np.float64) - p.mean(dtype=np.float64)
     y = r.astype(np.float64) - r.mean(dtype=np.float64)
     nx, ny = np.linalg.norm(x), np.linalg.norm(y)
@@ -68,8 +119,13 @@ def pearson(predictions, references) -> float:
 
 
 def rankdata(a) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (`scipy.stats.rankdata(method="average")`)."""
+    """Ranks 1..n with ties given their average rank (`scipy.stats.rankdata(method="average")`).
+
+    All NaN if `a` holds a NaN (scipy's default nan_policy="propagate"; sorting would rank NaN last).
+    """
     a = np.asarray(a).reshape(-1)
+    if _has_nan(a):
+        return np.full(len(a), np.nan)
     order = np.argsort(a, kind="mergesort")
     s = a[order]
     new = np.concatenate([[True], s[1:] != s[:-1]])

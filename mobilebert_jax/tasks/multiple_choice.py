@@ -131,7 +131,7 @@ class MultipleChoiceTask(Task):
         outputs: Mapping[str, np.ndarray],
     ) -> np.ndarray:
         """Chosen ending per example [N]."""
-        return np.asarray(outputs["logits"]).argmax(-1).astype(np.int32)
+        return M.argmax(outputs["logits"])  # NaN where the logits are NaN
 
     def references(
         self, examples: Sequence[ChoiceExample], features: Mapping[str, np.ndarray] | None = None
@@ -149,6 +149,10 @@ class MultipleChoiceTask(Task):
         preds = np.asarray(predictions).reshape(-1)
         if len(preds) != len(examples):
             raise ValueError(f"{len(preds)} predictions for {len(examples)} examples")
+        if np.isnan(preds.astype(np.float64)).any():
+            raise ValueError(
+                f"{path}: {int(np.isnan(preds).sum())} predictions are NaN (the model is broken)"
+            )
         with open(path, "w", encoding="utf-8") as f:
             f.write("index\tprediction\n")
             f.writelines(f"{i}\t{int(p)}\n" for i, p in enumerate(preds))
