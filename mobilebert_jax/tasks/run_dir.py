@@ -80,7 +80,9 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     files = lambda d: {k: v for k, v in d.items() if k.startswith("model.files.")}  # noqa: E731
     same_files = bool(files(a)) and files(a) == files(b)
     out = []
-    for k in sorted(set(a) | set(b)):
+    order = ("task", "labels", "model", "train_file", "hyperparameters", "num_devices", "config")
+    rank = lambda k: (order.index(k.split(".")[0]) if k.split(".")[0] in order else len(order), k)  # noqa: E731
+    for k in sorted(set(a) | set(b), key=rank):
         if k.endswith(".path") or (k == "model.name" and same_files):
             continue
         if a.get(k, "<absent>") != b.get(k, "<absent>"):
