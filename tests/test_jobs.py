@@ -35,7 +35,8 @@ SENTS = [
     "a moving portrait of a family",
     "tedious beyond belief",
 ]
-SMALL = ["--mesh_data", "1", "--max_seq_length", "32", "--per_device_eval_batch_size", "8", "--no-progress"]
+SMALL = ["--mesh_data", "1", "--max_seq_length", "32", "--per_device_eval_batch_size", "8", "--no-progress",
+         "--model_config", '{"num_hidden_layers": 1}']  # fmt: skip
 
 
 def _sst2(path, labels: bool = True) -> str:
@@ -78,7 +79,11 @@ def _rows(out) -> list[dict]:
 # The HF-style command line of issue 14, with periodic eval and the best model kept.
 HF_RUN = ["--task_name", "sst2", "--do_train", "--do_eval", "--learning_rate", "3e-5", "--overwrite_output_dir",
           "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--eval_steps", "2",
-          "--load_best_model_at_end", "--warmup_steps", "1", "--lr_scheduler_type", "cosine"]  # fmt: skip
+          "--load_best_model_at_end", "--warmup_steps", "1", "--lr_scheduler_type", "constant_with_warmup"]  # fmt: skip
+# Long runs to interrupt; the same learning-rate schedule as HF_RUN, so the steps compile to the same
+# programs (the compilation cache then serves them).
+LONG = ["--task_name", "sst2", "--learning_rate", "3e-5", "--warmup_steps", "1", "--lr_scheduler_type",
+        "constant_with_warmup", "--save_steps", "1000", "--logging_steps", "1", "--max_steps"]  # fmt: skip
 
 
 _CACHE_KEYS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
@@ -244,8 +249,7 @@ def _wait_for(path, proc=None, timeout=300.0):
 def test_sigterm_saves_at_the_step_skips_eval_and_export_and_exits_143(tmp_path, compile_cache):
     train = _sst2(tmp_path / "sst2.tsv")
     out = tmp_path / "run"
-    args = _train_args(train, out, "--task_name", "sst2", "--max_steps", "100000", "--save_steps", "1000",
-                       "--logging_steps", "1")  # fmt: skip
+    args = _train_args(train, out, *LONG, "100000")
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "mobilebert_jax.cli.main", *args], env=env, text=True,
@@ -271,8 +275,7 @@ def test_sigterm_saves_at_the_step_skips_eval_and_export_and_exits_143(tmp_path,
 def test_sigint_stops_with_130_and_the_checkpoint_resumes(tmp_path, capsys):
     train = _sst2(tmp_path / "sst2.tsv")
     out = tmp_path / "run"
-    args = _train_args(train, out, "--task_name", "sst2", "--max_steps", "100000", "--save_steps", "1000",
-                       "--logging_steps", "1")  # fmt: skip
+    args = _train_args(train, out, *LONG, "100000")
 
     def interrupt():
         _wait_for(out / "metrics.jsonl")
@@ -284,12 +287,10 @@ def test_sigint_stops_with_130_and_the_checkpoint_resumes(tmp_path, capsys):
     assert report["stopped"] == "preempted" and report["signal"] == "SIGINT"
     step = report["steps"]
     assert not (out / "hf_model").exists()
-    # the same command resumes; an explicit checkpoint with other settings runs on from it
+    # an explicit checkpoint runs on from it, with other settings (here --max_steps)
     capsys.readouterr()
     ck = str(out / "checkpoints" / str(step))
-    rc = main(
-        [*args[:-6], "--max_steps", str(step + 1), "--resume_from_checkpoint", ck, "--logging_steps", "1"]
-    )
+    rc = main([*args[:-1], str(step + 1), "--resume_from_checkpoint", ck])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert f"resuming from step {step} of {step + 1}" in text and "max_steps: 100000 ->" in text

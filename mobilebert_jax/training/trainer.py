@@ -593,7 +593,7 @@ def fit(
             mngr.wait_until_finished()
             mngr.close()
         writer.close()
-    if wd is not None and main and config.plot and writer.path is not None:
+    if wd is not None and main and config.plot and writer.path is not None and stopped == "done":
         plot_loss_curve(writer.path, os.path.join(wd, "loss.png"), config.plot_metric)
     return FitResult(
         state=state, step=step, stopped=stopped, history=history, signal=sig.hit, resumed_from=resumed_from
