@@ -314,6 +314,8 @@ def best_metric(job: JobConfig, task: Task) -> tuple[str, bool]:
 
 def metric_names(task: Task, examples: list, features: dict) -> list[str] | None:
     """The names `task.metric` returns (scored on the references themselves); None where unknown."""
+    if task.name == "pretraining":
+        return None  # its evaluation reports the losses and accuracies of `finalize_eval`
     try:
         refs = task.references(examples, features)
         if isinstance(refs, list) and refs and isinstance(refs[0], tuple):  # SQuAD: (id, answers)
@@ -562,9 +564,7 @@ def _load_for_eval(job: JobConfig, task: Task, tok: MobileBertTokenizer):
     check_compatible(config, tok, job.max_seq_length)
     if params is None:
         params = init_params(model, job.seed)
-        _say(
-            f"warning: {job.model} is a preset: {'evaluating' if task else 'predicting with'} random weights"
-        )
+        _say(f"warning: {job.model} is a preset: random weights")
     return model, params
 
 
