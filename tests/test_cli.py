@@ -167,7 +167,7 @@ def test_evaluate_and_predict_from_exported_model(tmp_path):
     assert lines[0] == "index\tprediction" and len(lines) == len(SENTS) + 1
 
 
-def test_config_file_and_flag_override(tmp_path):
+def test_config_file_and_flag_override(tmp_path, capsys):
     f = _files(tmp_path, "sst2")
     cfg = tmp_path / "job.json"
     cfg.write_text(json.dumps({"task": "sst2", "train_file": f, "validation_file": f, "max_steps": 1}))
@@ -175,30 +175,38 @@ def test_config_file_and_flag_override(tmp_path):
     main(["finetune", "--config-file", str(cfg), "--output-dir", str(out), *TINY])  # --max-steps 2 wins
     assert json.loads((out / "eval_results.json").read_text())["steps"] == 2
     cfg.write_text(json.dumps({"task": "sst2", "learning_rat": 1.0}))
-    with pytest.raises(ValueError, match=r"unknown job config field\(s\) \['learning_rat'\]"):
-        main(["finetune", "--config-file", str(cfg), *TINY])
+    capsys.readouterr()
+    assert main(["finetune", "--config-file", str(cfg), *TINY]) == 2
+    assert "error: unknown job config field(s) ['learning_rat']" in capsys.readouterr().err
+    cfg.write_text(json.dumps({"task": "sst2", "learning_rate": "3e-5"}))
+    assert main(["finetune", "--config-file", str(cfg), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: field 'learning_rate' must be a number, got '3e-5' (a string)" in err
 
 
-def test_clear_errors(tmp_path):
+def test_clear_errors(tmp_path, capsys):
     f = _files(tmp_path, "sst2")
-    with pytest.raises(ValueError, match="tokenizer has 30522 ids but the model's vocab_size is 1000"):
-        main(
-            [
-                "finetune",
-                "--task",
-                "sst2",
-                "--model",
-                "mobilebert-test",
-                "--train-file",
-                f,
-                "--validation-file",
-                f,
-                "--output-dir",
-                str(tmp_path / "x"),
-                "--mesh-data",
-                "1",
-            ]
-        )
+    rc = main(
+        [
+            "finetune",
+            "--task",
+            "sst2",
+            "--model",
+            "mobilebert-test",
+            "--model-config",
+            '{"vocab_size": 1000}',
+            "--train-file",
+            f,
+            "--validation-file",
+            f,
+            "--output-dir",
+            str(tmp_path / "x"),
+            "--mesh-data",
+            "1",
+        ]
+    )
+    assert rc == 2
+    assert "tokenizer has 30522 ids but the model's vocab_size is 1000" in capsys.readouterr().err
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tlabel\ngood\t7\n", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.tsv:2"):
@@ -214,6 +222,7 @@ def test_clear_errors(tmp_path):
                 "--output-dir",
                 str(tmp_path / "y"),
                 *TINY,
+                "--debug",
             ]
         )
 

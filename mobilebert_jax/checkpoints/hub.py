@@ -205,4 +205,9 @@ def save_pretrained(path: str, params: Any, config: MobileBertConfig, model_clas
         json.dump(d, f, indent=2, sort_keys=True)
         f.write("\n")
     arrays = {k: np.ascontiguousarray(v) for k, v in sd.items()}
-    save_file(arrays, os.path.join(path, SAFE_WEIGHTS), metadata={"format": "pt"})
+    weights = os.path.join(path, SAFE_WEIGHTS)
+    save_file(arrays, weights, metadata={"format": "pt"})
+    # safetensors writes through a private temp file (mode 0600); give it an ordinary file's mode
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(weights, 0o666 & ~umask)

@@ -21,43 +21,100 @@ from typing import Any
 _JOBS = ("finetune", "evaluate", "predict", "pretrain")
 
 
-def _add_job_flags(p: argparse.ArgumentParser) -> None:
-    from mobilebert_jax.tasks.finetune import JobConfig
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line, `error: ...`, exit status 2 (subcommand parsers are this class too)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _str2bool(v: str) -> bool:
+    low = v.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+
+
+def _names(name: str, aliases: tuple[str, ...] = ()) -> list[str]:
+    """HF's `--learning_rate` and our `--learning-rate` (and HF aliases such as `--task_name`)."""
+    out: list[str] = []
+    for n in (name, *aliases):
+        for flag in ("--" + n, "--" + n.replace("_", "-")):
+            if flag not in out:
+                out.append(flag)
+    return out
+
+
+def _add_job_flags(p: argparse.ArgumentParser, command: str) -> None:
+    """The `JobConfig` fields that `command` uses, each under its HF `_` name and the `-` spelling."""
+    from mobilebert_jax.tasks.job_config import TASK_OPTION_FLAGS, JobConfig, field_default
 
     hints = typing.get_type_hints(JobConfig)
-    p.add_argument("--config-file", help="JSON file of job fields; flags given here override it")
     p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() (multi-host TPU/GPU; also via MOBILEBERT_JAX_DISTRIBUTED=1)",
+        "--config_file", "--config-file", help="JSON file of job fields; flags given here override it"
     )
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    if command != "evaluate" and command != "predict":
+        p.add_argument(
+            "--distributed",
+            action="store_true",
+            help="call jax.distributed.initialize() (multi-host TPU/GPU; also via MOBILEBERT_JAX_DISTRIBUTED=1)",
+        )
+    else:
+        p.set_defaults(distributed=False)
     for f in dataclasses.fields(JobConfig):
-        flag = "--" + f.name.replace("_", "-")
+        if command not in f.metadata["cmds"]:
+            continue
+        flags = _names(f.name, f.metadata.get("aliases", ()))
         t = hints[f.name]
-        if t is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif t is dict:
-            p.add_argument(flag, type=json.loads, default=None, metavar="JSON")
+        default = field_default(f)
+        help_ = f"{f.metadata['help']} (default: {default if default not in ({}, None) else 'none'})"
+        if command in ("evaluate", "predict") and f.name == "output_dir":
+            help_ = f.metadata["help"]
+        base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
+        if base is bool:
+            p.add_argument(*flags, dest=f.name, nargs="?", const=True, type=_str2bool, default=None,
+                           metavar="BOOL", help=help_)  # fmt: skip
+            p.add_argument(*("--no-" + x[2:] for x in flags[:2]), dest=f.name, action="store_false",
+                           help=argparse.SUPPRESS)  # fmt: skip
+        elif base is dict:
+            p.add_argument(*flags, dest=f.name, type=json.loads, default=None, metavar="JSON", help=help_)
         else:
-            base = (
-                next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
-            )
-            p.add_argument(flag, type=base, default=None)
+            p.add_argument(*flags, dest=f.name, type=base, default=None, metavar=f.metadata.get("metavar"),
+                           help=help_)  # fmt: skip
+    g = p.add_argument_group("task options (HF run_qa names; the same as --task_options)")
+    for name, (typ, help_) in TASK_OPTION_FLAGS.items():
+        kw: dict[str, Any] = (
+            dict(nargs="?", const=True, type=_str2bool, metavar="BOOL")
+            if typ is bool
+            else dict(type=typ, metavar="N" if typ is int else "X")
+        )
+        g.add_argument(*_names(name), dest="opt_" + name, default=None, help=help_, **kw)
 
 
 def _job_from_args(args: argparse.Namespace, **defaults: Any):
-    from mobilebert_jax.tasks.finetune import JobConfig
+    from mobilebert_jax.tasks.job_config import TASK_OPTION_FLAGS, JobConfig, read_job_file
 
     given = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(JobConfig)
-        if getattr(args, f.name) is not None
+        if getattr(args, f.name, None) is not None
+    }
+    opts = {
+        k: getattr(args, "opt_" + k) for k in TASK_OPTION_FLAGS if getattr(args, "opt_" + k, None) is not None
     }
     base = dict(defaults)
+    source = "flags"
     if args.config_file:
-        with open(args.config_file, encoding="utf-8") as fh:
-            base.update(json.load(fh))
-    return JobConfig.from_dict({**base, **given})
+        base.update(read_job_file(args.config_file))
+        source = args.config_file
+    job = JobConfig.from_dict({**base, **given}, source=source)
+    if opts:
+        job.task_options = {**job.task_options, **opts}
+    return job
 
 
 def _demo_job(smoke: bool) -> dict[str, Any]:
@@ -101,9 +158,10 @@ def _demo_job(smoke: bool) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="mobilebert-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
     helps = {
         "finetune": "fine-tune and evaluate a task (GLUE, SQuAD, NER, SWAG)",
@@ -112,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain": "MLM + NSP pretraining on plain-text documents (LAMB)",
     }
     for name in _JOBS:
-        _add_job_flags(sub.add_parser(name, help=helps[name]))
+        _add_job_flags(sub.add_parser(name, help=helps[name], description=helps[name]), name)
     demo = sub.add_parser("demo", help="the README's main job: QNLI fine-tuning from random init, on CPU")
-    _add_job_flags(demo)
+    _add_job_flags(demo, "demo")
     demo.add_argument("--smoke", action="store_true", help="a few steps on a tiny config (CI)")
     try:
         from mobilebert_jax.cli.convert import add_convert_arguments
@@ -133,8 +191,34 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _one_line(e: BaseException) -> str:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(msg.split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line. Exit status: 0 done; 2 a usage error (a flag, flag value or output-dir
+    conflict); 1 a data, model or runtime error; 143 / 130 stopped by SIGTERM / SIGINT (checkpoint
+    saved). Errors print one line `error: ...`; `--debug` shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MOBILEBERT_JAX_DEBUG") == "1"
+    try:
+        return _run(build_parser().parse_args(argv))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        from mobilebert_jax.tasks.job_config import UsageError
+
+        sys.stderr.write(f"error: {_one_line(e)} (--debug shows the traceback)\n")
+        return 2 if isinstance(e, UsageError) else 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command in (*_JOBS, "demo"):
         from mobilebert_jax.tasks import finetune
         from mobilebert_jax.training.sharding import maybe_initialize_distributed
@@ -146,14 +230,15 @@ def main(argv: list[str] | None = None) -> int:
             job = _job_from_args(args, task="pretraining", optimizer="lamb", learning_rate=1e-3)
         else:
             job = _job_from_args(args)
-        run = {
-            "finetune": finetune.run_finetune,
-            "demo": finetune.run_finetune,
-            "pretrain": finetune.run_finetune,
-            "evaluate": finetune.run_evaluate,
-            "predict": finetune.run_predict,
-        }[args.command]
-        run(job)
+        if args.command == "evaluate":
+            finetune.run_evaluate(job)
+            return 0
+        if args.command == "predict":
+            finetune.run_predict(job)
+            return 0
+        report = finetune.run_finetune(job, "finetune" if args.command == "finetune" else args.command)
+        if report.get("stopped") == "preempted":
+            return 130 if report.get("signal") == "SIGINT" else 143
         return 0
     if args.command == "convert":
         from mobilebert_jax.cli.convert import run_convert

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -259,6 +260,7 @@ class MobileBertConfig:
                 kwargs[k] = v
             else:
                 extra[k] = v
+        check_field_types(kwargs)
         if "id2label" in kwargs and kwargs["id2label"] is not None:
             kwargs["id2label"] = {int(k): v for k, v in kwargs["id2label"].items()}
             kwargs["num_labels"] = len(kwargs["id2label"])
@@ -278,7 +280,14 @@ class MobileBertConfig:
             raise FileNotFoundError(f"no config.json at {path}") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_dict(d, **overrides)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields")
+        try:
+            return cls.from_dict(d, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -286,7 +295,37 @@ class MobileBertConfig:
         """A named configuration: see `PRESETS`."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+        check_field_types(overrides)
         return cls(**{**PRESETS[name], **overrides})
+
+
+def check_field_types(values: Mapping[str, Any]) -> None:
+    """Strict JSON types for known fields, naming the field: `"false"` is not a bool (Python would
+    read the string as true), `"0.1"` is not a number, `true` is not an integer."""
+    hints = typing.get_type_hints(MobileBertConfig)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is None or name == "extra":
+            continue
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            continue
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        base = typing.get_origin(base) or base
+        if base is bool:
+            ok, want = isinstance(value, bool), "true or false"
+        elif base is int:
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif base is float:
+            ok, want = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        elif base is str:
+            ok, want = isinstance(value, str), "a string"
+        else:  # Mapping (id2label)
+            ok, want = isinstance(value, Mapping), "a JSON object"
+        if not ok:
+            kind = "a string" if isinstance(value, str) else type(value).__name__
+            null = " or null" if type(None) in args else ""
+            raise ValueError(f"config field {name!r} must be {want}{null}, got {value!r} ({kind})")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -92,6 +92,12 @@ class Task:
         """A copy of the task fitted to training examples (e.g. NER label sets); default: self."""
         return self
 
+    def read_training(self, path: PathLike) -> tuple[Task, list[Any]]:
+        """(the task fitted to the training file by `adapt`, the file's examples). Unlike `read`, a
+        label the task can add (a new NER entity type) is not an error here."""
+        examples = self.read(path)
+        return self.adapt(examples), examples
+
     # --- to be provided by subclasses -------------------------------------------------------------
     def read(self, path: PathLike) -> list[Any]:
         """Examples from a file; raises `DataError` naming file and line on bad data."""
@@ -146,15 +152,32 @@ def iter_lines(path: PathLike) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its line ending), splitting on `\\n` only.
 
     A UTF-8 byte-order mark is dropped (MRPC's files start with one). Other line separators
-    (`\\r`, U+2028, U+0085) inside a line are kept: they occur inside GLUE sentences.
+    (`\\r`, U+2028, U+0085) inside a line are kept: they occur inside GLUE sentences. Bytes that are
+    not UTF-8 raise `DataError` naming the file, line and column.
     """
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for i, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"not UTF-8 text: byte 0x{raw[e.start]:02x} at column {e.start + 1} (save the file as UTF-8)",
+                    path,
+                    i,
+                ) from None
             if line.endswith("\n"):
                 line = line[:-1]
             if line.endswith("\r"):
                 line = line[:-1]
             yield i, line
+
+
+def check_utf8(path: PathLike) -> None:
+    """Raise `DataError` naming file:line for the first bytes of `path` that are not UTF-8."""
+    for _ in iter_lines(path):
+        pass
 
 
 def check_file(path: PathLike) -> None:
@@ -179,6 +202,8 @@ def read_records(path: PathLike) -> list[tuple[int, dict[str, Any]]]:
     """
     check_file(path)
     ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in (".csv", ".json"):
+        check_utf8(path)
     if ext == ".csv":
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)

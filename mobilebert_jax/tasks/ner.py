@@ -182,6 +182,11 @@ class NerTask(Task):
         )
         return self if not found else dataclasses.replace(self, labels=bio2_labels([*known, *found]))
 
+    def read_training(self, path: PathLike) -> tuple[NerTask, list[NerExample]]:
+        """(the task with the file's new entity types added to `labels`, the file's sentences)."""
+        task = self.adapt(read_conll(path))
+        return task, task.read(path)
+
     def read(self, path: PathLike) -> list[NerExample]:
         """Sentences with tags converted to BIO2; entity types outside `labels` are an error."""
         out = []

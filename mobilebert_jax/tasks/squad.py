@@ -23,7 +23,16 @@ from typing import Any
 import numpy as np
 
 from mobilebert_jax.tasks import squad_metric
-from mobilebert_jax.tasks.base import DataError, PathLike, Task, check_file, encode, output, read_records
+from mobilebert_jax.tasks.base import (
+    DataError,
+    PathLike,
+    Task,
+    check_file,
+    check_utf8,
+    encode,
+    output,
+    read_records,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +96,7 @@ def read_squad(path: PathLike) -> list[SquadExample]:
                          list(ans["answer_start"]), labelled, f"line {line}", path)
             )  # fmt: skip
     else:
+        check_utf8(path)
         with open(path, encoding="utf-8") as f:
             try:
                 data = json.load(f)

@@ -41,6 +41,26 @@ class MetricsWriter:
         os.makedirs(workdir, exist_ok=True)
         self.tb = _tensorboard_writer(os.path.join(workdir, "tensorboard"))
 
+    def truncate(self, step: int) -> None:
+        """Drops rows after `step` (a resumed run recomputes them; the plot must not double back)."""
+        if self.path is None or not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                continue
+            if int(row.get("step", 0)) <= step:
+                keep.append(json.dumps(row) + "\n")
+        if len(keep) != len(lines):
+            tmp = self.path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(keep)
+            os.replace(tmp, self.path)
+
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if self.path is None:
             return
@@ -56,8 +76,19 @@ class MetricsWriter:
             self.tb.close()
 
 
-def plot_loss_curve(jsonl_path: str, png_path: str) -> str | None:
-    """Writes train (and eval) loss vs step from metrics.jsonl to a PNG (matplotlib, Agg)."""
+def eval_metric_series(rows: list[dict], metric: str | None = None) -> tuple[str, list] | None:
+    """(key, [(step, value)]) of the eval metric to plot beside the loss: `eval/<metric>` when logged,
+    else the first `eval/` key that is not a loss; None when no eval metric was logged."""
+    keys = [k for r in rows for k in r if k.startswith("eval/") and not k.startswith("eval/loss")]
+    if not keys:
+        return None
+    key = f"eval/{metric}" if metric and f"eval/{metric}" in keys else keys[0]
+    return key, [(r["step"], r[key]) for r in rows if key in r]
+
+
+def plot_loss_curve(jsonl_path: str, png_path: str, metric: str | None = None) -> str | None:
+    """Writes train (and eval) loss vs step from metrics.jsonl to a PNG (matplotlib, Agg); with eval
+    metrics logged (`--eval_steps`), a second panel shows `metric` (see `eval_metric_series`)."""
     if not os.path.exists(jsonl_path):
         return None
     import matplotlib
@@ -65,8 +96,15 @@ def plot_loss_curve(jsonl_path: str, png_path: str) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(jsonl_path) if line.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    rows = []
+    for line in open(jsonl_path, encoding="utf-8"):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    series = eval_metric_series(rows, metric)
+    fig, axes = plt.subplots(1, 2 if series else 1, figsize=(12 if series else 7, 4), squeeze=False)
+    ax = axes[0, 0]
     for key, label in (("loss", "train"), ("eval/loss", "eval")):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
@@ -75,6 +113,15 @@ def plot_loss_curve(jsonl_path: str, png_path: str) -> str | None:
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
+    if series:
+        key, pts = series
+        ax2 = axes[0, 1]
+        ax2.plot(*zip(*pts), marker="o", color="tab:green", label=key)
+        ax2.set_xlabel("step")
+        ax2.set_ylabel(key[5:])
+        ax2.set_title(f"validation {key[5:]}")
+        ax2.legend()
+        ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

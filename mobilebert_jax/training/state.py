@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -272,3 +273,66 @@ def _as_abstract(x: Any) -> Any:
     if sharding is None:  # no mesh: restore onto the default device
         sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, sharding=sharding)
+
+
+def restore_latest(
+    mngr: ocp.CheckpointManager, abstract_state: TrainState, warn: Callable[[str], None] | None = None
+) -> tuple[TrainState, dict, int] | None:
+    """The newest committed checkpoint that reads back, or None when there is none.
+
+    A checkpoint that fails to restore (truncated or corrupted files, a half-finished copy) is moved
+    aside to `<step>.corrupt-<time>` (orbax then no longer lists it, so the step can be saved again)
+    and the previous one is tried, with a warning naming both. If every checkpoint fails, the error
+    of the newest is raised.
+    """
+    warn = warn or log.warning
+    first_error: Exception | None = None
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            return restore_checkpoint(mngr, abstract_state, step)
+        except Exception as e:  # orbax/tensorstore raise many types for unreadable files
+            first_error = first_error or e
+            bad = os.path.join(os.fspath(mngr.directory), str(step))
+            aside = f"{bad}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            if jax.process_index() == 0 and os.path.isdir(bad):
+                os.rename(bad, aside)
+            mngr.reload()
+            rest = [s for s in mngr.all_steps() if s < step]
+            warn(
+                f"warning: checkpoint step {step} in {mngr.directory} cannot be read ({type(e).__name__}: "
+                f"{msg}); moved it to {os.path.basename(aside)}; "
+                + (f"falling back to step {max(rest)}" if rest else "no earlier checkpoint")
+            )
+    if first_error is not None:
+        raise CheckpointReadError(
+            f"no checkpoint in {mngr.directory} can be read (newest error: {first_error})"
+        ) from first_error
+    return None
+
+
+class CheckpointReadError(RuntimeError):
+    """No committed checkpoint of a run can be restored."""
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, int | None]:
+    """(checkpoints directory, step or None for the latest) for a `--resume_from_checkpoint` path.
+
+    Accepts a step directory (`run/checkpoints/120`), a checkpoints directory or a run directory
+    holding `checkpoints/`.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--resume_from_checkpoint {path}: no such directory")
+    base = os.path.basename(path)
+    if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
+        return os.path.dirname(path), int(base)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    steps = [int(n) for n in os.listdir(path) if n.isdigit()]
+    if not steps:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {path}: no checkpoint here (expected a step directory such as "
+            "run/checkpoints/100, a checkpoints/ directory, or a run directory)"
+        )
+    return path, None

@@ -1,6 +1,6 @@
 """Train/eval steps (jit with shardings, donation, exact gradient accumulation) and the `fit` loop.
 
-Sections: steps · evaluation · fit (data iterators live in `data.py`, logging in `metrics.py`). The steps
+Sections: steps · evaluation · fit (data iterators in `data.py`, logging in `metrics.py`). The steps
 take a loss function of the form in `objectives.py` (`(params, batch, rng, deterministic) ->
 (sums, (counts, aux))`), so accumulating micro-batches is exact under padding: gradients and sums
 add, counts add, and the objective Σ sums/counts is divided by the totals of the whole batch.
@@ -31,7 +31,15 @@ from mobilebert_jax.training.data import ArrayIterator, DataIterator
 from mobilebert_jax.training.metrics import MetricsWriter, plot_loss_curve
 from mobilebert_jax.training.objectives import LossFn, objective
 from mobilebert_jax.training.optim import Schedule, learning_rate_at
-from mobilebert_jax.training.state import TrainState, checkpoint_manager, restore_checkpoint, save_checkpoint
+from mobilebert_jax.training.state import (
+    CheckpointReadError,
+    TrainState,
+    checkpoint_manager,
+    resolve_checkpoint,
+    restore_checkpoint,
+    restore_latest,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 Metrics = dict[str, jax.Array]
@@ -372,11 +380,15 @@ class FitConfig:
     async_checkpoint: bool = True  # write checkpoints in a background thread
     eval_every: int | None = None  # call eval_fn every this many steps (and at the end)
     progress: bool = True  # tqdm bar with loss, learning rate and tokens/s (host 0)
-    # SIGTERM (Kubernetes/SLURM/Colab stop) acts as a preemption; single-process runs only: with
-    # jax.distributed, JAX's own preemption service catches SIGTERM and `reached_preemption` reports it
-    # on every host at the same step
+    # SIGTERM (Kubernetes/SLURM/Colab stop) and SIGINT (Ctrl-C) act as a preemption: save at the current
+    # step and return; single-process runs only: with jax.distributed, JAX's own preemption service
+    # catches SIGTERM and `reached_preemption` reports it on every host at the same step
     handle_sigterm: bool = True
     plot: bool = True  # loss.png at the end
+    plot_metric: str | None = None  # the eval metric loss.png shows beside the loss (default: the first)
+    # start from this checkpoint (a step directory, a checkpoints/ directory or a run directory) instead
+    # of the workdir's latest; later checkpoints in the workdir are deleted (the run branches here)
+    resume_from: str | None = None
 
 
 @dataclasses.dataclass
@@ -385,20 +397,58 @@ class FitResult:
     step: int
     stopped: str  # "done" or "preempted"
     history: list[dict[str, float]]
+    signal: str | None = None  # "SIGTERM" / "SIGINT" when a signal stopped the run
+    resumed_from: int | None = None  # the step restored at the start (None: a fresh start)
 
 
-class _Sigterm:
+class _Signals:
+    """SIGTERM and SIGINT set `hit` (the signal's name); a second SIGINT interrupts at once."""
+
     def __init__(self, enable: bool):
-        self.hit, self.old = False, None
+        self.hit: str | None = None
+        self.old: dict[int, Any] = {}
         if enable and threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGTERM, self._on)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old[sig] = signal.signal(sig, self._on)
 
-    def _on(self, *_):
-        self.hit = True
+    def _on(self, signum, frame):
+        if self.hit == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.hit = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint at the end of this step, then stopping", self.hit)
 
     def restore(self):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+
+def _say(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def _restore_from(path: str, own: Any, state: TrainState) -> tuple[TrainState, dict, int]:
+    """Restores the checkpoint `path` names (see `FitConfig.resume_from`), with an error naming it."""
+    directory, step = resolve_checkpoint(path)
+    same = own is not None and os.path.abspath(os.fspath(own.directory)) == directory
+    mngr = own if same else checkpoint_manager(directory, async_save=False)
+    try:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {path}: no committed checkpoint in {directory}"
+            )
+        try:
+            return restore_checkpoint(mngr, state, step)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise CheckpointReadError(
+                f"--resume_from_checkpoint {path}: step {step} cannot be restored into this model and "
+                f"optimizer ({type(e).__name__}: {first})"
+            ) from None
+    finally:
+        if not same:
+            mngr.close()
 
 
 def fit(
@@ -436,12 +486,29 @@ def fit(
             config.max_to_keep,
             config.async_checkpoint,
         )
-        if mngr.latest_step() is not None:
-            state, data_state, s = restore_checkpoint(mngr, state)
-            if data_state and hasattr(data, "set_state"):
-                data.set_state(data_state)
-            log.info("resumed from step %d in %s", s, wd)
+    restored = None
+    if config.resume_from:
+        restored = _restore_from(config.resume_from, mngr, state)
+        where = config.resume_from
+        if mngr is not None:
+            later = [t for t in mngr.all_steps() if t > restored[2]]
+            for t in later:
+                mngr.delete(t)
+            if later:
+                _say(f"deleted checkpoints {later} of {wd}: the run continues from step {restored[2]}")
+    elif mngr is not None and mngr.all_steps():
+        restored = restore_latest(mngr, state, warn=_say)
+        where = wd
+    resumed_from = None
+    if restored is not None:
+        state, data_state, resumed_from = restored
+        if data_state and hasattr(data, "set_state"):
+            data.set_state(data_state)
+        left = "" if resumed_from < config.num_steps else ": no steps left"
+        _say(f"resuming from step {resumed_from} of {config.num_steps} ({where}){left}")
     writer = MetricsWriter(wd)
+    if resumed_from is not None:
+        writer.truncate(resumed_from)  # rows past the checkpoint are recomputed: no duplicate steps
     start = int(jax.device_get(state.step))
     main = jax.process_index() == 0
     bar = None
@@ -449,7 +516,7 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.num_steps, initial=start, desc="train", dynamic_ncols=True)
-    sig = _Sigterm(config.handle_sigterm and jax.process_count() == 1)
+    sig = _Signals(config.handle_sigterm and jax.process_count() == 1)
     history: list[dict[str, float]] = []
     pending: list[tuple[int, Metrics]] = []
     last_saved = None if mngr is None else mngr.latest_step()
@@ -507,11 +574,11 @@ def fit(
                 ev = {f"eval/{k}": float(v) for k, v in eval_fn(state, step).items()}
                 history.append({"step": step, **ev})
                 writer.write(step, ev)
-            preempted = sig.hit or (mngr is not None and mngr.reached_preemption(step))
+            preempted = sig.hit is not None or (mngr is not None and mngr.reached_preemption(step))
             if preempted:
                 save(step, data_state, force=True)
                 stopped = "preempted"
-                log.warning("preempted at step %d: checkpoint saved, exiting", step)
+                _say(f"{sig.hit or 'preempted'} at step {step}: checkpoint saved, stopping")
                 break
             if mngr is not None and step % config.checkpoint_every == 0:
                 save(step, data_state)
@@ -526,6 +593,8 @@ def fit(
             mngr.wait_until_finished()
             mngr.close()
         writer.close()
-    if wd is not None and main and config.plot and writer.path is not None:
-        plot_loss_curve(writer.path, os.path.join(wd, "loss.png"))
-    return FitResult(state=state, step=step, stopped=stopped, history=history)
+    if wd is not None and main and config.plot and writer.path is not None and stopped == "done":
+        plot_loss_curve(writer.path, os.path.join(wd, "loss.png"), config.plot_metric)
+    return FitResult(
+        state=state, step=step, stopped=stopped, history=history, signal=sig.hit, resumed_from=resumed_from
+    )

@@ -1,0 +1,245 @@
+"""`JobConfig`: the fields of a fine-tuning/evaluation job, their help, their checks.
+
+Field names are HF's (`run_glue.py`, `run_qa.py`, `run_ner.py`, `TrainingArguments`), so the command
+line accepts HF's flags (`--learning_rate`, also spelled `--learning-rate`) and a JSON job file uses
+the same keys. `validate(command)` checks every value before any work starts; `UsageError` is the
+error of a wrong flag or flag combination (the CLI exits 2 on it, 1 on data errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from typing import Any
+
+TRAIN_COMMANDS = ("finetune", "pretrain", "demo")
+ALL_COMMANDS = (*TRAIN_COMMANDS, "evaluate", "predict")
+LR_SCHEDULES = ("linear", "constant", "constant_with_warmup", "cosine")
+OPTIMIZERS = ("adamw", "lamb")
+SHARDING_RULES = ("dp", "fsdp", "tensor", "fsdp_tensor")
+# Task options that HF's scripts take as top-level flags; they go into `task_options`.
+TASK_OPTION_FLAGS: dict[str, tuple[type, str]] = {
+    "doc_stride": (int, "SQuAD: tokens of overlap between the windows of a long context"),
+    "max_query_length": (int, "SQuAD: questions are cut to this many tokens"),
+    "n_best_size": (int, "SQuAD: start/end candidates kept when decoding an answer"),
+    "max_answer_length": (int, "SQuAD: the longest answer (tokens) decoding may return"),
+    "null_score_diff_threshold": (float, "SQuAD v2: predict no-answer when null score - best > this"),
+    "version_2_with_negative": (bool, "SQuAD: the file has unanswerable questions (as task squad_v2)"),
+}
+ALIASES = {"task_name": "task", "model_name_or_path": "model"}  # HF names of our fields
+
+
+class UsageError(ValueError):
+    """A flag, flag value or flag combination that cannot run (the CLI exits with status 2)."""
+
+
+def _f(default: Any, help: str, cmds: tuple[str, ...] = ALL_COMMANDS, **kw: Any) -> Any:
+    meta = {"help": help, "cmds": cmds, **kw}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=dict, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_T = TRAIN_COMMANDS
+_EVAL = (*TRAIN_COMMANDS, "evaluate")
+_PRED = (*TRAIN_COMMANDS, "predict")
+
+
+@dataclasses.dataclass
+class JobConfig:
+    """One fine-tuning/evaluation job. Field names follow HF's `run_glue.py` / `TrainingArguments`."""
+
+    task: str | None = _f(
+        None, "task name (GLUE, squad, squad_v2, ner, swag, pretraining); evaluate/predict default to "
+        "the model's config.json finetuning_task", aliases=("task_name",), metavar="NAME")  # fmt: skip
+    model: str = _f(
+        "mobilebert-uncased", "a preset (random init), an HF model directory or a hub id",
+        aliases=("model_name_or_path",), metavar="NAME_OR_PATH")  # fmt: skip
+    model_config: dict = _f({}, "model config overrides as JSON, e.g. '{\"num_hidden_layers\": 4}'")
+    train_file: str | None = _f(None, "training data (GLUE .tsv/.csv/.jsonl, SQuAD .json, CoNLL)", _T,
+                                metavar="PATH")  # fmt: skip
+    validation_file: str | None = _f(None, "evaluation data (labelled)", _EVAL, metavar="PATH")
+    test_file: str | None = _f(None, "data to predict on (labels not needed)", _PRED, metavar="PATH")
+    output_dir: str | None = _f(
+        None, "where results go (finetune: runs/finetune; evaluate/predict: a subfolder named after the "
+        "command and data file, beside the model's run)", metavar="DIR")  # fmt: skip
+    overwrite_output_dir: bool = _f(False, "start a new run in an output dir that holds another one", _T)
+    resume_from_checkpoint: str | None = _f(
+        None, "continue from this checkpoint (run/checkpoints/N, a checkpoints/ dir or a run dir) even "
+        "if its settings differ", _T, metavar="PATH")  # fmt: skip
+    do_train: bool | None = _f(None, "train (default when no --do_* flag is given)", ("finetune",))
+    do_eval: bool | None = _f(None, "evaluate on --validation_file after training", ("finetune",))
+    do_predict: bool | None = _f(None, "write predictions for --test_file after training", ("finetune",))
+    max_seq_length: int = _f(128, "tokens per example (longer inputs are truncated)", metavar="N")
+    per_device_train_batch_size: int = _f(32, "training examples per device per micro-batch", _T, metavar="N")
+    per_device_eval_batch_size: int = _f(64, "evaluation examples per device", metavar="N")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer update", _T, metavar="N")
+    learning_rate: float = _f(5e-5, "peak learning rate", _T, metavar="LR")
+    num_train_epochs: float = _f(3.0, "epochs (ignored when --max_steps > 0)", _T, metavar="X")
+    max_steps: int = _f(-1, "optimizer updates; > 0 overrides --num_train_epochs", _T, metavar="N")
+    warmup_ratio: float = _f(0.1, "fraction of the steps with linear warmup", _T, metavar="X")
+    warmup_steps: int = _f(0, "warmup steps; > 0 overrides --warmup_ratio", _T, metavar="N")
+    lr_scheduler_type: str = _f("linear", f"learning-rate schedule after warmup: {', '.join(LR_SCHEDULES)}", _T,
+                                metavar="NAME")  # fmt: skip
+    weight_decay: float = _f(0.01, "decoupled weight decay (not on biases and norms)", _T, metavar="X")
+    optimizer: str = _f("adamw", "adamw (fine-tuning) or lamb (pretraining, MobileBERT's recipe)", _T,
+                        metavar="NAME")  # fmt: skip
+    adam_epsilon: float = _f(1e-6, "Adam epsilon", _T, metavar="X")
+    max_grad_norm: float = _f(1.0, "global gradient-norm clip (0: no clipping)", _T, metavar="X")
+    seed: int = _f(42, "seed of init, dropout and shuffling", metavar="N")
+    bf16: bool = _f(False, "bf16 compute (params, optimizer state and losses stay float32)")
+    scan_layers: bool = _f(False, "scan over layers (fast compile; changes the checkpoint layout)")
+    remat: bool = _f(False, "recompute activations in the backward pass (less memory)", _T)
+    mesh_data: int = _f(-1, "data-parallel mesh axis size (-1: all remaining devices)", metavar="N")
+    mesh_fsdp: int = _f(1, "FSDP mesh axis size (-1: all remaining devices)", metavar="N")
+    mesh_tensor: int = _f(1, "tensor-parallel mesh axis size (-1: all remaining devices)", metavar="N")
+    sharding_rules: str = _f("dp", f"parameter sharding: {', '.join(SHARDING_RULES)}", metavar="NAME")
+    logging_steps: int = _f(10, "log training metrics every N steps", _T, metavar="N")
+    eval_steps: int | None = _f(None, "evaluate every N steps during training (and at the end)", _T,
+                                metavar="N")  # fmt: skip
+    save_steps: int = _f(500, "save a checkpoint every N steps (the last step is always saved)", _T,
+                         metavar="N")  # fmt: skip
+    save_total_limit: int | None = _f(2, "checkpoints kept on disk", _T, metavar="N")
+    metric_for_best_model: str | None = _f(
+        None, "eval metric that picks the best checkpoint with --eval_steps (default: the task's main "
+        "metric)", _T, metavar="NAME")  # fmt: skip
+    greater_is_better: bool | None = _f(None, "higher --metric_for_best_model is better (default: "
+                                        "true, false for a loss)", _T)  # fmt: skip
+    load_best_model_at_end: bool = _f(False, "evaluate and export the best model (needs --eval_steps)", _T)
+    max_train_samples: int | None = _f(None, "use the first N training examples", _T, metavar="N")
+    max_eval_samples: int | None = _f(None, "use the first N evaluation examples", _EVAL, metavar="N")
+    max_predict_samples: int | None = _f(None, "use the first N prediction examples", _PRED, metavar="N")
+    task_options: dict = _f({}, "task options as JSON, e.g. '{\"doc_stride\": 64}'")
+    progress: bool = _f(True, "show a progress bar")
+
+    @classmethod
+    def from_file(cls, path: str, **overrides: Any) -> JobConfig:
+        """A JSON file of these fields (unknown keys are an error naming them)."""
+        return cls.from_dict({**read_job_file(path), **overrides}, source=path)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "job config") -> JobConfig:
+        """Fields by name (HF aliases and top-level task options accepted); types checked strictly."""
+        d = {ALIASES.get(k, k): v for k, v in d.items()}
+        opts = {k: d.pop(k) for k in list(d) if k in TASK_OPTION_FLAGS}
+        if opts:
+            d["task_options"] = {**opts, **(d.get("task_options") or {})}
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise UsageError(f"unknown job config field(s) {bad}; known: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        for k, v in d.items():
+            check_type(k, v, hints[k], source)
+        return cls(**d)
+
+    def validate(self, command: str) -> None:
+        """Raises `UsageError` naming the flag for a value or combination that cannot run."""
+
+        def need(ok: bool, flag: str, expected: str, value: Any) -> None:
+            if not ok:
+                raise UsageError(f"--{flag} must be {expected}, got {value!r}")
+
+        train = command in TRAIN_COMMANDS
+        for name in ("max_seq_length", "per_device_eval_batch_size"):
+            v = getattr(self, name)
+            need(v >= 1, name, ">= 1", v)
+        need(self.max_seq_length >= 8, "max_seq_length", ">= 8", self.max_seq_length)
+        for name in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
+            v = getattr(self, name)
+            need(v == -1 or v >= 1, name, "-1 or >= 1", v)
+        need(
+            self.sharding_rules in SHARDING_RULES,
+            "sharding_rules",
+            f"one of {SHARDING_RULES}",
+            self.sharding_rules,
+        )
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            v = getattr(self, name)
+            need(v is None or v >= 1, name, ">= 1", v)
+        if not train:
+            return
+        for name in (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "save_steps",
+        ):
+            v = getattr(self, name)
+            need(v >= 1, name, ">= 1", v)
+        need(math.isfinite(self.learning_rate) and self.learning_rate >= 0, "learning_rate",
+             "a finite number >= 0", self.learning_rate)  # fmt: skip
+        need(
+            self.max_steps == -1 or self.max_steps >= 1,
+            "max_steps",
+            "-1 (use epochs) or >= 1",
+            self.max_steps,
+        )
+        need(self.max_steps > 0 or (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0),
+             "num_train_epochs", "> 0", self.num_train_epochs)  # fmt: skip
+        need(0.0 <= self.warmup_ratio <= 1.0, "warmup_ratio", "in [0, 1]", self.warmup_ratio)
+        need(self.warmup_steps >= 0, "warmup_steps", ">= 0", self.warmup_steps)
+        need(self.lr_scheduler_type in LR_SCHEDULES, "lr_scheduler_type", f"one of {LR_SCHEDULES}",
+             self.lr_scheduler_type)  # fmt: skip
+        need(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        need(self.adam_epsilon > 0, "adam_epsilon", "> 0", self.adam_epsilon)
+        need(self.max_grad_norm >= 0, "max_grad_norm", ">= 0 (0: no clipping)", self.max_grad_norm)
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
+        need(self.eval_steps is None or self.eval_steps >= 1, "eval_steps", ">= 1", self.eval_steps)
+        need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", ">= 1",
+             self.save_total_limit)  # fmt: skip
+        if self.load_best_model_at_end and not self.eval_steps:
+            raise UsageError("--load_best_model_at_end needs --eval_steps N (the best model is chosen by "
+                             "evaluations during training)")  # fmt: skip
+        if self.overwrite_output_dir and self.resume_from_checkpoint:
+            raise UsageError("--overwrite_output_dir and --resume_from_checkpoint exclude each other")
+
+
+def read_job_file(path: str) -> dict[str, Any]:
+    """The JSON object of a `--config_file` (errors name the file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"--config_file {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--config_file {path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"--config_file {path}: expected a JSON object of job fields")
+    return d
+
+
+def _type_name(t: Any) -> str:
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        dict: "a JSON object",
+    }[t]
+
+
+def check_type(name: str, value: Any, hint: Any, source: str) -> None:
+    """Strict JSON types: "false" is not a bool, "0.1" not a number, true not an integer."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None and optional:
+        return
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        dict: isinstance(value, dict),
+    }[base]
+    if not ok:
+        got = f"{value!r} ({'a string' if isinstance(value, str) else type(value).__name__})"
+        raise UsageError(f"{source}: field {name!r} must be {_type_name(base)}{' or null' if optional else ''}, "
+                         f"got {got}")  # fmt: skip
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    return {} if f.default_factory is not dataclasses.MISSING else f.default
