@@ -4,8 +4,8 @@ A pipeline turns each input into one or more *features* (token rows; QA makes on
 window), runs the features through its backend in batches, and turns each input's outputs into an
 answer. Batches are formed in chunks of the stream: the features of `batch_size * chunk_batches`
 consecutive inputs are sorted by length, cut into batches, and each batch is padded to the smallest
-length bucket that holds it and to a power-of-two number of rows, so a stream of varied lengths
-compiles a handful of shapes (`len(buckets) * (1 + log2(batch_size))` at most), each once.
+length bucket that holds it and to `batch_size` rows, so a stream of varied lengths compiles one
+shape per bucket it uses (`len(buckets)` at most), each once.
 
 Padding is invisible to the results when the model's `[PAD]` embedding row is zero (every HF-trained
 or HF-initialised MobileBERT: PyTorch's `padding_idx`); MobileBERT's trigram embedding otherwise
@@ -35,11 +35,6 @@ def length_buckets(max_length: int, buckets: Sequence[int] | None = None) -> tup
     return tuple(chosen)
 
 
-def _rows(n: int, batch_size: int) -> int:
-    """Padded row count: the next power of two >= n, at most batch_size."""
-    return min(batch_size, 1 << max(n - 1, 0).bit_length())
-
-
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """HF's numpy softmax (max-shifted, float32 in, float32 out)."""
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
@@ -54,7 +49,7 @@ class Pipeline:
         backend: runs the model (`JaxBackend`, `LiteRtBackend`, `OnnxBackend`).
         tokenizer: a `MobileBertTokenizer`.
         config: the model's `MobileBertConfig` (labels, problem type, pad id).
-        batch_size: rows per forward pass (padded up to a power of two, at most this).
+        batch_size: rows per forward pass (a smaller last batch is padded to it).
         buckets: sequence lengths to pad to (default: 16, 32, ..., 512 up to the model's length; the
             exported signatures for LiteRT).
         chunk_batches: batches' worth of inputs sorted by length together.
@@ -119,7 +114,7 @@ class Pipeline:
     def _is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, str)
 
-    def _wrap_single(self, answer: Any, params: dict[str, Any]) -> Any:
+    def _wrap_single(self, inputs: Any, answer: Any, params: dict[str, Any]) -> Any:
         return answer
 
     # ----------------------------------------------------------------------------------- running
@@ -130,7 +125,7 @@ class Pipeline:
         """
         params = {**self.defaults, **self._check_parameters(params)}
         if self._is_single(inputs):
-            return self._wrap_single(next(self._stream([inputs], params, total=1)), params)
+            return self._wrap_single(inputs, next(self._stream([inputs], params, total=1)), params)
         if isinstance(inputs, (list, tuple)):
             return list(self._stream(inputs, params, total=len(inputs)))
         if isinstance(inputs, Iterable) and not isinstance(inputs, (bytes, Mapping)):
@@ -183,7 +178,7 @@ class Pipeline:
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             t = next(b for b in self.buckets if b >= lengths[idx].max())
-            rows = _rows(len(idx), self.batch_size)
+            rows = self.batch_size  # one row count: compiling a shape costs more than a few padding rows
             ids = np.full((rows, t), pad, np.int32)
             mask = np.zeros((rows, t), np.int32)
             types = np.zeros((rows, t), np.int32)

@@ -32,8 +32,9 @@ class TextClassificationPipeline(Pipeline):
     def _is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, (str, Mapping))
 
-    def _wrap_single(self, answer: Any, params: dict[str, Any]) -> Any:
-        return answer if "top_k" in params or isinstance(answer, list) else [answer]
+    def _wrap_single(self, inputs: Any, answer: Any, params: dict[str, Any]) -> Any:
+        # HF: a single string without top_k gives a list of one; a single pair gives the dict.
+        return [answer] if isinstance(inputs, str) and "top_k" not in params else answer
 
     def _validate(self, item: Any, index: int) -> tuple[str, str | None]:
         if isinstance(item, str):
