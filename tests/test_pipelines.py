@@ -101,14 +101,13 @@ def cls_pipes(tmp_path_factory):
     path = _saved(
         tmp_path_factory, "MobileBertForSequenceClassification", id2label={0: "negative", 1: "positive"}
     )
-    return mbj.pipeline("text-classification", path, batch_size=8, buckets=B128), _hf(
-        "text-classification", path
-    )
+    ours = mbj.pipeline("text-classification", path, batch_size=8, buckets=B128)
+    return ours, _hf("text-classification", path), path
 
 
 def test_text_classification_equals_hf_on_sst2_and_qnli_pairs(cls_pipes):
     sentences = _tsv_column(SST2, 48)
-    ours, hf = cls_pipes
+    ours, hf, _ = cls_pipes
     _same(ours(sentences), hf(sentences))
     _same(ours(sentences[:12], top_k=None), hf(sentences[:12], top_k=None))
     _same(ours(sentences[0]), hf(sentences[0]))  # a single string: a list of one, as HF
@@ -355,3 +354,30 @@ def test_errors(cls_pipes):
         qa(["just a string"])
     with pytest.raises(ValueError, match="empty question"):
         qa(question="  ", context="text")
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def test_cli_pipeline_writes_jsonl(cls_pipes, tmp_path):
+    import json
+
+    from mobilebert_jax.cli.main import main
+    from mobilebert_jax.tasks import DataError
+
+    ours, _, path = cls_pipes
+    sentences = _tsv_column(SST2, 6)
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(sentences[:3]) + "\n\n" + "\n".join(sentences[3:]) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    args = ["pipeline", "text-classification", "--model", path, "--input", str(src), "--output", str(out)]
+    assert main([*args, "--params", '{"top_k": 2}', "--batch-size", "8", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3, 5, 6, 7]  # the blank line is skipped, numbers kept
+    _same([r["output"] for r in rows], ours(sentences, top_k=2))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "oops"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="bad.jsonl:2: missing or non-string 'text'"):
+        main(["pipeline", "text-classification", "--model", path, "--input", str(bad)])
+    with pytest.raises(DataError, match="needs a .jsonl"):
+        main(["pipeline", "question-answering", "--model", path, "--input", str(src)])

@@ -134,6 +134,11 @@ class Pipeline:
             f"{self.task}: inputs must be a str, a list or an iterable of inputs, got {type(inputs).__name__}"
         )
 
+    def stream(self, inputs: Iterable[Any], **params: Any) -> Iterator[Any]:
+        """Answers as an iterator, produced chunk by chunk (a list's length sizes the progress bar)."""
+        params = {**self.defaults, **self._check_parameters(params)}
+        return self._stream(inputs, params, total=len(inputs) if hasattr(inputs, "__len__") else None)
+
     def _stream(self, inputs: Iterable[Any], params: dict[str, Any], total: int | None) -> Iterator[Any]:
         show = self.progress if self.progress is not None else (total is None or total > 4 * self.batch_size)
         bar = None
