@@ -46,12 +46,15 @@ class Backend:
         max_length: the longest sequence the model takes (position embeddings or largest signature).
         lengths: sequence lengths the backend runs natively (fixed signatures), or None for any.
         fixed_batch: the batch size of fixed signatures, or None for any.
+        compiles_per_shape: each new input shape costs a compilation (JAX), so the pipelines pad
+            batches to `batch_size` rows and a length bucket; other backends get the rows as they are.
     """
 
     name = ""
     max_length: int = 512
     lengths: tuple[int, ...] | None = None
     fixed_batch: int | None = None
+    compiles_per_shape = False  # True: pad every batch to the same rows and to a bucket length
 
     def __call__(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
@@ -66,6 +69,7 @@ class JaxBackend(Backend):
     """
 
     name = "jax"
+    compiles_per_shape = True
 
     def __init__(self, model: Any, params: Any, device: Any = None):
         import jax

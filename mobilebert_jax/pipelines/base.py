@@ -3,9 +3,10 @@
 A pipeline turns each input into one or more *features* (token rows; QA makes one per doc-stride
 window), runs the features through its backend in batches, and turns each input's outputs into an
 answer. Batches are formed in chunks of the stream: the features of `batch_size * chunk_batches`
-consecutive inputs are sorted by length, cut into batches, and each batch is padded to the smallest
-length bucket that holds it and to `batch_size` rows, so a stream of varied lengths compiles one
-shape per bucket it uses (`len(buckets)` at most), each once.
+consecutive inputs are sorted by length, cut into batches, and for the JAX backend each batch is padded
+to the smallest length bucket that holds it and to `batch_size` rows, so a stream of varied lengths
+compiles one shape per bucket it uses (`len(buckets)` at most), each once. LiteRT pads to its
+`seq_N` signatures (the buckets); ONNX Runtime takes each batch at its longest row.
 
 Padding is invisible to the results when the model's `[PAD]` embedding row is zero (every HF-trained
 or HF-initialised MobileBERT: PyTorch's `padding_idx`); MobileBERT's trigram embedding otherwise
@@ -182,8 +183,13 @@ class Pipeline:
         pad = int(self.tokenizer.pad_token_id)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            t = next(b for b in self.buckets if b >= lengths[idx].max())
-            rows = self.batch_size  # one row count: compiling a shape costs more than a few padding rows
+            longest = int(lengths[idx].max())
+            if self.backend.compiles_per_shape or self.backend.lengths:
+                t = next(b for b in self.buckets if b >= longest)
+            else:  # a dynamic-shape runtime: no bucket needed
+                t = longest
+            # One row count for JAX: compiling a shape costs more than a few padding rows.
+            rows = self.batch_size if self.backend.compiles_per_shape else len(idx)
             ids = np.full((rows, t), pad, np.int32)
             mask = np.zeros((rows, t), np.int32)
             types = np.zeros((rows, t), np.int32)

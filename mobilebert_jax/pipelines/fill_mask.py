@@ -40,7 +40,13 @@ class FillMaskPipeline(Pipeline):
     def _target_ids(self, targets: Any) -> np.ndarray | None:
         if targets is None:
             return None
-        targets = [targets] if isinstance(targets, str) else list(targets)
+        targets = (targets,) if isinstance(targets, str) else tuple(targets)
+        cache = self.__dict__.setdefault("_targets_cache", {})
+        if targets not in cache:
+            cache[targets] = self._lookup_targets(targets)
+        return cache[targets]
+
+    def _lookup_targets(self, targets: tuple[str, ...]) -> np.ndarray:
         vocab = self.tokenizer.get_vocab()
         ids = []
         for t in targets:
