@@ -15,7 +15,8 @@ class FillMaskPipeline(Pipeline):
     With several masks in one input the answer is one such list per mask (HF's experimental
     multi-mask output: each mask's distribution on its own, the sequence shows one mask filled and
     keeps the special tokens). `targets` restricts the candidates to the given tokens (a token
-    outside the vocabulary is replaced by its first word piece, as HF does).
+    outside the vocabulary is replaced by its first word piece, as HF does). A list of inputs gives a
+    list of answers, also for a list of one (HF unwraps that one).
     """
 
     task = "fill-mask"
