@@ -16,6 +16,14 @@ from mobilebert_jax.model.heads import (
 )
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
+
+def pipeline(task: str, model, tokenizer=None, **kwargs):
+    """`mobilebert_jax.pipelines.pipeline` (imported on first use): text in, answers out."""
+    from mobilebert_jax.pipelines import pipeline as _pipeline
+
+    return _pipeline(task, model, tokenizer, **kwargs)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -34,4 +42,5 @@ __all__ = [
     "from_pretrained",
     "save_pretrained",
     "MobileBertTokenizer",
+    "pipeline",
 ]

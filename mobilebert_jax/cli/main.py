@@ -188,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_distill_arguments(
             sub.add_parser("distill", help="IB-BERT teacher → MobileBERT knowledge transfer")
         )
+    from mobilebert_jax.cli.pipeline import add_pipeline_arguments
+
+    add_pipeline_arguments(
+        sub.add_parser("pipeline", help="raw text through a pipeline (fill-mask, QA, ...) to JSONL")
+    )
     return ap
 
 
@@ -248,6 +253,10 @@ def _run(args: argparse.Namespace) -> int:
         from mobilebert_jax.cli.distill import run_distill
 
         return int(run_distill(args) or 0)
+    if args.command == "pipeline":
+        from mobilebert_jax.cli.pipeline import run_pipeline
+
+        return run_pipeline(args)
     raise AssertionError(args.command)
 
 

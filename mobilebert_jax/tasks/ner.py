@@ -159,6 +159,60 @@ def entity_scores(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str
     return {"precision": precision, "recall": recall, "f1": f1, "accuracy": acc, "per_type": per_type}
 
 
+@dataclasses.dataclass(frozen=True)
+class WordScore:
+    """One word's label from its tokens: `word` (the index given), `label` (id), `score` (the
+    label's score), `first` / `last` (its first and last token index)."""
+
+    word: int
+    label: int
+    score: float
+    first: int
+    last: int
+
+
+AGGREGATIONS = ("first", "average", "max")
+
+
+def aggregate_words(
+    scores: np.ndarray, word_of_token: np.ndarray, strategy: str = "first"
+) -> list[WordScore]:
+    """Word labels from token scores, HF's word aggregation (`TokenClassificationPipeline.aggregate_word`).
+
+    Args:
+        scores: [T, num_labels] per-token scores (probabilities for the pipeline; logits give the same
+            labels for "first" and "max", which is all the NER task needs).
+        word_of_token: [T] the word of each token, -1 for tokens in no word (special tokens, padding,
+            and for the task's features, sub-tokens after a word's first); a word's tokens are contiguous.
+        strategy: "first" (the first token's argmax), "max" (the argmax of the token with the highest
+            score, the first such token on ties), "average" (the argmax of the mean of the tokens' scores).
+
+    Returns:
+        One `WordScore` per word, in token order.
+    """
+    if strategy not in AGGREGATIONS:
+        raise ValueError(f"word aggregation must be one of {AGGREGATIONS}, got {strategy!r}")
+    word_of_token = np.asarray(word_of_token)
+    cols = np.flatnonzero(word_of_token >= 0)
+    if not len(cols):
+        return []
+    w = word_of_token[cols]
+    starts = np.flatnonzero(np.concatenate([[True], w[1:] != w[:-1]]))
+    out = []
+    for a, b in zip(starts, [*starts[1:], len(cols)]):
+        tokens = cols[a:b]
+        s = scores[tokens]
+        if strategy == "first":
+            row = s[0]
+        elif strategy == "max":
+            row = s[int(np.argmax(s.max(axis=-1)))]
+        else:
+            row = np.nanmean(s, axis=0)
+        label = int(np.argmax(row))
+        out.append(WordScore(int(w[a]), label, float(row[label]), int(tokens[0]), int(tokens[-1])))
+    return out
+
+
 def bio2_labels(types: Sequence[str]) -> tuple[str, ...]:
     """("O", "B-T1", "I-T1", "B-T2", ...) for entity types in the given order."""
     return ("O", *[f"{p}-{t}" for t in types for p in ("B", "I")])
@@ -259,14 +313,17 @@ class NerTask(Task):
         features: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
     ) -> list[list[str]]:
-        """Word-level tags: the argmax at each word's first sub-token; "O" for words cut off by max_len."""
-        pred = np.asarray(outputs["logits"]).argmax(-1)
+        """Word-level tags: the argmax at each word's first sub-token; "O" for words cut off by max_len.
+
+        The same word aggregation (`aggregate_words`, strategy "first") as the token-classification
+        pipeline's `aggregation_strategy="first"`.
+        """
+        logits = np.asarray(outputs["logits"])
         out = []
         for n, e in enumerate(examples):
             tags = ["O"] * len(e.words)
-            cols = np.flatnonzero(features["word_index"][n] >= 0)
-            for w, c in zip(features["word_index"][n, cols], cols):
-                tags[w] = self.labels[pred[n, c]]
+            for w in aggregate_words(logits[n], features["word_index"][n], "first"):
+                tags[w.word] = self.labels[w.label]
             out.append(tags)
         return out
 

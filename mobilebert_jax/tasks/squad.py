@@ -8,7 +8,9 @@ and offsets outside the context are masked (-1 here, None in HF). As in the lega
 questions are first cut to `max_query_length` tokens. One deliberate difference: HF's start scan can
 walk past the context into [SEP] and padding when the answer starts at the window's last context
 token; here the scan stays inside the context, so such features point at the right token.
-Decoding is HF's `postprocess_qa_predictions`; metrics are in `squad_metric`.
+Decoding is HF's `postprocess_qa_predictions`, with one more deliberate difference: the n-best starts
+and ends are taken among context tokens only (see `postprocess_qa`), so answers do not depend on the
+padding. Metrics are in `squad_metric`.
 """
 
 from __future__ import annotations
@@ -238,8 +240,10 @@ def postprocess_qa(
         max_answer_length: longest span, in tokens.
 
     Returns:
-        {"predictions": {id: text}, "nbest": {id: [{text, probability, start_logit, end_logit}]},
+        {"predictions": {id: text}, "nbest": {id: [{text, start, end, probability, start_logit,
+         end_logit}]} (`start`/`end`: character offsets of `text` in the context; 0, 0 for ""),
          "null_odds": {id: score difference} (v2.0 only; pass as na_probs to `evaluate_v2`)}.
+        The question-answering pipeline decodes with this function too.
     """
     start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
     offsets = features["offset_mapping"]
@@ -258,10 +262,14 @@ def postprocess_qa(
             null_score = sl[0] + el[0]
             if null is None or null["score"] > null_score:
                 null = {"offsets": (0, 0), "score": null_score, "start_logit": sl[0], "end_logit": el[0]}
-            # All (start, end) pairs of the n-best starts and ends, start-major as HF's double loop.
+            # All (start, end) pairs of the n-best context starts and ends, start-major as HF's double
+            # loop. Positions outside the context are masked before the n-best cut (as HF's QA pipeline
+            # does; run_qa's postprocessing cuts first, so padding and question tokens can crowd real
+            # candidates out, and the answer would depend on how far the window is padded).
+            in_ctx = off[:, 0] >= 0
             s_idx, e_idx = np.meshgrid(
-                np.argsort(sl)[-1 : -n_best_size - 1 : -1],
-                np.argsort(el)[-1 : -n_best_size - 1 : -1],
+                np.argsort(np.where(in_ctx, sl, -np.inf), kind="stable")[-1 : -n_best_size - 1 : -1],
+                np.argsort(np.where(in_ctx, el, -np.inf), kind="stable")[-1 : -n_best_size - 1 : -1],
                 indexing="ij",
             )
             ok = (
@@ -280,10 +288,11 @@ def postprocess_qa(
         if version_2_with_negative and null is not None and not any(c["offsets"] == (0, 0) for c in cands):
             cands.append(null)
         for c in cands:
-            a, b = c.pop("offsets")
-            c["text"] = ex.context[a:b]
+            c["start"], c["end"] = (int(x) for x in c.pop("offsets"))
+            c["text"] = ex.context[c["start"] : c["end"]]
         if not cands or (len(cands) == 1 and cands[0]["text"] == ""):
-            cands.insert(0, {"text": "empty", "start_logit": 0.0, "end_logit": 0.0, "score": 0.0})
+            cands.insert(0, {"text": "empty", "start_logit": 0.0, "end_logit": 0.0, "score": 0.0,
+                             "start": 0, "end": 0})  # fmt: skip
         scores = np.array([c.pop("score") for c in cands], dtype=np.float64)
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()

@@ -1,0 +1,164 @@
+"""`pipeline(task, model)`: text in, answers out, on JAX or on an exported LiteRT / ONNX model.
+
+    pipe = mobilebert_jax.pipeline("text-classification", "runs/sst2/hf_model")
+    pipe(["a gripping film", "dull and far too long"])   # [{"label": ..., "score": ...}, ...]
+    qa = mobilebert_jax.pipeline("question-answering", "runs/squad/hf_model")
+    qa(question="Who wrote it?", context=long_text)       # {"score", "start", "end", "answer"}
+
+Tasks: fill-mask, text-classification (alias sentiment-analysis), token-classification (alias ner),
+question-answering, feature-extraction. The pre- and post-processing is the same whatever backend
+runs the model; see `base.py` for batching and `backends.py` for the backends.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from mobilebert_jax.pipelines.backends import Backend, JaxBackend, LiteRtBackend, OnnxBackend
+from mobilebert_jax.pipelines.base import DEFAULT_BUCKETS, Pipeline, length_buckets
+from mobilebert_jax.pipelines.feature_extraction import FeatureExtractionPipeline
+from mobilebert_jax.pipelines.fill_mask import FillMaskPipeline
+from mobilebert_jax.pipelines.question_answering import QuestionAnsweringPipeline
+from mobilebert_jax.pipelines.text_classification import TextClassificationPipeline
+from mobilebert_jax.pipelines.token_classification import TokenClassificationPipeline
+
+# task -> (pipeline class, model class it runs)
+TASKS: dict[str, tuple[type[Pipeline], str]] = {
+    "fill-mask": (FillMaskPipeline, "MobileBertForMaskedLM"),
+    "text-classification": (TextClassificationPipeline, "MobileBertForSequenceClassification"),
+    "token-classification": (TokenClassificationPipeline, "MobileBertForTokenClassification"),
+    "question-answering": (QuestionAnsweringPipeline, "MobileBertForQuestionAnswering"),
+    "feature-extraction": (FeatureExtractionPipeline, "MobileBertModel"),
+}
+ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
+BACKENDS = ("jax", "litert", "onnx")
+
+
+def _tokenizer(tokenizer: Any, folder: str | None):
+    from mobilebert_jax.text.tokenizer import MobileBertTokenizer
+
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    if tokenizer is not None:
+        return MobileBertTokenizer.from_pretrained(os.fspath(tokenizer))
+    if folder is not None and any(
+        os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "vocab.txt")
+    ):
+        return MobileBertTokenizer.from_pretrained(folder)
+    return MobileBertTokenizer.default()
+
+
+def _jax_model(model: Any, model_class: str, dtype: Any, scan_layers: bool, config_overrides: dict[str, Any]):
+    """(model, params, folder or None) from a (model, params) pair, a preset, an HF directory or a hub id."""
+    from mobilebert_jax.checkpoints.hub import from_pretrained
+    from mobilebert_jax.model.config import PRESETS, MobileBertConfig
+    from mobilebert_jax.model.heads import MODEL_CLASSES, init_params
+
+    if isinstance(model, (tuple, list)) and len(model) == 2:
+        module, params = model
+        if not hasattr(module, "config") or not hasattr(module, "apply"):
+            raise TypeError(f"model=(module, params): {type(module).__name__} is not a mobilebert_jax model")
+        return module, params, None
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(
+            f"model must be an HF directory, a preset, a hub id or a (model, params) pair, got {type(model).__name__}"
+        )
+    name = os.fspath(model)
+    kw: dict[str, Any] = {"scan_layers": scan_layers}
+    if dtype is not None:
+        kw["dtype"] = dtype
+    if name in PRESETS:
+        warnings.warn(f"pipeline: {name} is a preset: the model has random weights", stacklevel=3)
+        config = MobileBertConfig.from_preset(name, **config_overrides)
+        module = MODEL_CLASSES[model_class](config, **kw)
+        return module, init_params(module), None
+    module, params = from_pretrained(name, model_class, **kw, **config_overrides)
+    return module, params, name if os.path.isdir(name) else None
+
+
+def pipeline(
+    task: str,
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    backend: str = "jax",
+    batch_size: int = 8,
+    buckets: Sequence[int] | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    scan_layers: bool = True,
+    progress: bool | None = None,
+    config_overrides: dict[str, Any] | None = None,
+    **defaults: Any,
+) -> Pipeline:
+    """A pipeline for `task` on `model`.
+
+    Args:
+        task: "fill-mask", "text-classification" ("sentiment-analysis"), "token-classification"
+            ("ner"), "question-answering" or "feature-extraction".
+        model: backend "jax": an HF directory, a preset (random weights), a hub id, or a
+            `(model, params)` pair; "litert" / "onnx": an export directory (`model.tflite` /
+            `model.onnx` beside `config.json` and the tokenizer files) or the artifact itself.
+        tokenizer: a `MobileBertTokenizer` or a directory; default: the model directory's, else the
+            uncased vocab shipped in the package.
+        backend: "jax", "litert" or "onnx".
+        batch_size: rows per forward pass.
+        buckets: sequence lengths batches are padded to (default 16, 32, 64, 128, 256, 384, 512).
+        device: a `jax.Device` for the JAX backend (default: JAX's default device).
+        dtype: compute dtype of the JAX model (e.g. jnp.bfloat16); default float32.
+        scan_layers: build a model loaded here with its layers in one `nn.scan` (compiles once per
+            shape in seconds instead of minutes for 24 layers, and runs faster on CPU; see README).
+        progress: show a progress bar (default: for long inputs).
+        config_overrides: config fields for a preset or directory (e.g. {"vocab_size": 30522}).
+        **defaults: default call parameters of the task (top_k, aggregation_strategy, ...).
+    """
+    from mobilebert_jax.model.config import MobileBertConfig
+
+    task = ALIASES.get(task, task)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)} (aliases {sorted(ALIASES)})")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    cls, model_class = TASKS[task]
+    if backend == "jax":
+        module, params, folder = _jax_model(
+            model, model_class, dtype, scan_layers, dict(config_overrides or {})
+        )
+        runner: Backend = JaxBackend(module, params, device=device)
+        config = module.config
+    else:
+        path = os.fspath(model)
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        config = MobileBertConfig.from_json_file(
+            os.path.join(folder, "config.json"), **(config_overrides or {})
+        )
+        runner_cls = LiteRtBackend if backend == "litert" else OnnxBackend
+        runner = runner_cls(path, pad_token_id=config.pad_token_id)
+    tok = _tokenizer(tokenizer, folder)
+    if tok.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tok.vocab_size} ids but the model's vocab_size is {config.vocab_size}; "
+            "pass a matching tokenizer or config_overrides={'vocab_size': ...}"
+        )
+    return cls(runner, tok, config, batch_size=batch_size, buckets=buckets, progress=progress, **defaults)
+
+
+__all__ = [
+    "pipeline",
+    "TASKS",
+    "Pipeline",
+    "Backend",
+    "JaxBackend",
+    "LiteRtBackend",
+    "OnnxBackend",
+    "DEFAULT_BUCKETS",
+    "length_buckets",
+    "FillMaskPipeline",
+    "TextClassificationPipeline",
+    "TokenClassificationPipeline",
+    "QuestionAnsweringPipeline",
+    "FeatureExtractionPipeline",
+]
