@@ -203,12 +203,12 @@ def smoke_argv(recipe_path: str, output_dir: str, data_dir: str | None = None) -
     long_task = task in ("squad", "squad_v2")
     argv = [cmd, "--config-file", recipe_path, *TINY_MODEL, "--train-file", train, "--validation-file", val,
             "--output-dir", output_dir, "--max-steps", "3", "--max-train-samples", "32", "--max-eval-samples", "16",
-            "--max-seq-length", "96" if long_task else "48", "--per-device-train-batch-size", "4",
+            "--max-seq-length", "64" if long_task else "48", "--per-device-train-batch-size", "4",
             "--per-device-eval-batch-size", "16", "--mesh-data", "1", "--logging-steps", "1", "--save-steps", "3",
             "--no-progress"]  # fmt: skip
     options = dict(recipe.get("task_options") or {})
     if long_task:
-        options.update(doc_stride=32, max_query_length=24)
+        options.update(doc_stride=16, max_query_length=16)
     if options:
         argv += ["--task-options", json.dumps(options)]
     return argv
