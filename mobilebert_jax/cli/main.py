@@ -26,11 +26,9 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
 
     hints = typing.get_type_hints(JobConfig)
     p.add_argument("--config-file", help="JSON file of job fields; flags given here override it")
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() (multi-host TPU/GPU; also via MOBILEBERT_JAX_DISTRIBUTED=1)",
-    )
+    from mobilebert_jax.cli.distributed import add_distributed_arguments
+
+    add_distributed_arguments(p)
     for f in dataclasses.fields(JobConfig):
         flag = "--" + f.name.replace("_", "-")
         t = hints[f.name]
@@ -136,10 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in (*_JOBS, "demo"):
+        from mobilebert_jax.cli.distributed import initialize_distributed
         from mobilebert_jax.tasks import finetune
-        from mobilebert_jax.training.sharding import maybe_initialize_distributed
 
-        maybe_initialize_distributed(True if args.distributed else None)
+        initialize_distributed(args)
         if args.command == "demo":
             job = _job_from_args(args, **_demo_job(args.smoke))
         elif args.command == "pretrain":

@@ -140,7 +140,12 @@ def job_mesh(job: JobConfig):
     """The job's mesh; fixed sizes (no -1) smaller than the device count use the first devices."""
     sizes = (job.mesh_data, job.mesh_fsdp, job.mesh_tensor)
     devices = jax.devices()
-    if -1 not in sizes:
+    if -1 not in sizes and math.prod(sizes) < len(devices):
+        if jax.process_count() > 1:  # the first devices would leave some processes without one
+            raise ValueError(
+                f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} uses {math.prod(sizes)} of "
+                f"{len(devices)} devices; a multi-process run needs a mesh over all of them (use -1)"
+            )
         devices = devices[: math.prod(sizes)]
     return shd.make_mesh(*sizes, devices=devices)
 
@@ -211,7 +216,8 @@ def predict_outputs(
     sharding = shd.batch_sharding(mesh)
     chunks: dict[str, list] = {k: [] for k in task.output_keys}
     for b, m in padded_batches(model_arrays(task, features, with_labels=False), batch_size):
-        out = to_host(step(params, shd.make_global_batch(b, sharding)))
+        local = shd.host_rows(b) if sharding is not None else b  # no mesh: each process runs it all
+        out = to_host(step(params, shd.make_global_batch(local, sharding)))
         for k in task.output_keys:
             chunks[k].append(np.asarray(out[k])[:m])
     return {k: np.concatenate(v) for k, v in chunks.items()}
@@ -226,8 +232,11 @@ def evaluate_task(task, model, params, examples, features, batch_size, **kw) -> 
             mesh=kw.get("mesh"),
             rules=kw.get("rules"),
         )
+        sharding = shd.batch_sharding(kw.get("mesh"))
         batches = (b for b, _ in padded_batches(model_arrays(task, features), batch_size))
-        return evaluate(eval_step, params, batches, shd.batch_sharding(kw.get("mesh"))), None
+        if sharding is not None:  # each process feeds its rows of every batch
+            batches = (shd.host_rows(b) for b in batches)
+        return evaluate(eval_step, params, batches, sharding), None
     outputs = predict_outputs(task, model, params, features, batch_size, **kw)
     predictions = task.postprocess(examples, features, outputs)
     return task.metric(predictions, task.references(examples, features)), predictions
@@ -336,13 +345,14 @@ def run_finetune(job: JobConfig) -> dict[str, Any]:
         "majority_class_baseline": baseline,
         "train_seconds": time.perf_counter() - t0,
     }
+    final_params = to_host(result.state.params)  # every process: gathers FSDP/tensor shards
     if jax.process_index() == 0:
         with open(os.path.join(job.output_dir, "eval_results.json"), "w") as f:
             json.dump(report, f, indent=2)
         if predictions is not None:
             task.write_predictions(predictions_path(task, job.output_dir), eval_ex, predictions)
         hf_dir = os.path.join(job.output_dir, "hf_model")
-        save_pretrained(hf_dir, jax.device_get(result.state.params), config, type(model).__name__)
+        save_pretrained(hf_dir, final_params, config, type(model).__name__)
         tok.save_pretrained(hf_dir)
     _say(f"eval: {json.dumps(metrics)}")
     if baseline is not None:
