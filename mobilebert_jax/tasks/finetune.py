@@ -79,6 +79,8 @@ class JobConfig:
     bf16: bool = False  # bf16 compute, float32 params/optimizer/loss
     scan_layers: bool = False
     remat: bool = False
+    # attention kernel: auto (cuDNN flash attention on GPU in bf16 when dropout is off) | default | cudnn | xla
+    attention_implementation: str = "auto"
     mesh_data: int = -1
     mesh_fsdp: int = 1
     mesh_tensor: int = 1
@@ -116,11 +118,12 @@ def load_model(job: JobConfig, task: Task, rng: jax.Array):
     dtype = jnp.bfloat16 if job.bf16 else jnp.float32
     overrides = {**task.config_overrides(), **job.model_config}
     kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat)
+    attn = dict(attention_implementation=job.attention_implementation)
     if job.model in PRESETS:
         config = MobileBertConfig.from_preset(job.model, **overrides)
-        return config, MODEL_CLASSES[task.model_class](config, **kw), None
+        return config, MODEL_CLASSES[task.model_class](config, **kw, **attn), None
     model, params = from_pretrained(job.model, task.model_class, rng=rng, **kw, **overrides)
-    return model.config, model, params
+    return model.config, model.clone(**attn), params
 
 
 def check_compatible(config: MobileBertConfig, tok: MobileBertTokenizer, max_seq_length: int) -> None:
