@@ -154,6 +154,20 @@ def test_no_mesh_is_a_no_op():
     assert shd.host_slice(8) == slice(0, 8)
 
 
+def test_host_rows_are_this_process_share(monkeypatch):
+    batch = {"x": np.arange(8), "y": np.arange(8) * 2}
+    assert all(np.array_equal(v, batch[k]) for k, v in shd.host_rows(batch).items())
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    rows = shd.host_rows(batch)
+    np.testing.assert_array_equal(rows["x"], [4, 5, 6, 7])
+    np.testing.assert_array_equal(rows["y"], [8, 10, 12, 14])
+    with pytest.raises(ValueError, match="different leading dims"):
+        shd.host_rows({"x": np.arange(8), "y": np.arange(6)})
+    with pytest.raises(ValueError, match="global batch size 7 is not divisible by 2 processes"):
+        shd.host_rows({"x": np.arange(7)})
+
+
 @needs8
 def test_make_global_batch_shards_rows():
     mesh = shd.make_mesh(data=4, fsdp=2)
@@ -176,6 +190,39 @@ def test_distributed_is_opt_in(monkeypatch):
     monkeypatch.delenv(shd.DISTRIBUTED_ENV, raising=False)
     assert shd.maybe_initialize_distributed() is False and not called
     monkeypatch.setenv(shd.DISTRIBUTED_ENV, "1")
+    for k in (shd.COORDINATOR_ENV, shd.NUM_PROCESSES_ENV, shd.PROCESS_ID_ENV):
+        monkeypatch.delenv(k, raising=False)
     assert shd.maybe_initialize_distributed(coordinator_address="h:1234") is True
-    assert called == [{"coordinator_address": "h:1234"}]
+    assert called == [{"coordinator_address": "h:1234", "num_processes": None, "process_id": None}]
     assert shd.maybe_initialize_distributed(False) is False
+    # the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), flags override it
+    monkeypatch.setenv(shd.COORDINATOR_ENV, "h0:99")
+    monkeypatch.setenv(shd.NUM_PROCESSES_ENV, "4")
+    monkeypatch.setenv(shd.PROCESS_ID_ENV, "3")
+    called.clear()
+    shd.maybe_initialize_distributed()
+    shd.maybe_initialize_distributed(process_id=1)
+    assert called == [
+        {"coordinator_address": "h0:99", "num_processes": 4, "process_id": 3},
+        {"coordinator_address": "h0:99", "num_processes": 4, "process_id": 1},
+    ]
+    with pytest.raises(ValueError, match=r"process id 4 is not in \[0, 4\)"):
+        shd.maybe_initialize_distributed(process_id=4)
+    monkeypatch.setenv(shd.NUM_PROCESSES_ENV, "four")
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='four' is not an integer"):
+        shd.maybe_initialize_distributed()
+    # the command line: the address flags imply --distributed (without the env var)
+    from mobilebert_jax.cli.main import build_parser
+
+    monkeypatch.delenv(shd.DISTRIBUTED_ENV)
+    for k in (shd.COORDINATOR_ENV, shd.NUM_PROCESSES_ENV, shd.PROCESS_ID_ENV):
+        monkeypatch.delenv(k)
+    from mobilebert_jax.cli.distributed import initialize_distributed
+
+    called.clear()
+    args = build_parser().parse_args(
+        ["finetune", "--coordinator-address=127.0.0.1:5", "--num-processes=2", "--process-id=1"]
+    )
+    assert initialize_distributed(args) is True
+    assert initialize_distributed(build_parser().parse_args(["finetune"])) is False
+    assert called == [{"coordinator_address": "127.0.0.1:5", "num_processes": 2, "process_id": 1}]

@@ -95,7 +95,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
         help="compile the steps on abstract inputs, print memory per device",
     )
     a("--no-progress", action="store_true", help="no progress bars")
-    a("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
+    from mobilebert_jax.cli.distributed import add_distributed_arguments
+
+    add_distributed_arguments(parser)
 
 
 def _model_config(spec: str | None, default: Any) -> Any:
@@ -139,9 +141,9 @@ def _read_arrays(task: Any, path: str, tok: Any, max_len: int) -> dict:
 
 def run_distill(args: argparse.Namespace) -> int:
     """Runs `distill` with parsed `args`; returns the exit status."""
-    from mobilebert_jax.training.sharding import maybe_initialize_distributed
+    from mobilebert_jax.cli.distributed import initialize_distributed
 
-    maybe_initialize_distributed(True if args.distributed else None)
+    initialize_distributed(args)
     try:
         return _run(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
@@ -222,10 +224,11 @@ def _run(args: argparse.Namespace) -> int:
         if hist:
             say(f"teacher: mlm_true {hist[0]['mlm_true']:.3f} -> {hist[-1]['mlm_true']:.3f}")
         from mobilebert_jax.checkpoints.hub import save_pretrained
+        from mobilebert_jax.training.trainer import to_host
 
-        save_pretrained(
-            os.path.join(tdir, "hf_model"), jax.device_get(t_params), tc, "MobileBertForPreTraining"
-        )
+        host_t_params = to_host(t_params)  # every process: gathers FSDP/tensor shards
+        if jax.process_index() == 0:
+            save_pretrained(os.path.join(tdir, "hf_model"), host_t_params, tc, "MobileBertForPreTraining")
     student = MobileBertForPreTraining(sc)
     s_params = None
     if args.student:

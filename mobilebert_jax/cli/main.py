@@ -58,13 +58,11 @@ def _add_job_flags(p: argparse.ArgumentParser, command: str) -> None:
     )
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     if command != "evaluate" and command != "predict":
-        p.add_argument(
-            "--distributed",
-            action="store_true",
-            help="call jax.distributed.initialize() (multi-host TPU/GPU; also via MOBILEBERT_JAX_DISTRIBUTED=1)",
-        )
+        from mobilebert_jax.cli.distributed import add_distributed_arguments
+
+        add_distributed_arguments(p)
     else:
-        p.set_defaults(distributed=False)
+        p.set_defaults(distributed=False, coordinator_address=None, num_processes=None, process_id=None)
     for f in dataclasses.fields(JobConfig):
         if command not in f.metadata["cmds"]:
             continue
@@ -225,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command in (*_JOBS, "demo"):
+        from mobilebert_jax.cli.distributed import initialize_distributed
         from mobilebert_jax.tasks import finetune
-        from mobilebert_jax.training.sharding import maybe_initialize_distributed
 
-        maybe_initialize_distributed(True if args.distributed else None)
+        initialize_distributed(args)
         if args.command == "demo":
             job = _job_from_args(args, **_demo_job(args.smoke))
         elif args.command == "pretrain":

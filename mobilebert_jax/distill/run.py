@@ -44,7 +44,7 @@ from mobilebert_jax.training.state import (
     model_init_fn,
     restore_checkpoint,
 )
-from mobilebert_jax.training.trainer import FitConfig, fit, make_train_step
+from mobilebert_jax.training.trainer import FitConfig, fit, make_train_step, to_host
 
 log = logging.getLogger(__name__)
 
@@ -387,9 +387,10 @@ def run_distillation(
     else:
         if params is None:
             params, _ = restore_final(plan[-1])
+        host_params = to_host(params)  # every process: gathers FSDP/tensor shards
         if jax.process_index() == 0:
             final = os.path.join(output_dir, "final_model")
-            save_pretrained(final, jax.device_get(params), sc, "MobileBertForPreTraining")
+            save_pretrained(final, host_params, sc, "MobileBertForPreTraining")
             say(f"wrote {final}")
     return DistillResult(params=params, stopped=stopped, step=g0, histories=histories)
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mobilebert_jax.model.attention import choose_attention, fused_attention
 from mobilebert_jax.model.config import MobileBertConfig
 
 Dtype = Any
@@ -54,6 +55,8 @@ class _Base(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     precision: Any = None
+    # attention kernel: "auto" | "default" | "cudnn" | "xla" (model/attention.py says which runs when)
+    attention_implementation: str = "auto"
 
     def dense(self, features: int, axes: tuple[str | None, str | None], name: str, use_bias: bool = True):
         """A Dense with params `name/kernel` (in, out) = PT weight.T and `name/bias`."""
@@ -85,7 +88,11 @@ class _Base(nn.Module):
     @property
     def kw(self) -> dict[str, Any]:
         return dict(
-            config=self.config, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision
+            config=self.config,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            attention_implementation=self.attention_implementation,
         )
 
 
@@ -230,6 +237,17 @@ class MobileBertSelfAttention(_Base):
         k = self.dense(n * d, (in_axis, "heads"), "key")(k_in)
         v = self.dense(n * d, (v_axis, "heads"), "value")(v_in)
         b, t = q.shape[:2]
+        dropout_active = not deterministic and cfg.attention_probs_dropout_prob > 0
+        impl = choose_attention(
+            self.attention_implementation,
+            backend=jax.default_backend(),
+            dtype=self.dtype,
+            head_dim=d,
+            seq_len=t,
+            dropout_active=dropout_active,
+        )
+        if impl != "default":
+            return fused_attention(q, k, v, mask_bias, n, impl)
         # [B, N, T, d]: heads-major operands make both attention matmuls plain batched GEMMs.
         q, k, v = (x.reshape(b, t, n, d).transpose(0, 2, 1, 3) for x in (q, k, v))
         scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, precision=self.precision).astype(jnp.float32)

@@ -109,6 +109,7 @@ def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokeni
     dtype = jnp.bfloat16 if job.bf16 else jnp.float32
     overrides = {**task.config_overrides(), **job.model_config}
     kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat)
+    attn = dict(attention_implementation=job.attention_implementation)
     source = resolve_model(job.model)  # the rule from_pretrained uses: preset, local directory, hub id
     if source.kind == "preset":
         preset_vocab = PRESETS[job.model].get("vocab_size", MobileBertConfig.vocab_size)
@@ -119,9 +120,9 @@ def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokeni
             config = MobileBertConfig.from_preset(job.model, **overrides)
         except (TypeError, ValueError) as e:
             raise UsageError(f"--model_config: {e}") from None
-        return config, MODEL_CLASSES[task.model_class](config, **kw), None
+        return config, MODEL_CLASSES[task.model_class](config, **kw, **attn), None
     model, params = from_pretrained(source.folder, task.model_class, rng=rng, **kw, **overrides)
-    return model.config, model, params
+    return model.config, model.clone(**attn), params
 
 
 def check_compatible(config: MobileBertConfig, tok: MobileBertTokenizer, max_seq_length: int) -> None:
@@ -146,6 +147,11 @@ def job_mesh(job: JobConfig):
         if math.prod(sizes) > len(devices):
             raise UsageError(
                 f"--mesh_data x --mesh_fsdp x --mesh_tensor = {math.prod(sizes)} > the {len(devices)} devices"
+            )
+        if math.prod(sizes) < len(devices) and jax.process_count() > 1:
+            raise UsageError(  # the first devices would leave some processes without one
+                f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} uses {math.prod(sizes)} of "
+                f"{len(devices)} devices; a multi-process run needs a mesh over all of them (use -1)"
             )
         devices = devices[: math.prod(sizes)]
     return shd.make_mesh(*sizes, devices=devices)
@@ -253,7 +259,8 @@ def predict_outputs(
     sharding = shd.batch_sharding(mesh)
     chunks: dict[str, list] = {k: [] for k in task.output_keys}
     for b, m in padded_batches(model_arrays(task, features, with_labels=False), batch_size):
-        out = to_host(step(params, shd.make_global_batch(b, sharding)))
+        local = shd.host_rows(b) if sharding is not None else b  # no mesh: each process runs it all
+        out = to_host(step(params, shd.make_global_batch(local, sharding)))
         for k in task.output_keys:
             chunks[k].append(np.asarray(out[k])[:m])
     return {k: np.concatenate(v) for k, v in chunks.items()}
@@ -268,8 +275,11 @@ def evaluate_task(task, model, params, examples, features, batch_size, **kw) -> 
             mesh=kw.get("mesh"),
             rules=kw.get("rules"),
         )
+        sharding = shd.batch_sharding(kw.get("mesh"))
         batches = (b for b, _ in padded_batches(model_arrays(task, features), batch_size))
-        metrics = evaluate(eval_step, params, batches, shd.batch_sharding(kw.get("mesh")))
+        if sharding is not None:  # each process feeds its rows of every batch
+            batches = (shd.host_rows(b) for b in batches)
+        metrics = evaluate(eval_step, params, batches, sharding)
         outputs = predictions = None
     else:
         outputs = predict_outputs(task, model, params, features, batch_size, **kw)
@@ -333,7 +343,8 @@ def metric_names(task: Task, examples: list, features: dict) -> list[str] | None
 
 
 def _export(path: str, params: Any, config: MobileBertConfig, model: Any, tok: MobileBertTokenizer) -> None:
-    save_pretrained(path, jax.device_get(params), config, type(model).__name__)
+    """Writes an HF directory; `params` on the host (`to_host`, which every process must call first)."""
+    save_pretrained(path, params, config, type(model).__name__)
     tok.save_pretrained(path)
 
 
@@ -467,12 +478,15 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
         metrics, predictions = evaluate_task(task, model, state.params, eval_ex, eval_feats, eval_bs, **kw)
         last_eval.update(step=s, metrics=metrics, predictions=predictions)
         value = metrics.get(metric)
-        if value is not None and math.isfinite(value) and jax.process_index() == 0:
+        # every process decides (the metrics are global) and gathers; process 0 writes
+        if value is not None and math.isfinite(value):
             if best is None or (value > best["value"] if greater else value < best["value"]):
-                _export(best_dir, state.params, export_config, model, tok)
+                host_params = to_host(state.params)
                 best = {"step": s, "metric": metric, "value": value}
-                _write_json(best_file, best)
-                _say(f"step {s}: best {metric} so far ({value:.4f}): saved {best_dir}")
+                if jax.process_index() == 0:
+                    _export(best_dir, host_params, export_config, model, tok)
+                    _write_json(best_file, best)
+                    _say(f"step {s}: best {metric} so far ({value:.4f}): saved {best_dir}")
         return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
 
     result = fit(
@@ -535,11 +549,12 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
         best=best,
         train_seconds=time.perf_counter() - t0,
     )
+    host_final = to_host(params_final)  # every process: gathers FSDP/tensor shards
     if jax.process_index() == 0:
         _write_json(os.path.join(out, "eval_results.json"), report)
         if predictions is not None:
             task.write_predictions(predictions_path(task, out), eval_ex, predictions)
-        _export(os.path.join(out, "hf_model"), params_final, export_config, model, tok)
+        _export(os.path.join(out, "hf_model"), host_final, export_config, model, tok)
     if test_ex is not None:
         outputs = predict_outputs(task, model, params_final, test_feats, eval_bs, **kw)
         test_pred = task.postprocess(test_ex, test_feats, outputs)

@@ -92,6 +92,8 @@ class JobConfig:
     bf16: bool = _f(False, "bf16 compute (params, optimizer state and losses stay float32)")
     scan_layers: bool = _f(False, "scan over layers (fast compile; changes the checkpoint layout)")
     remat: bool = _f(False, "recompute activations in the backward pass (less memory)", _T)
+    attention_implementation: str = _f("auto", "attention kernel: auto (cuDNN flash attention on GPU in bf16 "
+                                       "when attention dropout is off), default, cudnn or xla", metavar="NAME")  # fmt: skip
     mesh_data: int = _f(-1, "data-parallel mesh axis size (-1: all remaining devices)", metavar="N")
     mesh_fsdp: int = _f(1, "FSDP mesh axis size (-1: all remaining devices)", metavar="N")
     mesh_tensor: int = _f(1, "tensor-parallel mesh axis size (-1: all remaining devices)", metavar="N")

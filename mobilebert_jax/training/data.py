@@ -59,6 +59,11 @@ class ArrayIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
+        idx = self.next_indices()
+        return {k: v[idx] for k, v in self.arrays.items()}
+
+    def next_indices(self) -> np.ndarray:
+        """Advances one batch; returns the example indices this host reads ([batch_size / processes])."""
         per_epoch = self.n // self.batch_size
         if self.index >= per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
@@ -69,7 +74,7 @@ class ArrayIterator:
         )
         idx = order[self.index * self.batch_size : (self.index + 1) * self.batch_size][self.rows]
         self.index += 1
-        return {k: v[idx] for k, v in self.arrays.items()}
+        return idx
 
     def get_state(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "batch_size": self.batch_size}

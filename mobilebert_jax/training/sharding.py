@@ -260,17 +260,53 @@ def host_slice(global_batch_size: int) -> slice:
     return slice(i * per, (i + 1) * per)
 
 
+def host_rows(global_batch: Mapping[str, Any]) -> dict[str, Any]:
+    """This process's rows (`host_slice`) of a batch every process holds whole (e.g. eval batches)."""
+    n = {k: len(v) for k, v in global_batch.items()}
+    if len(set(n.values())) != 1:
+        raise ValueError(f"batch arrays have different leading dims: {n}")
+    rows = host_slice(next(iter(n.values())))
+    return {k: v[rows] for k, v in global_batch.items()}
+
+
+# Multi-process set-up. JAX itself reads JAX_COORDINATOR_ADDRESS (and JAX_LOCAL_DEVICE_IDS); the
+# process count and index have no JAX variable, so we read these two (flags override all three).
 DISTRIBUTED_ENV = "MOBILEBERT_JAX_DISTRIBUTED"
+COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "JAX_PROCESS_ID"
 
 
-def maybe_initialize_distributed(enable: bool | None = None, **kwargs: Any) -> bool:
-    """Calls `jax.distributed.initialize(**kwargs)` when asked to (flag or env var).
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={v!r} is not an integer") from None
 
-    On TPU pods and SLURM/Kubernetes GPU clusters `initialize()` needs no arguments; elsewhere pass
-    `coordinator_address`, `num_processes`, `process_id`. Must run before any other JAX call.
+
+def maybe_initialize_distributed(
+    enable: bool | None = None,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    **kwargs: Any,
+) -> bool:
+    """Calls `jax.distributed.initialize(...)` when asked to (flag or env var).
+
+    On TPU pods and SLURM/Open MPI clusters `initialize()` needs no arguments. Elsewhere (several
+    processes on one machine, a plain GPU cluster) give the coordinator's `host:port`, the number of
+    processes and this process's index, as arguments or as `JAX_COORDINATOR_ADDRESS`,
+    `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`. CPU devices talk through gloo collectives (set here unless
+    `JAX_CPU_COLLECTIVES_IMPLEMENTATION` says otherwise). Must run before any other JAX call.
 
     Args:
         enable: True/False; None reads `MOBILEBERT_JAX_DISTRIBUTED` ("1"/"true" enables).
+        coordinator_address, num_processes, process_id: see above (None: environment, then
+            JAX's cluster auto-detection).
+        kwargs: passed on to `jax.distributed.initialize` (e.g. `initialization_timeout`).
 
     Returns:
         Whether it initialized.
@@ -279,7 +315,19 @@ def maybe_initialize_distributed(enable: bool | None = None, **kwargs: Any) -> b
         enable = os.environ.get(DISTRIBUTED_ENV, "").lower() in ("1", "true", "yes")
     if not enable:
         return False
-    jax.distributed.initialize(**kwargs)
+    coordinator_address = coordinator_address or os.environ.get(COORDINATOR_ENV) or None
+    num_processes = num_processes if num_processes is not None else _env_int(NUM_PROCESSES_ENV)
+    process_id = process_id if process_id is not None else _env_int(PROCESS_ID_ENV)
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"process id {process_id} is not in [0, {num_processes}) (num processes)")
+    if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        **kwargs,
+    )
     log.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",
         jax.process_index(),
