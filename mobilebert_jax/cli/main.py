@@ -1,4 +1,4 @@
-"""`mobilebert-jax`: finetune, evaluate, predict, pretrain, convert, distill.
+"""`mobilebert-jax`: finetune, evaluate, predict, pretrain, convert, distill, prepare-pretraining-data.
 
     mobilebert-jax finetune --task sst2 --model path/to/mobilebert-uncased \\
         --train-file glue/SST-2/train.tsv --validation-file glue/SST-2/dev.tsv --output-dir runs/sst2
@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_distill_arguments(
             sub.add_parser("distill", help="IB-BERT teacher → MobileBERT knowledge transfer")
         )
+    from mobilebert_jax.cli.prepare import add_prepare_arguments
+
+    add_prepare_arguments(
+        sub.add_parser("prepare-pretraining-data", help="text -> ArrayRecord shards of MLM/NSP instances")
+    )
     return ap
 
 
@@ -163,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         from mobilebert_jax.cli.distill import run_distill
 
         return int(run_distill(args) or 0)
+    if args.command == "prepare-pretraining-data":
+        from mobilebert_jax.cli.prepare import run_prepare
+
+        return run_prepare(args)
     raise AssertionError(args.command)
 
 

@@ -24,6 +24,7 @@ from mobilebert_jax.checkpoints.hub import from_pretrained, save_pretrained
 from mobilebert_jax.model.config import PRESETS, MobileBertConfig
 from mobilebert_jax.model.heads import MODEL_CLASSES, init_params
 from mobilebert_jax.tasks import Task, get_task
+from mobilebert_jax.tasks import pretraining_data as prepared_data
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 from mobilebert_jax.training import optim
 from mobilebert_jax.training import sharding as shd
@@ -91,6 +92,7 @@ class JobConfig:
     max_eval_samples: int | None = None
     task_options: dict = dataclasses.field(default_factory=dict)  # e.g. {"doc_stride": 64}
     progress: bool = True
+    dataloader_num_workers: int = 0  # reading processes for a prepared (ArrayRecord) train folder
 
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> JobConfig:
@@ -263,20 +265,25 @@ def run_finetune(job: JobConfig) -> dict[str, Any]:
     rng = jax.random.key(job.seed)
     task = get_task(job.task, **job.task_options)
     tok = load_tokenizer(job)
-    train_ex = read_split(task, job.train_file, "train", job.max_train_samples)
+    # a prepare-pretraining-data folder is read through Grain (tasks/pretraining_data.py), not featurised here
+    prepared = task.name == "pretraining" and prepared_data.is_prepared(job.train_file)
+    if prepared and job.max_train_samples:
+        raise ValueError("--max-train-samples does not apply to a prepared folder (prepare a smaller one)")
+    train_ex = [] if prepared else read_split(task, job.train_file, "train", job.max_train_samples)
     eval_ex = read_split(task, job.validation_file, "validation", job.max_eval_samples)
     task = task.adapt(train_ex)
-    _say(f"task {task.name}: {len(train_ex)} training and {len(eval_ex)} evaluation examples")
+    n_train = prepared_data.num_instances(job.train_file) if prepared else len(train_ex)
+    _say(f"task {task.name}: {n_train} training and {len(eval_ex)} evaluation examples")
     config, model, params = load_model(job, task, rng)
     check_compatible(config, tok, job.max_seq_length)
-    train_feats = task.featurise(train_ex, tok, job.max_seq_length)
+    train_feats = None if prepared else task.featurise(train_ex, tok, job.max_seq_length)
     eval_feats = task.featurise(eval_ex, tok, job.max_seq_length)
 
     mesh = job_mesh(job)
     rules = shd.logical_rules(job.sharding_rules, mesh, config)
     n_dev = mesh.devices.size
     batch = job.per_device_train_batch_size * n_dev * job.gradient_accumulation_steps
-    n_train = len(next(iter(train_feats.values())))
+    n_train = n_train if prepared else len(next(iter(train_feats.values())))
     batch = min(batch, n_train - n_train % (n_dev * job.gradient_accumulation_steps)) or batch
     steps_per_epoch = max(n_train // batch, 1)
     num_steps = job.max_steps if job.max_steps > 0 else max(int(job.num_train_epochs * steps_per_epoch), 1)
@@ -285,8 +292,15 @@ def run_finetune(job: JobConfig) -> dict[str, Any]:
         raise ValueError(f"--optimizer must be adamw or lamb, got {job.optimizer!r}")
     make_tx = optim.adamw if job.optimizer == "adamw" else optim.lamb
     tx = make_tx(schedule, weight_decay=job.weight_decay, eps=job.adam_epsilon, clip_norm=job.max_grad_norm)
-    train_arrays = model_arrays(task, train_feats)
-    example = {k: v[:batch] for k, v in train_arrays.items()}
+    if prepared:
+        train_data = prepared_data.prepared_iterator(job.train_file, batch, seed=job.seed,
+            num_workers=job.dataloader_num_workers, max_seq_length=job.max_seq_length, tokenizer=tok,
+            keys=task.input_keys + task.label_keys, task_options=job.task_options)  # fmt: skip
+        example = train_data.example()
+    else:
+        train_arrays = model_arrays(task, train_feats)
+        example = {k: v[:batch] for k, v in train_arrays.items()}
+        train_data = ArrayIterator(train_arrays, batch, seed=job.seed)
     sharded = create_train_state(model_init_fn(model, example), tx, rng, mesh, rules, params=params)
     step = make_train_step(
         loss_fn_for(model),
@@ -320,11 +334,13 @@ def run_finetune(job: JobConfig) -> dict[str, Any]:
         ),
         sharded.state,
         step,
-        ArrayIterator(train_arrays, batch, seed=job.seed),
+        train_data,
         rng,
         batch_sharding=shd.batch_sharding(mesh),
         eval_fn=eval_fn if job.eval_steps else None,
     )
+    if prepared:
+        train_data.close()
     metrics, predictions = evaluate_task(task, model, result.state.params, eval_ex, eval_feats, eval_bs, **kw)
     baseline = majority_baseline(task, train_ex, eval_ex, eval_feats)
     report = {
