@@ -134,7 +134,7 @@ def plan_shards(files: Sequence[str], shard_bytes: int) -> list[list[tuple[int, 
         with open(path, "rb") as f:
             for line in f:
                 pos += len(line)
-                if cur_bytes + pos - start >= shard_bytes and not line.strip():
+                if cur_bytes + pos - start >= shard_bytes and pos - start > len(line) and not line.strip():
                     cur.append((fi, start, pos))
                     shards.append(cur)
                     cur, cur_bytes, start = [], 0, pos
