@@ -241,3 +241,24 @@ def test_sigkill_mid_epoch_then_restart_resumes_bit_for_bit(tmp_path, vocab_dir)
     assert final.keys() == reference.keys()
     diff = [k for k in final if not np.array_equal(final[k], reference[k])]
     assert not diff, f"{len(diff)} params differ, e.g. {diff[:3]}"
+
+
+def test_distill_reads_a_prepared_folder(tmp_path):
+    """`distill --train-file FOLDER` takes the Grain route and checks the folder against its preset first."""
+    from mobilebert_jax.cli.main import main
+
+    text = _corpus(tmp_path / "c.txt", 10)
+    PD.prepare_pretraining_data(
+        [text], str(tmp_path / "out"), max_seq_length=32, num_workers=0, progress=False
+    )
+    argv = [
+        "distill",
+        "--config",
+        "tiny",
+        "--train-file",
+        str(tmp_path / "out"),
+        "--output-dir",
+        str(tmp_path / "d"),
+    ]
+    with pytest.raises(SystemExit, match="max_seq_length 32; the job asks for 48"):
+        main(argv)
