@@ -230,10 +230,13 @@ def _run(args: argparse.Namespace) -> int:
         say(
             f"pre-training a teacher ({tc.num_hidden_layers} layers, I={tc.intra_bottleneck_size}) for {steps} steps"
         )
-        t_params, hist = R.pretrain(teacher, data(cfg.seed + 1), steps,
+        t_data = data(cfg.seed + 1)
+        t_params, hist = R.pretrain(teacher, t_data, steps,
                                     learning_rate=cfg.learning_rate, warmup_steps=max(steps // 20, 1),
                                     max_predictions=cfg.max_predictions_per_seq, workdir=tdir, mesh=mesh, rules=rules,
                                     seed=cfg.seed + 1, progress=not args.no_progress)  # fmt: skip
+        if hasattr(t_data, "close"):
+            t_data.close()  # Grain's reading processes
         if hist:
             say(f"teacher: mlm_true {hist[0]['mlm_true']:.3f} -> {hist[-1]['mlm_true']:.3f}")
         from mobilebert_jax.checkpoints.hub import save_pretrained
@@ -247,9 +250,12 @@ def _run(args: argparse.Namespace) -> int:
         from mobilebert_jax.checkpoints.hub import from_pretrained
 
         _, s_params = from_pretrained(args.student, MobileBertForPreTraining)
-    result = R.run_distillation(student, teacher, t_params, data(cfg.seed), cfg,
+    s_data = data(cfg.seed)
+    result = R.run_distillation(student, teacher, t_params, s_data, cfg,
                                 args.output_dir, student_params=s_params, mesh=mesh, rules=rules,
                                 stop_at_step=args.stop_at_step, progress=not args.no_progress, say=say)  # fmt: skip
+    if hasattr(s_data, "close"):
+        s_data.close()
     report: dict[str, Any] = {
         "stopped": result.stopped,
         "step": result.step,

@@ -121,6 +121,8 @@ class GrainIterator:
         }
 
     def set_state(self, state: dict) -> None:
+        if "batches" not in state:
+            raise ValueError(f"data state {sorted(state)} is not a GrainIterator's (the run read other data)")
         for k in ("seed", "batch_size", "num_examples", "process_count"):
             if k in state and state[k] != getattr(self, "n" if k == "num_examples" else k):
                 raise ValueError(
