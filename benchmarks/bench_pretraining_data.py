@@ -152,7 +152,7 @@ def step_rate(preset: str, batch: int, max_len: int, overrides: dict, steps: int
     from mobilebert_jax.training import state as ts
 
     cfg = MobileBertConfig.from_preset(preset, **overrides)
-    model = MobileBertForPreTraining(cfg)
+    model = MobileBertForPreTraining(cfg, scan_layers=True)  # one layer to compile
     r = np.random.default_rng(0)
     b = {
         "input_ids": r.integers(5, 30000, (batch, max_len)).astype(np.int32),
@@ -176,9 +176,9 @@ def step_rate(preset: str, batch: int, max_len: int, overrides: dict, steps: int
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
-        "--sizes", type=float, nargs="+", default=[10, 50, 200], help="corpus sizes (MB) for memory"
+        "--sizes", type=float, nargs="*", default=[10, 50, 200], help="corpus sizes (MB) for memory"
     )
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts for throughput")
+    ap.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="worker counts for throughput")
     ap.add_argument(
         "--workers-size", type=float, default=50, help="corpus size (MB) of the worker comparison"
     )

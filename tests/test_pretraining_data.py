@@ -262,3 +262,19 @@ def test_distill_reads_a_prepared_folder(tmp_path):
     ]
     with pytest.raises(SystemExit, match="max_seq_length 32; the job asks for 48"):
         main(argv)
+
+
+def test_prepare_command_line(tmp_path, capsys):
+    from mobilebert_jax.cli.main import main
+
+    text = _corpus(tmp_path / "c.txt", 10)
+    out = str(tmp_path / "out")
+    argv = ["prepare-pretraining-data", text, "--output-dir", out, "--max-seq-length", "32", "--dupe-factor", "2",
+            "--num-workers", "0", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    m = json.load(open(os.path.join(out, "dataset.json")))
+    assert m["complete"] and m["task"]["dupe_factor"] == 2 and m["max_seq_length"] == 32
+    assert f'"num_instances": {m["num_instances"]}' in capsys.readouterr().out
+    assert main(argv) == 0 and '"built_shards": 0' in capsys.readouterr().out  # finished: nothing to do
+    with pytest.raises(SystemExit, match="prepare-pretraining-data: .*no file matches"):
+        main(["prepare-pretraining-data", str(tmp_path / "none*.txt"), "--output-dir", out])
