@@ -43,7 +43,12 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     a("--teacher-config", help="config json or preset name for a teacher checkpoint without config.json")
     a("--student-config", help="student config json or preset name (default: the preset's student)")
     a("--student", help="initial student checkpoint (HF folder); default: random init")
-    a("--train-file", help="plain text: one sentence per line, a blank line between documents")
+    a(
+        "--train-file",
+        help="plain text (one sentence per line, a blank line between documents) or a "
+        "prepare-pretraining-data folder (read through Grain)",
+    )
+    a("--dataloader-num-workers", type=int, default=0, help="reading processes for a prepared folder")
     a("--validation-file", help="plain text for a held-out MLM/NSP evaluation at the end")
     a("--output-dir", required=True, help="stage checkpoints, metrics, final_model/, distill_results.json")
     a("--tokenizer", help="tokenizer folder or hub id (default: the packaged uncased vocab)")
@@ -199,8 +204,22 @@ def _run(args: argparse.Namespace) -> int:
     )
     task = PretrainingTask(dupe_factor=args.dupe_factor, max_predictions_per_seq=cfg.max_predictions_per_seq or 20,
                            seed=cfg.seed)  # fmt: skip
-    arrays = _read_arrays(task, args.train_file, tok, cfg.max_seq_length)
-    n = len(arrays["input_ids"])
+    from mobilebert_jax.tasks import pretraining_data as PD
+
+    prepared = PD.is_prepared(args.train_file)  # ArrayRecord shards, streamed by Grain
+    if prepared:
+        n = PD.num_instances(args.train_file)
+    else:
+        arrays = _read_arrays(task, args.train_file, tok, cfg.max_seq_length)
+        n = len(arrays["input_ids"])
+
+    def data(seed: int):
+        if not prepared:
+            return ArrayIterator(arrays, cfg.batch_size, seed=seed)
+        return PD.prepared_iterator(args.train_file, cfg.batch_size, seed=seed, tokenizer=tok,
+                                    num_workers=args.dataloader_num_workers, max_seq_length=cfg.max_seq_length,
+                                    max_predictions_per_seq=task.max_predictions_per_seq)  # fmt: skip
+
     say(f"{n} training instances of {cfg.max_seq_length} tokens from {args.train_file}")
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -217,10 +236,13 @@ def _run(args: argparse.Namespace) -> int:
         say(
             f"pre-training a teacher ({tc.num_hidden_layers} layers, I={tc.intra_bottleneck_size}) for {steps} steps"
         )
-        t_params, hist = R.pretrain(teacher, ArrayIterator(arrays, cfg.batch_size, seed=cfg.seed + 1), steps,
+        t_data = data(cfg.seed + 1)
+        t_params, hist = R.pretrain(teacher, t_data, steps,
                                     learning_rate=cfg.learning_rate, warmup_steps=max(steps // 20, 1),
                                     max_predictions=cfg.max_predictions_per_seq, workdir=tdir, mesh=mesh, rules=rules,
                                     seed=cfg.seed + 1, progress=not args.no_progress)  # fmt: skip
+        if hasattr(t_data, "close"):
+            t_data.close()  # Grain's reading processes
         if hist:
             say(f"teacher: mlm_true {hist[0]['mlm_true']:.3f} -> {hist[-1]['mlm_true']:.3f}")
         from mobilebert_jax.checkpoints.hub import save_pretrained
@@ -235,9 +257,12 @@ def _run(args: argparse.Namespace) -> int:
         from mobilebert_jax.checkpoints.hub import from_pretrained
 
         _, s_params = from_pretrained(args.student, MobileBertForPreTraining)
-    result = R.run_distillation(student, teacher, t_params, ArrayIterator(arrays, cfg.batch_size, seed=cfg.seed), cfg,
+    s_data = data(cfg.seed)
+    result = R.run_distillation(student, teacher, t_params, s_data, cfg,
                                 args.output_dir, student_params=s_params, mesh=mesh, rules=rules,
                                 stop_at_step=args.stop_at_step, progress=not args.no_progress, say=say)  # fmt: skip
+    if hasattr(s_data, "close"):
+        s_data.close()
     report: dict[str, Any] = {
         "stopped": result.stopped,
         "step": result.step,

@@ -1,4 +1,4 @@
-"""`mobilebert-jax`: finetune, evaluate, predict, pretrain, convert, distill.
+"""`mobilebert-jax`: finetune, evaluate, predict, pretrain, convert, distill, pipeline, prepare-pretraining-data.
 
     mobilebert-jax finetune --task sst2 --model path/to/mobilebert-uncased \\
         --train-file glue/SST-2/train.tsv --validation-file glue/SST-2/dev.tsv --output-dir runs/sst2
@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_arguments(
         sub.add_parser("pipeline", help="raw text through a pipeline (fill-mask, QA, ...) to JSONL")
     )
+    from mobilebert_jax.cli.prepare import add_prepare_arguments
+
+    add_prepare_arguments(
+        sub.add_parser("prepare-pretraining-data", help="text -> ArrayRecord shards of MLM/NSP instances")
+    )
     return ap
 
 
@@ -255,6 +260,10 @@ def _run(args: argparse.Namespace) -> int:
         from mobilebert_jax.cli.pipeline import run_pipeline
 
         return run_pipeline(args)
+    if args.command == "prepare-pretraining-data":
+        from mobilebert_jax.cli.prepare import run_prepare
+
+        return run_prepare(args)
     raise AssertionError(args.command)
 
 

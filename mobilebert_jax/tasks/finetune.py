@@ -26,6 +26,7 @@ from mobilebert_jax.checkpoints.hub import from_pretrained, resolve_model, save_
 from mobilebert_jax.model.config import PRESETS, MobileBertConfig
 from mobilebert_jax.model.heads import MODEL_CLASSES, init_params
 from mobilebert_jax.tasks import DataError, Task, get_task, run_dir
+from mobilebert_jax.tasks import pretraining_data as prepared_data
 from mobilebert_jax.tasks.job_config import JobConfig, UsageError
 from mobilebert_jax.tasks.metrics import check_finite
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
@@ -382,11 +383,20 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     # --- inputs: every file read and checked before anything is written ---------------------------
     task = make_task(job.task, job.task_options)
     tok = load_tokenizer(job)
-    train_path = split_path(task, job.train_file, "train")
-    job = dataclasses.replace(job, train_file=train_path)
-    task, train_ex = task.read_training(train_path)
-    train_ex = train_ex[: job.max_train_samples] if job.max_train_samples else train_ex
-    require_labels(task, train_ex, "--train_file", train_path, "training")
+    # a prepare-pretraining-data folder is streamed through Grain (tasks/pretraining_data.py)
+    prepared = task.name == "pretraining" and prepared_data.is_prepared(job.train_file)
+    if prepared:
+        if job.max_train_samples:
+            raise UsageError(
+                "--max_train_samples does not apply to a prepared folder (prepare a smaller one)"
+            )
+        train_path, train_ex = job.train_file, []
+    else:
+        train_path = split_path(task, job.train_file, "train")
+        job = dataclasses.replace(job, train_file=train_path)
+        task, train_ex = task.read_training(train_path)
+        train_ex = train_ex[: job.max_train_samples] if job.max_train_samples else train_ex
+        require_labels(task, train_ex, "--train_file", train_path, "training")
     eval_ex = test_ex = None
     if do_eval:
         eval_path = split_path(task, job.validation_file, "validation")
@@ -398,7 +408,8 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     if job.eval_steps and not do_eval:
         raise UsageError("--eval_steps needs an evaluation (--do_eval and --validation_file)")
     n = f" and {len(eval_ex)} evaluation" if eval_ex is not None else ""
-    _say(f"task {task.name}: {len(train_ex)} training{n} examples")
+    n_train = prepared_data.num_instances(train_path) if prepared else len(train_ex)
+    _say(f"task {task.name}: {n_train} training{n} examples")
     config, model, params = load_model(job, task, rng, tok)
     check_compatible(config, tok, job.max_seq_length)
     mesh = job_mesh(job)
@@ -408,8 +419,7 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     identity = run_dir.run_identity(job, task, config, n_dev)
     mode, clean_first = run_dir.decide(job, identity, _say)
 
-    train_feats = task.featurise(train_ex, tok, job.max_seq_length)
-    train_arrays = model_arrays(task, train_feats)
+    train_arrays = None if prepared else model_arrays(task, task.featurise(train_ex, tok, job.max_seq_length))
     eval_feats = task.featurise(eval_ex, tok, job.max_seq_length) if eval_ex is not None else None
     test_feats = task.featurise(test_ex, tok, job.max_seq_length) if test_ex is not None else None
     metric, greater = best_metric(job, task)
@@ -422,7 +432,7 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
 
     rules = shd.logical_rules(job.sharding_rules, mesh, config)
     batch = job.per_device_train_batch_size * n_dev * job.gradient_accumulation_steps
-    n_train = len(next(iter(train_arrays.values())))
+    n_train = n_train if prepared else len(next(iter(train_arrays.values())))
     batch = min(batch, n_train - n_train % (n_dev * job.gradient_accumulation_steps)) or batch
     if batch > n_train:
         raise DataError(
@@ -446,7 +456,14 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     if mode == "new":
         _say(f"new run in {out}")
 
-    example = {k: v[:batch] for k, v in train_arrays.items()}
+    if prepared:
+        train_data = prepared_data.prepared_iterator(train_path, batch, seed=job.seed,
+            num_workers=job.dataloader_num_workers, max_seq_length=job.max_seq_length, tokenizer=tok,
+            keys=task.input_keys + task.label_keys, task_options=job.task_options)  # fmt: skip
+        example = train_data.example()
+    else:
+        train_data = ArrayIterator(train_arrays, batch, seed=job.seed)
+        example = {k: v[:batch] for k, v in train_arrays.items()}
     sharded = create_train_state(model_init_fn(model, example), tx, rng, mesh, rules, params=params)
     step = make_train_step(
         loss_fn_for(model),
@@ -503,11 +520,13 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
         ),
         sharded.state,
         step,
-        ArrayIterator(train_arrays, batch, seed=job.seed),
+        train_data,
         rng,
         batch_sharding=shd.batch_sharding(mesh),
         eval_fn=eval_fn if job.eval_steps else None,
     )
+    if prepared:
+        train_data.close()
     report = {
         "task": task.name,
         "model": job.model,

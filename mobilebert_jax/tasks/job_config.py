@@ -115,6 +115,8 @@ class JobConfig:
     max_predict_samples: int | None = _f(None, "use the first N prediction examples", _PRED, metavar="N")
     task_options: dict = _f({}, "task options as JSON, e.g. '{\"doc_stride\": 64}'")
     progress: bool = _f(True, "show a progress bar")
+    dataloader_num_workers: int = _f(0, "reading processes for a prepared (prepare-pretraining-data) train folder",
+                                     _T, metavar="N")  # fmt: skip
 
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> JobConfig:
@@ -183,6 +185,7 @@ class JobConfig:
              "num_train_epochs", "> 0", self.num_train_epochs)  # fmt: skip
         need(0.0 <= self.warmup_ratio <= 1.0, "warmup_ratio", "in [0, 1]", self.warmup_ratio)
         need(self.warmup_steps >= 0, "warmup_steps", ">= 0", self.warmup_steps)
+        need(self.dataloader_num_workers >= 0, "dataloader_num_workers", ">= 0", self.dataloader_num_workers)
         need(self.lr_scheduler_type in LR_SCHEDULES, "lr_scheduler_type", f"one of {LR_SCHEDULES}",
              self.lr_scheduler_type)  # fmt: skip
         need(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)

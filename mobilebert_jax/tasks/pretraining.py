@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,17 +37,22 @@ from mobilebert_jax.tasks.base import (
 def read_documents(path: PathLike) -> list[list[str]]:
     """Documents (lists of sentences) from a text file; blank lines separate documents."""
     check_file(path)
+    docs = documents_from_lines(line for _, line in iter_lines(path))
+    if not docs:
+        raise DataError("no text in file", path)
+    return docs
+
+
+def documents_from_lines(lines: Iterable[str]) -> list[list[str]]:
+    """Documents from lines (no line endings): a blank line ends a document; empty documents are dropped."""
     docs: list[list[str]] = [[]]
-    for _, line in iter_lines(path):
+    for line in lines:
         line = line.strip()
         if not line:
             docs.append([])
         else:
             docs[-1].append(line)
-    docs = [d for d in docs if d]
-    if not docs:
-        raise DataError("no text in file", path)
-    return docs
+    return [d for d in docs if d]
 
 
 @dataclasses.dataclass
@@ -224,6 +229,39 @@ def tokenize_documents(
     return out
 
 
+def instances_to_arrays(
+    insts: Sequence[Instance], max_len: int, max_predictions: int
+) -> dict[str, np.ndarray]:
+    """Padded arrays of instances, the model's inputs and labels.
+
+    Returns:
+        input_ids, token_type_ids, attention_mask, labels [N, max_len] (original id at masked
+        positions, -100 elsewhere); next_sentence_label [N] (1 = random B); masked_lm_positions,
+        masked_lm_ids [N, max_predictions] and masked_lm_weights (1.0 where real), as in BERT's TFRecords.
+    """
+    n, p = len(insts), max_predictions
+    out = {
+        "input_ids": np.zeros((n, max_len), np.int32),
+        "token_type_ids": np.zeros((n, max_len), np.int32),
+        "attention_mask": np.zeros((n, max_len), np.int32),
+        "labels": np.full((n, max_len), -100, np.int32),
+        "next_sentence_label": np.array([x.is_random_next for x in insts], np.int32).reshape(n),
+        "masked_lm_positions": np.zeros((n, p), np.int32),
+        "masked_lm_ids": np.zeros((n, p), np.int32),
+        "masked_lm_weights": np.zeros((n, p), np.float32),
+    }
+    for k, x in enumerate(insts):
+        t, m = len(x.input_ids), len(x.masked_positions)
+        out["input_ids"][k, :t] = x.input_ids
+        out["token_type_ids"][k, :t] = x.token_type_ids
+        out["attention_mask"][k, :t] = 1
+        out["labels"][k, x.masked_positions] = x.masked_ids
+        out["masked_lm_positions"][k, :m] = x.masked_positions
+        out["masked_lm_ids"][k, :m] = x.masked_ids
+        out["masked_lm_weights"][k, :m] = 1.0
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainingTask(Task):
     """MLM + NSP (`MobileBertForPreTraining`); defaults as BERT's script except `dupe_factor` (10 there)."""
@@ -246,20 +284,13 @@ class PretrainingTask(Task):
     def read(self, path: PathLike) -> list[list[str]]:
         return read_documents(path)
 
-    def featurise(
+    def instances(
         self, examples: Sequence[Sequence[str]], tokenizer: Any, max_len: int = 128
-    ) -> dict[str, np.ndarray]:
-        """Instances from documents (deterministic in `seed`).
-
-        Returns:
-            input_ids, token_type_ids, attention_mask, labels [N, max_len] (original id at masked
-            positions, -100 elsewhere); next_sentence_label [N] (1 = random B); masked_lm_positions,
-            masked_lm_ids [N, max_predictions_per_seq] and masked_lm_weights (1.0 where real), as in
-            BERT's TFRecords.
-        """
+    ) -> list[Instance]:
+        """The shuffled instances of documents, from `random.Random(seed)` (BERT's algorithm, above)."""
         vocab = vocab_tokens(tokenizer)
         subword = np.array([t.startswith("##") for t in vocab]) if self.whole_word_mask else None
-        insts = create_instances(
+        return create_instances(
             tokenize_documents(examples, tokenizer), rng=random.Random(self.seed), max_seq_length=max_len,
             short_seq_prob=self.short_seq_prob, masked_lm_prob=self.masked_lm_prob,
             max_predictions_per_seq=self.max_predictions_per_seq, dupe_factor=self.dupe_factor,
@@ -267,27 +298,14 @@ class PretrainingTask(Task):
             sep_id=special_token_id(tokenizer, "sep"), mask_id=special_token_id(tokenizer, "mask"),
             is_subword=subword,
         )  # fmt: skip
-        n, p = len(insts), self.max_predictions_per_seq
-        out = {
-            "input_ids": np.zeros((n, max_len), np.int32),
-            "token_type_ids": np.zeros((n, max_len), np.int32),
-            "attention_mask": np.zeros((n, max_len), np.int32),
-            "labels": np.full((n, max_len), -100, np.int32),
-            "next_sentence_label": np.array([x.is_random_next for x in insts], np.int32),
-            "masked_lm_positions": np.zeros((n, p), np.int32),
-            "masked_lm_ids": np.zeros((n, p), np.int32),
-            "masked_lm_weights": np.zeros((n, p), np.float32),
-        }
-        for k, x in enumerate(insts):
-            t, m = len(x.input_ids), len(x.masked_positions)
-            out["input_ids"][k, :t] = x.input_ids
-            out["token_type_ids"][k, :t] = x.token_type_ids
-            out["attention_mask"][k, :t] = 1
-            out["labels"][k, x.masked_positions] = x.masked_ids
-            out["masked_lm_positions"][k, :m] = x.masked_positions
-            out["masked_lm_ids"][k, :m] = x.masked_ids
-            out["masked_lm_weights"][k, :m] = 1.0
-        return out
+
+    def featurise(
+        self, examples: Sequence[Sequence[str]], tokenizer: Any, max_len: int = 128
+    ) -> dict[str, np.ndarray]:
+        """Instances from documents (deterministic in `seed`) as arrays (`instances_to_arrays`)."""
+        return instances_to_arrays(
+            self.instances(examples, tokenizer, max_len), max_len, self.max_predictions_per_seq
+        )
 
     def loss_terms(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
         """MLM cross-entropy over labels != -100 and NSP cross-entropy; HF's loss is their sum of means."""

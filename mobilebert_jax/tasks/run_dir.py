@@ -30,7 +30,12 @@ RESULT_FIELDS = ("max_seq_length", "per_device_train_batch_size", "gradient_accu
 
 
 def file_fingerprint(path: str) -> dict[str, Any]:
-    """{"path", "bytes", "sha256"} of a file (the path is informative; size and hash identify it)."""
+    """{"path", "bytes", "sha256"} of a file (the path is informative; size and hash identify it).
+
+    A prepared pretraining folder (`prepare-pretraining-data`) is identified by its `dataset.json`, which
+    records the inputs, options, vocabulary hash, shard plan and counts."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "dataset.json")):
+        return {**file_fingerprint(os.path.join(path, "dataset.json")), "path": os.path.abspath(path)}
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
