@@ -53,6 +53,7 @@ def from_pretrained(
     param_dtype: Any = None,
     scan_layers: bool = False,
     remat: bool = False,
+    unroll_layers: bool = False,
     strict: bool = False,
     rng: Any = 0,
     return_report: bool = False,
@@ -67,6 +68,8 @@ def from_pretrained(
             else `MobileBertForPreTraining`.
         dtype / param_dtype: compute and storage dtypes (defaults float32).
         scan_layers, remat: model options (params are laid out to match).
+        unroll_layers: run HF's `layer/{i}` tree as L separate layers instead of the (faster) default,
+            one scan over the stacked layer params; the params are the same either way.
         strict: fail instead of initialising or dropping head params.
         rng: seeds head params the checkpoint lacks.
         **config_overrides: config fields to change (e.g. `num_labels=3`).
@@ -88,6 +91,7 @@ def from_pretrained(
         param_dtype=param_dtype or jnp.float32,
         scan_layers=scan_layers,
         remat=remat,
+        unroll_layers=unroll_layers,
     )
     state_dict = load_state_dict(folder)
     params, report = from_pytorch(
