@@ -96,8 +96,9 @@ def _split_outputs(h_in, h_out, hs, probs, L, output_hidden_states, output_atten
 class _LayerList(_Base):
     """Container named `layer` whose children are `0 .. L-1`, as PT's ModuleList.
 
-    Unless `unroll`, `apply` stacks the children's params and runs one `lax.scan` over them (init
-    always creates the children one by one, so the tree and its init values do not depend on it).
+    Unless `unroll`, `apply` under a jax transform (jit, grad) stacks the children's params and runs
+    one `lax.scan` over them. Init always creates the children one by one, so the tree and its init
+    values do not depend on it.
     """
 
     layer_cls: Any = MobileBertLayer
@@ -107,7 +108,9 @@ class _LayerList(_Base):
     @nn.compact
     def __call__(self, h, mask_bias, deterministic, output_hidden_states, output_attentions):
         L = self.config.num_hidden_layers
-        if not self.unroll and not self.is_initializing() and L > 1:
+        # Eagerly (no jit), a scan would compile anew on every call: op-by-op unrolled layers are faster.
+        traced = isinstance(h, jax.core.Tracer)
+        if not self.unroll and traced and not self.is_initializing() and L > 1:
             return self._scanned(h, mask_bias, deterministic, output_hidden_states, output_attentions)
         all_h = [h] if output_hidden_states else None
         attn = [] if output_attentions else None
