@@ -79,6 +79,9 @@ class JobConfig:
     bf16: bool = False  # bf16 compute, float32 params/optimizer/loss
     scan_layers: bool = False
     remat: bool = False
+    # Unrolled layers train ~15% faster per step on CPU than one scan over them (compile: ~35 s vs ~5 s);
+    # inference outside a job (`from_pretrained` + `apply`) scans by default. Same params either way.
+    unroll_layers: bool = True
     mesh_data: int = -1
     mesh_fsdp: int = 1
     mesh_tensor: int = 1
@@ -115,7 +118,7 @@ def load_model(job: JobConfig, task: Task, rng: jax.Array):
     """(config, model, params or None): a preset gives random init (params created sharded later)."""
     dtype = jnp.bfloat16 if job.bf16 else jnp.float32
     overrides = {**task.config_overrides(), **job.model_config}
-    kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat)
+    kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat, unroll_layers=job.unroll_layers)
     if job.model in PRESETS:
         config = MobileBertConfig.from_preset(job.model, **overrides)
         return config, MODEL_CLASSES[task.model_class](config, **kw), None
