@@ -52,7 +52,7 @@ class MobileBertEncoder(_Base):
     by default the per-layer params are stacked inside `apply` and the layers run as one `lax.scan`
     (the stack costs one copy of the layer weights; on CPU, unrolled layers lose ~15% to an XLA
     fusion that re-reads every earlier layer's residual in each layer, and compile ~5x slower);
-    `unroll_layers=True` runs the L layers as separate ops (same numbers, to ~1e-7).
+    `unroll_layers=True` runs the L layers as separate ops (same math; float rounding differs).
     """
 
     scan_layers: bool = False
