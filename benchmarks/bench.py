@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py                          # the goal cells: SeqCls B=8 L=128, infer + train
     python benchmarks/bench.py --grid                   # SeqCls and PreTraining, B in {1,8,32}, L in {128,512}
+    python benchmarks/bench.py --layers unroll          # our layers unrolled (or scan_layers: stacked params)
     python benchmarks/bench.py --torch-compile --json results.json
 
 Ours and the reference run in two separate worker processes (in one process, XLA's and torch's
@@ -66,7 +67,7 @@ def _timeit(fn) -> float:
 
 
 def _worker(
-    conn, side: str, kind: str, model_name: str, b: int, t: int, scan: bool, torch_compile: bool
+    conn, side: str, kind: str, model_name: str, b: int, t: int, scan: str, torch_compile: bool
 ) -> None:
     """Builds one side of one cell, reports its setup, then times one call per "run" message."""
     try:
@@ -81,8 +82,12 @@ def _worker(
         conn.send(_timeit(fn))
 
 
-def build(model_name: str, scan: bool, dtype, flax: bool = True):
-    """The mobilebert-uncased config; HF PyTorch weights (seed 0) and (with `flax`) the same in Flax."""
+def build(model_name: str, scan: str, dtype, flax: bool = True):
+    """The mobilebert-uncased config; HF PyTorch weights (seed 0) and (with `flax`) the same in Flax.
+
+    `scan`: "default" (HF's layer/{i} params, run as one scan), "unroll" (the same params, unrolled
+    layers) or "scan_layers" (stacked [L, ...] params).
+    """
     import torch
     import transformers
 
@@ -94,8 +99,10 @@ def build(model_name: str, scan: bool, dtype, flax: bool = True):
     pt = getattr(transformers, model_name)(transformers.MobileBertConfig.from_dict(cfg.to_dict()))
     if not flax:  # the reference worker runs no JAX at all
         return cfg, pt, None, None
-    params = from_pytorch(pt.state_dict(), cfg, model_name, scan_layers=scan)
-    return cfg, pt, MODEL_CLASSES[model_name](cfg, scan_layers=scan, dtype=dtype), params
+    stacked = scan == "scan_layers"
+    params = from_pytorch(pt.state_dict(), cfg, model_name, scan_layers=stacked)
+    model = MODEL_CLASSES[model_name](cfg, scan_layers=stacked, unroll_layers=scan == "unroll", dtype=dtype)
+    return cfg, pt, model, params
 
 
 def _inputs(cfg, b, t):
@@ -150,7 +157,7 @@ def _setup_ours(kind, model_name, b, t, scan, _torch_compile):
 
         fn()
     flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-    if scan:  # XLA counts one iteration of a loop: count the unrolled graph instead (lowered only)
+    if scan != "unroll":  # XLA counts one iteration of a loop: count the unrolled graph (lowered only)
         flops = _unrolled_flops(kind, model_name, cfg, batch)
     return dict(compile_s=compile_s, flops=flops, peak_rss_mb=mem.peak - mem.start), fn
 
@@ -160,7 +167,7 @@ def _unrolled_flops(kind, model_name, cfg, batch) -> float:
     from mobilebert_jax import MODEL_CLASSES
     from mobilebert_jax.training.objectives import loss_fn_for
 
-    model = MODEL_CLASSES[model_name](cfg)
+    model = MODEL_CLASSES[model_name](cfg, unroll_layers=True)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, attention_mask=mask))["params"]
     if kind == "inference":
@@ -174,7 +181,7 @@ def _unrolled_flops(kind, model_name, cfg, batch) -> float:
 def _setup_ref(kind, model_name, b, t, _scan, torch_compile):
     import torch
 
-    cfg, pt, _, _ = build(model_name, False, jnp.float32, flax=False)
+    cfg, pt, _, _ = build(model_name, "unroll", jnp.float32, flax=False)
     tb = {k: torch.tensor(v, dtype=torch.long) for k, v in _inputs(cfg, b, t).items()}
     if torch_compile:
         pt = torch.compile(pt)
@@ -211,7 +218,7 @@ def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | 
         parent, child = ctx.Pipe()
         proc = ctx.Process(
             target=_worker,
-            args=(child, side, kind, model_name, b, t, args.scan, torch_compile and side == "ref"),
+            args=(child, side, kind, model_name, b, t, args.layers, torch_compile and side == "ref"),
             daemon=True,
         )
         proc.start()
@@ -240,6 +247,7 @@ def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | 
     )
     return dict(
         bench=kind,
+        layers=args.layers,
         model=model_name,
         batch=b,
         seq=t,
@@ -261,9 +269,11 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true", help="the full inference grid (slow on CPU)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument(
-        "--scan",
-        action="store_true",
-        help="scanned layers (same math; faster compile and, on CPU, faster inference)",
+        "--layers",
+        choices=("default", "unroll", "scan_layers"),
+        default="default",
+        help="how our layers run: the default (HF's layer/{i} params, one scan over them), unrolled "
+        "layers (unroll_layers=True), or stacked params (scan_layers=True); same math",
     )
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--no-train", action="store_true")

@@ -45,10 +45,19 @@ def attention_bias(attention_mask: jax.Array | None, dtype=jnp.float32) -> jax.A
 
 
 class MobileBertEncoder(_Base):
-    """`encoder/layer/{i}` (or one scanned `encoder/layer` with a leading layer axis)."""
+    """`encoder/layer/{i}` (or one scanned `encoder/layer` with a leading layer axis).
+
+    `scan_layers` chooses the param layout: False (default) is HF's `layer/0 .. layer/L-1`, True one
+    stacked `layer` subtree with a leading [L] axis. `unroll_layers` chooses how the loop layout runs:
+    by default the per-layer params are stacked inside `apply` and the layers run as one `lax.scan`
+    (the stack costs one copy of the layer weights; on CPU, unrolled layers lose ~15% to an XLA
+    fusion that re-reads every earlier layer's residual in each layer, and compile ~5x slower);
+    `unroll_layers=True` runs the L layers as separate ops (same math; float rounding differs).
+    """
 
     scan_layers: bool = False
     remat: bool = False
+    unroll_layers: bool = False
 
     @nn.compact
     def __call__(self, h, mask_bias, deterministic=True, output_hidden_states=False, output_attentions=False):
@@ -70,29 +79,72 @@ class MobileBertEncoder(_Base):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             h_out, (hs, probs) = scanned(layer_cls(**self.kw, name="layer"), h, mask_bias)
-            all_h = (h,) + tuple(hs[i] for i in range(L)) if output_hidden_states else None
-            attn = tuple(probs[i] for i in range(L)) if output_attentions else None
-            return h_out, all_h, attn
-        container = _LayerList(**self.kw, layer_cls=layer_cls, name="layer")
+            return _split_outputs(h, h_out, hs, probs, L, output_hidden_states, output_attentions)
+        container = _LayerList(
+            **self.kw, layer_cls=layer_cls, remat=self.remat, unroll=self.unroll_layers, name="layer"
+        )
         return container(h, mask_bias, deterministic, output_hidden_states, output_attentions)
 
 
+def _split_outputs(h_in, h_out, hs, probs, L, output_hidden_states, output_attentions):
+    """(last, all hidden states or None, attentions or None) from a scan's stacked [L, ...] outputs."""
+    all_h = (h_in,) + tuple(hs[i] for i in range(L)) if output_hidden_states else None
+    attn = tuple(probs[i] for i in range(L)) if output_attentions else None
+    return h_out, all_h, attn
+
+
 class _LayerList(_Base):
-    """Container named `layer` whose children are `0 .. L-1`, as PT's ModuleList."""
+    """Container named `layer` whose children are `0 .. L-1`, as PT's ModuleList.
+
+    Unless `unroll`, `apply` under a jax transform (jit, grad) stacks the children's params and runs
+    one `lax.scan` over them. Init always creates the children one by one, so the tree and its init
+    values do not depend on it.
+    """
 
     layer_cls: Any = MobileBertLayer
+    remat: bool = False
+    unroll: bool = False
 
     @nn.compact
     def __call__(self, h, mask_bias, deterministic, output_hidden_states, output_attentions):
+        L = self.config.num_hidden_layers
+        # Eagerly (no jit), a scan would compile anew on every call: op-by-op unrolled layers are faster.
+        traced = isinstance(h, jax.core.Tracer)
+        if not self.unroll and traced and not self.is_initializing() and L > 1:
+            return self._scanned(h, mask_bias, deterministic, output_hidden_states, output_attentions)
         all_h = [h] if output_hidden_states else None
         attn = [] if output_attentions else None
-        for i in range(self.config.num_hidden_layers):
+        for i in range(L):
             h, probs = self.layer_cls(**self.kw, name=str(i))(h, mask_bias, deterministic)
             if output_hidden_states:
                 all_h.append(h)
             if output_attentions:
                 attn.append(probs)
         return h, (tuple(all_h) if all_h is not None else None), (tuple(attn) if attn is not None else None)
+
+    def _scanned(self, h, mask_bias, deterministic, output_hidden_states, output_attentions):
+        L = self.config.num_hidden_layers
+        params = nn.meta.unbox(self.variables.get("params", {}))
+        missing = [str(i) for i in range(L) if str(i) not in params]
+        if missing:
+            raise ValueError(
+                f"encoder/layer has no params for layer(s) {missing} of num_hidden_layers={L} "
+                f"(present: {sorted(params, key=lambda k: (len(k), k))})"
+            )
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(params[str(i)] for i in range(L)))
+        layer = MobileBertLayer(**self.kw, parent=None)  # unbound: applied to one layer's params
+        keys = None if deterministic else jax.random.split(self.make_rng("dropout"), L)
+
+        def body(carry, xs):
+            p, key = xs
+            rngs = None if key is None else {"dropout": key}
+            out, probs = layer.apply({"params": p}, carry, mask_bias, deterministic, rngs=rngs)
+            return out, (out if output_hidden_states else None, probs if output_attentions else None)
+
+        if self.remat:
+            body = jax.checkpoint(body)
+        h_out, (hs, probs) = jax.lax.scan(body, h, (stacked, keys))
+        return _split_outputs(h, h_out, hs, probs, L, output_hidden_states, output_attentions)
 
 
 class MobileBertPooler(_Base):
@@ -107,10 +159,16 @@ class MobileBertPooler(_Base):
 
 
 class _ModelBase(_Base):
-    """Fields shared by all eight public classes."""
+    """Fields shared by all eight public classes.
+
+    `scan_layers`: stacked `[L, ...]` layer params instead of HF's `layer/{i}` tree. `remat`:
+    recompute each layer in the backward pass. `unroll_layers`: run the `layer/{i}` tree as L separate
+    layers instead of one scan over its stacked params (see `MobileBertEncoder`; the default is faster).
+    """
 
     scan_layers: bool = False
     remat: bool = False
+    unroll_layers: bool = False
 
 
 class MobileBertModel(_ModelBase):
@@ -172,7 +230,11 @@ class MobileBertModel(_ModelBase):
             input_ids, jnp.asarray(token_type_ids), jnp.asarray(position_ids), inputs_embeds, deterministic
         )
         h, all_h, attn = MobileBertEncoder(
-            **self.kw, scan_layers=self.scan_layers, remat=self.remat, name="encoder"
+            **self.kw,
+            scan_layers=self.scan_layers,
+            remat=self.remat,
+            unroll_layers=self.unroll_layers,
+            name="encoder",
         )(h, mask_bias, deterministic, output_hidden_states, output_attentions)
         pooled = MobileBertPooler(**self.kw, name="pooler")(h) if self.add_pooling_layer else None
         return MobileBertModelOutput(

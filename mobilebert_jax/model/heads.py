@@ -132,6 +132,7 @@ class _HeadBase(_ModelBase):
             **self.kw,
             scan_layers=self.scan_layers,
             remat=self.remat,
+            unroll_layers=self.unroll_layers,
             add_pooling_layer=pooling,
             name="mobilebert",
         )

@@ -109,7 +109,7 @@ def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokeni
     embedding table is sized for the ids the tokenizer makes)."""
     dtype = jnp.bfloat16 if job.bf16 else jnp.float32
     overrides = {**task.config_overrides(), **job.model_config}
-    kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat)
+    kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat, unroll_layers=job.unroll_layers)
     attn = dict(attention_implementation=job.attention_implementation)
     source = resolve_model(job.model)  # the rule from_pretrained uses: preset, local directory, hub id
     if source.kind == "preset":
