@@ -20,4 +20,4 @@ fi
 # litert-converter pins xdsl 0.28.0, whose metadata caps typing_extensions below 4.13; pydantic-core and
 # jupyter-client need >= 4.16 (Sentinel, TypedDict extra_items) and xdsl runs with it. pip reports the
 # xdsl cap as a conflict; that message is expected.
-python -m pip install -q "typing_extensions>=4.16" 2>&1 | grep -v "xdsl\|dependency resolver\|dependency conflicts" || true
+python -m pip install -q "typing_extensions>=4.16"

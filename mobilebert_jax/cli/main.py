@@ -1,4 +1,4 @@
-"""`mobilebert-jax`: finetune, evaluate, predict, pretrain, convert, distill.
+"""`mobilebert-jax`: finetune, evaluate, predict, pretrain, convert, distill, export.
 
     mobilebert-jax finetune --task sst2 --model path/to/mobilebert-uncased \\
         --train-file glue/SST-2/train.tsv --validation-file glue/SST-2/dev.tsv --output-dir runs/sst2
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the README's main job: QNLI fine-tuning from random init, on CPU")
     _add_job_flags(demo)
     demo.add_argument("--smoke", action="store_true", help="a few steps on a tiny config (CI)")
+    demo.add_argument("--skip-export", action="store_true", help="skip the closing LiteRT export and check")
     try:
         from mobilebert_jax.cli.convert import add_convert_arguments
     except ImportError:
@@ -130,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_distill_arguments(
             sub.add_parser("distill", help="IB-BERT teacher → MobileBERT knowledge transfer")
         )
+    try:
+        from mobilebert_jax.cli.export import add_export_arguments
+    except ImportError:
+        add_export_arguments = None
+    if add_export_arguments is not None:
+        add_export_arguments(sub.add_parser("export", help="export to LiteRT / ONNX / StableHLO, verified"))
     return ap
 
 
@@ -154,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             "predict": finetune.run_predict,
         }[args.command]
         run(job)
+        if args.command == "demo" and not args.skip_export:
+            from mobilebert_jax.cli.export import deploy_check
+
+            deploy_check(job.output_dir, job.validation_file, job.max_seq_length, limit=job.max_eval_samples)
         return 0
     if args.command == "convert":
         from mobilebert_jax.cli.convert import run_convert
@@ -163,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         from mobilebert_jax.cli.distill import run_distill
 
         return int(run_distill(args) or 0)
+    if args.command == "export":
+        from mobilebert_jax.cli.export import run_export
+
+        return int(run_export(args) or 0)
     raise AssertionError(args.command)
 
 
