@@ -31,7 +31,11 @@ __all__ = ["add_distill_arguments", "run_distill", "load_teacher"]
 def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `distill` flags to `parser`."""
     a = parser.add_argument
-    a("--config", required=True, choices=("paper", "tiny"), help="recipe preset (models, steps, batch)")
+    a(
+        "--config",
+        required=True,
+        help="recipe: a preset (paper, tiny) or a JSON recipe file such as train/configs/distillation.json",
+    )
     a(
         "--teacher",
         help="teacher checkpoint (HF folder, run folder, orbax, TF1); tiny pre-trains one if absent",
@@ -157,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
     from mobilebert_jax.training.trainer import ArrayIterator, evaluate, make_eval_step
 
     t0 = time.perf_counter()
-    preset = R.PRESETS[args.config]
+    preset = R.load_recipe(args.config)
     sc, tc, cfg = R.preset_configs(args.config)
     sc = _model_config(args.student_config, sc)
     tc = _model_config(args.teacher_config, tc) if not args.teacher else tc

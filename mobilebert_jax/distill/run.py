@@ -120,17 +120,47 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+_RECIPE_KEYS = {"student", "teacher", "distill", "sharding_rules", "teacher_pretrain_steps"}
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """A recipe: the name of a preset ("paper", "tiny") or a JSON file of the same form (`train/configs/`)."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    if not os.path.isfile(name_or_path):
+        raise ValueError(
+            f"--config {name_or_path!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a JSON recipe file"
+        )
+    with open(name_or_path, encoding="utf-8") as f:
+        try:
+            recipe = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name_or_path}: not valid JSON ({e})") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{name_or_path}: a recipe is a JSON object with keys {sorted(_RECIPE_KEYS)}")
+    bad = sorted(set(recipe) - _RECIPE_KEYS)
+    missing = sorted({"student", "teacher", "distill"} - set(recipe))
+    if bad or missing:
+        raise ValueError(
+            f"{name_or_path}: unknown recipe key(s) {bad}, missing {missing}; keys: {sorted(_RECIPE_KEYS)}"
+        )
+    for key in ("student", "teacher"):
+        if not isinstance(recipe[key], dict) or "preset" not in recipe[key]:
+            raise ValueError(
+                f"{name_or_path}: {key!r} must be an object with a 'preset' and config overrides"
+            )
+    return {"sharding_rules": "fsdp", **recipe}
+
+
 def preset_configs(name: str) -> tuple[MobileBertConfig, MobileBertConfig, DistillConfig]:
-    """(student config, teacher config, DistillConfig) of the preset `name` ("paper" or "tiny")."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown distill preset {name!r}; choose one of {sorted(PRESETS)}")
-    p = PRESETS[name]
+    """(student config, teacher config, DistillConfig) of a recipe: a preset name or a JSON recipe file."""
+    p = load_recipe(name)
 
     def cfg(d):
         d = dict(d)
         return MobileBertConfig.from_preset(d.pop("preset"), **d)
 
-    return cfg(p["student"]), cfg(p["teacher"]), DistillConfig(**p["distill"])
+    return cfg(p["student"]), cfg(p["teacher"]), DistillConfig.from_dict(p["distill"])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from mobilebert_jax.training.trainer import (
 )
 
 log = logging.getLogger(__name__)
-PACKAGE_DATA = os.path.join(os.path.dirname(__file__), "data")
+PACKAGE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 _PRED_EXT = {"squad": ".json", "squad_v2": ".json", "pretraining": ".json", "ner": ".txt"}
 
 
