@@ -74,7 +74,7 @@ def _dynamic_int8(src: str, dst: str) -> None:
     with open(src, "rb") as f:
         buf = f.read()
     q = Quantizer(bytearray(buf), "dynamic_wi8_afp32")
-    result = q.quantize(enable_progress_report=False)
+    result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
     with open(dst, "wb") as f:
         f.write(bytes(result.quantized_model))
 
