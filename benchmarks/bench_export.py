@@ -90,7 +90,7 @@ def worker(name: str, work: str, threads: int, warmup: int, iters: int) -> dict:
     return {"name": name, "ms": ms, "logits": np.asarray(fn()).tolist()}
 
 
-def prepare(work: str, model_dir: str | None, calibration_rows: int) -> None:
+def prepare(work: str, model_dir: str | None, calibration_rows: int, only: list[str]) -> None:
     from mobilebert_jax import (
         MobileBertConfig,
         MobileBertForSequenceClassification,
@@ -129,7 +129,7 @@ def prepare(work: str, model_dir: str | None, calibration_rows: int) -> None:
     ):
         name = f"{fmt}-{'fp32' if q == 'none' else q}"
         out = os.path.join(work, name)
-        if os.path.exists(os.path.join(out, "export.json")):
+        if name not in only or os.path.exists(os.path.join(out, "export.json")):
             continue
         t0 = time.perf_counter()
         print(f"exporting {name} ...", flush=True)
@@ -163,7 +163,7 @@ def main() -> int:
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.work, args.threads, args.warmup, args.iters)))
         return 0
-    prepare(args.work, args.model, args.calibration_rows)
+    prepare(args.work, args.model, args.calibration_rows, args.only)
     times: dict[str, list[float]] = {n: [] for n in args.only}
     logits: dict[str, np.ndarray] = {}
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
