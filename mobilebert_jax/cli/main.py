@@ -1,4 +1,5 @@
-"""`mobilebert-jax`: finetune, evaluate, predict, pretrain, convert, distill, pipeline, prepare-pretraining-data.
+"""`mobilebert-jax`: finetune, evaluate, predict, pretrain, convert, distill, export, pipeline,
+prepare-pretraining-data.
 
     mobilebert-jax finetune --task sst2 --model path/to/mobilebert-uncased \\
         --train-file glue/SST-2/train.tsv --validation-file glue/SST-2/dev.tsv --output-dir runs/sst2
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the README's main job: QNLI fine-tuning from random init, on CPU")
     _add_job_flags(demo, "demo")
     demo.add_argument("--smoke", action="store_true", help="a few steps on a tiny config (CI)")
+    demo.add_argument("--skip-export", action="store_true", help="skip the closing LiteRT export and check")
     try:
         from mobilebert_jax.cli.convert import add_convert_arguments
     except ImportError:
@@ -196,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_prepare_arguments(
         sub.add_parser("prepare-pretraining-data", help="text -> ArrayRecord shards of MLM/NSP instances")
     )
+    from mobilebert_jax.cli.export import add_export_arguments
+
+    add_export_arguments(sub.add_parser("export", help="export to LiteRT / ONNX / StableHLO, verified"))
     return ap
 
 
@@ -247,6 +252,10 @@ def _run(args: argparse.Namespace) -> int:
         report = finetune.run_finetune(job, "finetune" if args.command == "finetune" else args.command)
         if report.get("stopped") == "preempted":
             return 130 if report.get("signal") == "SIGINT" else 143
+        if args.command == "demo" and not args.skip_export:
+            from mobilebert_jax.cli.export import deploy_check
+
+            deploy_check(job.output_dir, job.validation_file, job.max_seq_length, limit=job.max_eval_samples)
         return 0
     if args.command == "convert":
         from mobilebert_jax.cli.convert import run_convert
@@ -264,6 +273,10 @@ def _run(args: argparse.Namespace) -> int:
         from mobilebert_jax.cli.prepare import run_prepare
 
         return run_prepare(args)
+    if args.command == "export":
+        from mobilebert_jax.cli.export import run_export
+
+        return int(run_export(args) or 0)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,157 @@
+"""The Python API: `to_litert`, `to_onnx`, `to_stablehlo` (or `export(..., format=)`) write OUT_DIR with
+the model file, `config.json`, the tokenizer files and `export.json`, after running the artifact in its
+runtime against the JAX forward (an fp32 export off by more than 1e-5 relative raises `ExportError`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mobilebert_jax.export import common
+
+FORMATS = ("stablehlo", "litert", "onnx")
+
+
+def calibration_batch(
+    texts: Sequence[str] | Sequence[tuple[str, str]], tokenizer: Any, length: int, limit: int = 256
+) -> dict[str, np.ndarray]:
+    """int32 inputs `[n, length]` from real text (single sentences or (a, b) pairs), padded to `length`."""
+    texts = [t for t in texts if t][:limit]
+    if not texts:
+        raise common.ExportError("the calibration text is empty")
+    if isinstance(texts[0], (tuple, list)):
+        enc = tokenizer(
+            [a for a, _ in texts],
+            [b for _, b in texts],
+            padding="max_length",
+            truncation=True,
+            max_length=length,
+        )
+    else:
+        enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=length)
+    return {k: np.asarray(enc[k], np.int32) for k in common.INPUT_NAMES}
+
+
+def read_calibration_file(path: str) -> list[str]:
+    """Text lines of a .txt file, or the sentence column(s) of a GLUE-style .tsv with a header."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln.rstrip("\n") for ln in f]
+    except FileNotFoundError:
+        raise common.ExportError(f"--calibration-file {path} not found") from None
+    if path.endswith(".tsv") and lines:
+        header = lines[0].split("\t")
+        cols = [i for i, h in enumerate(header) if h in ("sentence", "sentence1", "sentence2", "question")]
+        if not cols:
+            raise common.ExportError(f"{path}: no sentence/sentence1/question column in the header {header}")
+        rows = [ln.split("\t") for ln in lines[1:] if ln.strip()]
+        return [" ".join(r[i] for i in cols if i < len(r)) for r in rows]
+    return [ln for ln in lines if ln.strip()]
+
+
+def _prepare(out_dir: str, overwrite: bool) -> None:
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise common.ExportError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite)")
+    os.makedirs(out_dir, exist_ok=True)
+
+
+def export(
+    model: Any,
+    params: Any,
+    out_dir: str,
+    *,
+    format: str,
+    quantize: str = "none",
+    seq_lengths: Sequence[int] = (128,),
+    batch_size: int = 1,
+    tokenizer: Any = None,
+    calibration: dict[str, np.ndarray] | None = None,
+    num_threads: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Writes and verifies an export; returns the manifest written to OUT_DIR/export.json."""
+    if format not in FORMATS:
+        raise common.ExportError(f"unknown format {format!r}; one of {FORMATS}")
+    if quantize not in common.QUANTIZATIONS:
+        raise common.ExportError(f"unknown quantization {quantize!r}; one of {common.QUANTIZATIONS}")
+    name = common.class_name(model)
+    _prepare(out_dir, overwrite)
+    t0 = time.perf_counter()
+    cfg = model.config
+    if format == "stablehlo":
+        from mobilebert_jax.export.stablehlo import write_stablehlo
+
+        body = write_stablehlo(
+            model,
+            params,
+            out_dir,
+            verify_lengths=seq_lengths,
+            verify_batch_size=max(2, batch_size),
+            quantize=quantize,
+        )
+    elif format == "litert":
+        from mobilebert_jax.export.litert import write_litert
+
+        body = write_litert(
+            model,
+            params,
+            out_dir,
+            seq_lengths=seq_lengths,
+            batch_size=batch_size,
+            quantize=quantize,
+            calibration=calibration,
+            num_threads=num_threads,
+        )
+    else:
+        from mobilebert_jax.export.onnx import write_onnx
+
+        body = write_onnx(
+            model,
+            params,
+            out_dir,
+            seq_lengths=seq_lengths,
+            verify_batch_size=max(2, batch_size),
+            quantize=quantize,
+            calibration=calibration,
+            num_threads=num_threads,
+        )
+    d = cfg.to_dict()
+    d["architectures"] = [name]
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(d, f, indent=2, sort_keys=True)
+        f.write("\n")
+    tokenizer_files = tokenizer.save_pretrained(out_dir) if tokenizer is not None else []
+    manifest = {
+        "format": format,
+        "quantization": quantize,
+        "model_class": name,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "pad_token_id": cfg.pad_token_id,
+        **body,
+        "size_bytes": os.path.getsize(os.path.join(out_dir, body["file"])),
+        "tokenizer_files": [os.path.basename(p) for p in tokenizer_files],
+        "total_seconds": round(time.perf_counter() - t0, 2),
+    }
+    common.write_manifest(out_dir, manifest)
+    return manifest
+
+
+def to_stablehlo(model: Any, params: Any, out_dir: str, **kw: Any) -> dict[str, Any]:
+    """`export(..., format="stablehlo")`: symbolic batch and length, run by JAX without flax."""
+    return export(model, params, out_dir, format="stablehlo", **kw)
+
+
+def to_litert(model: Any, params: Any, out_dir: str, **kw: Any) -> dict[str, Any]:
+    """`export(..., format="litert")`: one signature `seq_{L}` per `seq_lengths`, batch `batch_size`."""
+    return export(model, params, out_dir, format="litert", **kw)
+
+
+def to_onnx(model: Any, params: Any, out_dir: str, **kw: Any) -> dict[str, Any]:
+    """`export(..., format="onnx")`: dynamic batch, length `max(seq_lengths)`."""
+    return export(model, params, out_dir, format="onnx", **kw)

@@ -1,0 +1,175 @@
+"""`.tflite` without TensorFlow: `jax.export` per length bucket → StableHLO → litert-converter → one
+flatbuffer with one signature per bucket (`seq_128`, `seq_384`, ...), weights shared; run in ai-edge-litert.
+
+LiteRT needs static shapes (a symbolic batch leaves a `dynamic_gather` the flatbuffer writer refuses),
+hence a fixed batch size and one signature per length. Quantization:
+- `dynamic-int8`: litert-quantizer's `dynamic_wi8_afp32` recipe on the fp32 flatbuffer (int8 weights,
+  float activations, int8 FULLY_CONNECTED kernels);
+- `int8`: weights and activations, static scales calibrated on real text with qwix's ODML route (see
+  `quantize.py`); attention scores/softmax and the embeddings stay float (the additive mask's
+  finfo.min breaks activation scales).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mobilebert_jax.export import common
+
+MODEL_FILE = "model.tflite"
+
+
+def signature_name(length: int) -> str:
+    return f"seq_{length}"
+
+
+def _convert(exported: Sequence[tuple[str, Any]], output_names: Sequence[str], path: str, qdq: bool) -> None:
+    """Converts `[(signature name, jax.export.Exported)]` into one flatbuffer at `path`."""
+    from litert_converter import converter_api_ext as conv
+    from litert_converter.mlir import ir, passmanager
+    from litert_converter.mlir.dialects import stablehlo
+
+    ctx = ir.Context()
+    conv.prepare_mlir_context(ctx)
+    modules = []
+    with ctx:
+        for name, exp in exported:
+            module = stablehlo.deserialize_portable_artifact(ctx, exp.mlir_module_serialized)
+            conv.set_signature(module.operation, name, list(common.INPUT_NAMES), list(output_names))
+            config = conv.ConvertToTFLConfig()
+            config.model_origin_framework = "JAX"
+            if qdq:  # qwix's fake-quant ops → real int8 tensors and kernels
+                config.qdq_conversion_mode = "STATIC"
+                config.strict_qdq_mode = True
+            conv.run_convert_to_tfl_passes(module, passmanager.PassManager(), config)
+            modules.append(module)
+        merged = modules[0] if len(modules) == 1 else conv.merge_modules(modules)
+        conv.export_flatbuffer_to_file(merged.operation, path)
+
+
+def _export_fixed(fn: Any, batch_size: int, length: int) -> Any:
+    import jax
+    import jax.numpy as jnp
+    from jax import export as jexport
+
+    spec = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
+    return jexport.export(jax.jit(fn))(spec, spec, spec)
+
+
+def _out_keys(exp: Any) -> list[str]:
+    import jax
+
+    idx = jax.tree_util.tree_unflatten(exp.out_tree, list(range(len(exp.out_avals))))
+    return sorted(idx, key=lambda k: idx[k])
+
+
+def _dynamic_int8(src: str, dst: str) -> None:
+    from litert_quantizer import Quantizer
+
+    with open(src, "rb") as f:
+        buf = f.read()
+    q = Quantizer(bytearray(buf), "dynamic_wi8_afp32")
+    result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
+    with open(dst, "wb") as f:
+        f.write(bytes(result.quantized_model))
+
+
+def write_litert(
+    model: Any,
+    params: Any,
+    out_dir: str,
+    *,
+    seq_lengths: Sequence[int] = (128,),
+    batch_size: int = 1,
+    quantize: str = "none",
+    calibration: dict[str, np.ndarray] | None = None,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Writes OUT_DIR/model.tflite, runs every signature in LiteRT against the JAX forward; returns the
+    manifest entries. `calibration`: int32 inputs `[n, length]` of real text, required for `int8`."""
+    import jax
+
+    from mobilebert_jax.export.runtime import LiteRTRuntime
+
+    common.class_name(model)
+    lengths = common.check_lengths(seq_lengths, model.config.max_position_embeddings)
+    if batch_size < 1:
+        raise common.ExportError(f"--batch-size must be >= 1, got {batch_size}")
+    t0 = time.perf_counter()
+    path = os.path.join(out_dir, MODEL_FILE)
+    forward = common.make_forward(model, params)
+    graph_fn, qdq = forward, False
+    if quantize == "int8":
+        from mobilebert_jax.export.quantize import qwix_static_int8_forward
+
+        if calibration is None:
+            raise common.ExportError("--quantize int8 needs calibration text: pass --calibration-file")
+        graph_fn, qdq = qwix_static_int8_forward(model, params, calibration), True
+    exported = [(signature_name(t), _export_fixed(graph_fn, batch_size, t)) for t in lengths]
+    names = _out_keys(exported[0][1])
+    float_path = path + ".fp32.tmp" if quantize == "dynamic-int8" else path
+    _convert(exported, names, float_path, qdq)
+    if quantize == "dynamic-int8":
+        _dynamic_int8(float_path, path)
+        os.remove(float_path)
+    seconds = time.perf_counter() - t0
+    signatures = [
+        {
+            "name": n,
+            "inputs": common.io_spec(common.INPUT_NAMES, e.in_avals),
+            "outputs": common.io_spec(names, e.out_avals),
+        }
+        for n, e in exported
+    ]
+    rt = LiteRTRuntime(path, signatures, num_threads=num_threads)
+    jitted = jax.jit(forward)
+    checks = []
+    for i, t in enumerate(lengths):
+        batch = common.sample_batch(model.config, batch_size, t, seed=i)
+        ref = {k: np.asarray(v) for k, v in jitted(**batch).items()}
+        got = rt.run_signature(signature_name(t), batch)
+        res = common.compare(got, ref)
+        common.check_fp32(res, quantize, f"{path} signature {signature_name(t)}")
+        checks.append({"signature": signature_name(t), "batch_size": batch_size, "length": t, **res})
+    if quantize != "none" and calibration is not None:
+        checks.append(_calibration_check(rt, jitted, calibration, lengths, batch_size))
+    return {
+        "file": MODEL_FILE,
+        "signatures": signatures,
+        "batch_size": batch_size,
+        "seq_lengths": lengths,
+        "export_seconds": round(seconds, 2),
+        "kernels": rt.op_summary(),
+        "verification": {
+            "how": "ai-edge-litert Interpreter, every signature, padded sample batch",
+            "tolerance_fp32": common.FP32_TOLERANCE,
+            "max_rel_error": max(c["max_rel_error"] for c in checks),
+            "checks": checks,
+        },
+        "runtime_versions": common.versions("litert-converter", "ai-edge-litert", "litert-quantizer", "qwix"),
+    }
+
+
+def _calibration_check(
+    rt: Any, jitted: Any, calibration: dict, lengths: Sequence[int], batch_size: int
+) -> dict:
+    """The quantized model against the fp32 JAX forward on (up to 32 rows of) the calibration text."""
+    n = min(32, len(calibration["input_ids"]))
+    t = calibration["input_ids"].shape[1]
+    outs: dict[str, list] = {}
+    refs: dict[str, list] = {}
+    for s in range(0, n - n % batch_size, batch_size):
+        b = {k: np.asarray(v[s : s + batch_size], np.int32) for k, v in calibration.items()}
+        for k, v in rt.run_signature(signature_name(t), b).items():
+            outs.setdefault(k, []).append(v)
+        for k, v in jitted(**b).items():
+            refs.setdefault(k, []).append(np.asarray(v))
+    res = common.compare(
+        {k: np.concatenate(v) for k, v in outs.items()}, {k: np.concatenate(v) for k, v in refs.items()}
+    )
+    return {"signature": signature_name(t), "rows": n - n % batch_size, "data": "calibration text", **res}
