@@ -6,4 +6,6 @@ bash scripts/setup.sh test
 . .venv/bin/activate
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=8"
 export JAX_PLATFORMS=cpu
-exec python -m pytest -q "$@"
+# Two workers, one test file each at a time (module fixtures stay shared): much of the suite is
+# single-threaded compilation, so two workers keep both cores busy.
+exec python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

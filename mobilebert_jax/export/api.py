@@ -61,6 +61,18 @@ def _prepare(out_dir: str, overwrite: bool) -> None:
     os.makedirs(out_dir, exist_ok=True)
 
 
+def flat_layers(model: Any, params: Any) -> tuple[Any, Any]:
+    """The model with its L layers as separate ops: LiteRT and ONNX take no `while` loop, which the
+    default layer loop (one `lax.scan` under jit) and stacked `scan_layers` params would export."""
+    if getattr(model, "scan_layers", False):
+        from mobilebert_jax.checkpoints.pytorch import scan_to_loop
+
+        model, params = model.clone(scan_layers=False), scan_to_loop(params)
+    if hasattr(model, "unroll_layers"):
+        model = model.clone(unroll_layers=True)
+    return model, params
+
+
 def export(
     model: Any,
     params: Any,
@@ -84,6 +96,8 @@ def export(
     _prepare(out_dir, overwrite)
     t0 = time.perf_counter()
     cfg = model.config
+    if format in ("litert", "onnx"):
+        model, params = flat_layers(model, params)
     if format == "stablehlo":
         from mobilebert_jax.export.stablehlo import write_stablehlo
 
