@@ -115,7 +115,7 @@ def _squad_v2(path: str) -> str:
 def _swag(path: str) -> str:
     head = ",video-id,fold-ind,startphrase,sent1,sent2,gold-source,ending0,ending1,ending2,ending3,label\n"
     rows = "".join(
-        f'{i},v{i},{i},"{s}",{s[:20]},He,gold,"runs away.","sits down.","eats lunch.","waves back.",{i % 4}\n'
+        f'{i},v{i},{i},"{s}","{s[:20]}",He,gold,"runs away.","sits down.","eats lunch.","waves back.",{i % 4}\n'
         for i, s in enumerate(SENTENCES)
     )
     return _write(path, head + rows)
