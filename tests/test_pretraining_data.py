@@ -193,7 +193,7 @@ def test_finetune_pretraining_reads_a_prepared_folder(tmp_path, vocab_dir):
     with pytest.raises(ValueError, match="max_seq_length 32; the job asks for 64"):
         finetune.run_finetune(job)
     job.max_seq_length, job.max_train_samples = 32, 5
-    with pytest.raises(ValueError, match="--max-train-samples does not apply"):
+    with pytest.raises(ValueError, match="--max_train_samples does not apply"):
         finetune.run_finetune(job)
 
 
