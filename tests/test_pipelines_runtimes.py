@@ -151,14 +151,7 @@ def test_fixed_signature_padding_equals_jax():
 
 def test_litert_backend_on_a_real_tflite():
     pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (the export extra)")
-    export = pytest.importorskip(
-        "mobilebert_jax.export", reason="the LiteRT exporter (issue 15) is not on this branch"
-    )
-    import inspect
-
-    to_litert = getattr(export, "to_litert", None)
-    if to_litert is None or "seq_lengths" not in inspect.signature(to_litert).parameters:
-        pytest.skip("mobilebert_jax.export has no to_litert(model, params, path, seq_lengths=...)")
+    from mobilebert_jax.export import to_litert
     model = mbj.MobileBertForSequenceClassification(CFG)
     params = mbj.init_params(model, rng=2)
     import tempfile
