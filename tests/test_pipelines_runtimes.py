@@ -152,6 +152,7 @@ def test_fixed_signature_padding_equals_jax():
 def test_litert_backend_on_a_real_tflite():
     pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (the export extra)")
     from mobilebert_jax.export import to_litert
+
     model = mbj.MobileBertForSequenceClassification(CFG)
     params = mbj.init_params(model, rng=2)
     import tempfile
