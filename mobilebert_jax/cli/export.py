@@ -186,17 +186,7 @@ def deploy_check(
 
     model, params, tok = load_model(os.path.join(output_dir, "hf_model"))
     texts, _ = _read_pairs(eval_file, limit)
-    if isinstance(texts[0], tuple):
-        enc = tok(
-            [a for a, _ in texts],
-            [b for _, b in texts],
-            padding="max_length",
-            truncation=True,
-            max_length=max_seq_length,
-        )
-    else:
-        enc = tok(texts, padding="max_length", truncation=True, max_length=max_seq_length)
-    batch = {k: np.asarray(enc[k], np.int32) for k in ex.common.INPUT_NAMES}
+    batch = ex.calibration_batch(texts, tok, max_seq_length, limit=len(texts))  # the same tokenization
     n = len(batch["input_ids"])
     fwd = jax.jit(make_forward(model, params))
 
