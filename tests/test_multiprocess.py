@@ -7,6 +7,12 @@ is restarted on a `data=4 × fsdp=2` mesh (the checkpoint is restored onto the n
 end. A single-process 8-device run of the same command is the reference: the checkpoint before the
 kill and the final model after the restart equal it (≤ 1e-6 relative), and the two processes read
 disjoint halves of every batch whose union is the reference's batch.
+
+After the finetune, the restarted 2-process run and the reference run, in the same processes, a
+pretraining job reading a prepared ArrayRecord folder through Grain (`multiprocess_job.py`'s
+MBJ_TEST_THEN): each process reads its own rows of every global batch (rows told apart by a hash of
+their arrays, all distinct in the folder), together the reference's rows, every row of the folder in
+an epoch; the final params equal the 1-process run's.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEMO = os.path.join(ROOT, "mobilebert_jax", "data", "qnli_demo")
 STEPS, SAVE, BATCH, N_TRAIN = 8, 4, 16, 64  # 4 batches of 16 per epoch, 2 epochs
+PT_STEPS, PT_DOCS = 4, 20  # the Grain phase: 20 QNLI documents -> 31 instances; 4 batches of 16
 DEADLINE = 480  # seconds for the whole test (a loaded 2-core machine); every wait is bounded by it
 
 
@@ -53,7 +60,79 @@ def _job(out: str) -> list[str]:
     ]
 
 
-def _env(tmp_path, devices: int, ids_dir: str, sleep: float = 0.0) -> dict[str, str]:
+def _pretrain_job(model: str, data: str, out: str) -> list[str]:
+    """The second command of a process (MBJ_TEST_THEN): MLM+NSP on a prepared folder, read through Grain."""
+    return [
+        "finetune",
+        "--task=pretraining",
+        "--do-train",
+        "--optimizer=lamb",
+        "--learning-rate=1e-3",
+        f"--model={model}",
+        f"--train-file={data}",
+        "--max-seq-length=32",
+        "--per-device-train-batch-size=2",  # x 8 devices = the global batch of 16
+        f"--max-steps={PT_STEPS}",
+        "--logging-steps=1",
+        "--no-progress",
+        f"--output-dir={out}",
+    ]
+
+
+def _prepare(tmp_path) -> tuple[str, str, dict]:
+    """(model folder, prepared folder, its manifest) for the Grain phase: real text (question + sentence
+    of the first PT_DOCS QNLI demo rows, a document each) with a vocabulary of only the word pieces it
+    uses (the packaged tokenizer's pieces: the same tokens, a 1-layer model whose MLM head is small)."""
+    import csv
+
+    import jax
+
+    from mobilebert_jax.checkpoints.hub import save_pretrained
+    from mobilebert_jax.model.config import MobileBertConfig
+    from mobilebert_jax.model.heads import MobileBertForPreTraining
+    from mobilebert_jax.tasks import pretraining_data as PD
+    from mobilebert_jax.text.tokenizer import MobileBertTokenizer
+    from mobilebert_jax.training.optim import path_str
+
+    def init_params_shapes(m):
+        import flax.linen as nn
+        import jax.numpy as jnp
+
+        return nn.meta.unbox(m.init(jax.random.key(0), input_ids=jnp.ones((1, 8), jnp.int32)))["params"]
+
+    with open(os.path.join(DEMO, "train.tsv"), encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1 : PT_DOCS + 1]
+    text, model = str(tmp_path / "corpus.txt"), str(tmp_path / "pt_model")
+    with open(text, "w", encoding="utf-8") as f:
+        f.writelines(f"{r[1]}\n{r[2]}\n\n" for r in rows)
+    pieces = {t for r in rows for t in MobileBertTokenizer.default().tokenize(r[1], r[2])}
+    os.makedirs(model)
+    with open(os.path.join(model, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(pieces)]) + "\n")
+    config = MobileBertConfig.from_preset("mobilebert-test", vocab_size=len(pieces) + 5, num_hidden_layers=1)
+    # BERT's init (normal(0.02) matrices, zero biases, unit norm scales) in numpy: a jitted init costs
+    # seconds of compile on a loaded CPU; the shapes come from tracing alone
+    shapes = jax.eval_shape(lambda: init_params_shapes(MobileBertForPreTraining(config)))
+    r = np.random.default_rng(0)
+
+    def init(path, x):
+        name = path_str(path).rsplit("/", 1)[-1]
+        if name == "bias":
+            return np.zeros(x.shape, np.float32)
+        if len(x.shape) == 1:  # LayerNorm scale, NoNorm weight
+            return np.ones(x.shape, np.float32)
+        return r.normal(0.0, 0.02, x.shape).astype(np.float32)
+
+    save_pretrained(model, jax.tree_util.tree_map_with_path(init, shapes), config, "MobileBertForPreTraining")
+    data = str(tmp_path / "prepared")
+    manifest = PD.prepare_pretraining_data([text], data, tokenizer=model, max_seq_length=32, num_workers=0,
+                                           progress=False)  # fmt: skip
+    return model, data, manifest
+
+
+def _env(
+    tmp_path, devices: int, ids_dir: str, sleep: float = 0.0, then: list | None = None
+) -> dict[str, str]:
     os.makedirs(ids_dir, exist_ok=True)
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     flags += [f"--xla_force_host_platform_device_count={devices}", "--xla_backend_optimization_level=0"]
@@ -68,6 +147,7 @@ def _env(tmp_path, devices: int, ids_dir: str, sleep: float = 0.0) -> dict[str, 
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         MBJ_TEST_IDS_DIR=ids_dir,
         MBJ_TEST_SLEEP=str(sleep),
+        MBJ_TEST_THEN=json.dumps(then) if then else "",
     )
 
 
@@ -82,9 +162,11 @@ def _launch(cmd: list[str], env: dict, log_path: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def _two_processes(tmp_path, out: str, extra: list[str], sleep: float, tag: str) -> list[subprocess.Popen]:
+def _two_processes(
+    tmp_path, out: str, extra: list[str], sleep: float, tag: str, then: list | None = None
+) -> list[subprocess.Popen]:
     port = _free_port()
-    env = _env(tmp_path, 4, os.path.join(out, "ids"), sleep)
+    env = _env(tmp_path, 4, os.path.join(out, "ids"), sleep, then)
     dist = ["--distributed", f"--coordinator-address=127.0.0.1:{port}", "--num-processes=2"]
     return [
         _launch(_job(out) + extra + dist + [f"--process-id={i}"], env, str(tmp_path / f"{tag}.{i}.log"))
@@ -142,16 +224,24 @@ def _ids(out: str, process: int) -> list[dict]:
         return [json.loads(x) for x in f]
 
 
+def _rows(out: str, process: int) -> list[dict]:
+    with open(os.path.join(out, "ids", f"rows.{process}.jsonl")) as f:
+        return [json.loads(x) for x in f]
+
+
 def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path):
     t_end = time.time() + DEADLINE
     ref, mp = str(tmp_path / "single"), str(tmp_path / "multi")
+    pt_model, data = str(tmp_path / "pt_model"), str(tmp_path / "prepared")  # written by _prepare
     procs: list[subprocess.Popen] = []
     try:
         # the reference (1 process, 8 devices) and the first leg (2 processes, data=8) run side by side
         ref_log = str(tmp_path / "single.log")
-        procs.append(_launch(_job(ref), _env(tmp_path, 8, os.path.join(ref, "ids")), ref_log))
+        then = _pretrain_job(pt_model, data, os.path.join(ref, "pretrain"))
+        procs.append(_launch(_job(ref), _env(tmp_path, 8, os.path.join(ref, "ids"), then=then), ref_log))
         leg1 = _two_processes(tmp_path, mp, [], sleep=1.5, tag="leg1")
         procs += leg1
+        _, _, manifest = _prepare(tmp_path)  # read once the finetune is done
         while SAVE not in _committed(mp):
             for i, p in enumerate(leg1):
                 log = open(tmp_path / f"leg1.{i}.log").read()
@@ -165,9 +255,8 @@ def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path):
         killed = _committed(mp)
         assert killed == [SAVE] and not os.path.exists(os.path.join(mp, "hf_model")), killed
 
-        leg2 = _two_processes(
-            tmp_path, mp, ["--mesh-data=4", "--mesh-fsdp=2", "--sharding-rules=fsdp"], sleep=0.0, tag="leg2"
-        )
+        leg2 = _two_processes(tmp_path, mp, ["--mesh-data=4", "--mesh-fsdp=2", "--sharding-rules=fsdp"],
+                              sleep=0.0, tag="leg2", then=_pretrain_job(pt_model, data, os.path.join(mp, "pretrain")))  # fmt: skip
         procs += leg2
         _wait(leg2, t_end, [str(tmp_path / f"leg2.{i}.log") for i in range(2)])
         _wait(procs[:1], t_end, [ref_log])
@@ -215,3 +304,41 @@ def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path):
     for leg in range(2):
         for a, b in zip(legs[0][leg], legs[1][leg]):
             assert len(a["ids"]) == len(b["ids"]) == BATCH // 2 and not set(a["ids"]) & set(b["ids"])
+
+    # the Grain phase (a prepared folder, 2 processes vs 1): rows, then params
+    from multiprocess_job import row_hashes
+
+    from mobilebert_jax.tasks import pretraining_data as PD
+
+    n = manifest["num_instances"]
+    assert n == 31 and PT_STEPS * BATCH > n  # batch 2 straddles the epochs
+    keys = _rows(ref, 0)[0]["keys"]
+    folder = PD.read_all(data)
+    index = {h: j for j, h in enumerate(row_hashes({k: folder[k] for k in keys}))}
+    assert len(index) == n  # every row of the folder has its own hash: a row read is identified
+    ref_rows = [[index[h] for h in r["rows"]] for r in _rows(ref, 0)]
+    assert [r["batch"] for r in _rows(ref, 0)] == list(range(PT_STEPS))
+    stream = sum(ref_rows, [])
+    assert sorted(stream[:n]) == list(range(n)) and len(stream) == PT_STEPS * BATCH  # an epoch: all rows
+    hosts = []
+    for i in range(2):
+        logged = _rows(mp, i)
+        assert [r["batch"] for r in logged] == list(range(PT_STEPS)) and logged[0]["keys"] == keys
+        hosts.append([[index[h] for h in r["rows"]] for r in logged])
+    for b in range(PT_STEPS):  # host p holds rows [8p, 8p + 8) of the reference's batch, in order
+        h0, h1 = hosts[0][b], hosts[1][b]
+        assert len(h0) == len(h1) == BATCH // 2 and h0 + h1 == ref_rows[b], (b, h0, h1, ref_rows[b])
+        if b < n // BATCH:  # a batch inside the first epoch: no row twice
+            assert not set(h0) & set(h1), (b, h0, h1)
+    # every epoch (stream elements [e*n, (e+1)*n)): the hosts read disjoint rows, together the epoch's
+    where = [[(b * BATCH + i * BATCH // 2 + j, row) for b in range(PT_STEPS) for j, row in enumerate(h[b])]
+             for i, h in enumerate(hosts)]  # fmt: skip
+    for e in range(-(-PT_STEPS * BATCH // n)):
+        e0, e1 = ([row for k, row in w if e * n <= k < (e + 1) * n] for w in where)
+        assert not set(e0) & set(e1) and sorted(e0 + e1) == sorted(stream[e * n : (e + 1) * n]), (e, e0, e1)
+        assert e > 0 or sorted(e0 + e1) == list(range(n))  # the first epoch: every row of the folder
+    pt = _tree_rel_err(
+        _final_params(os.path.join(mp, "pretrain")), _final_params(os.path.join(ref, "pretrain"))
+    )
+    print(f"Grain, 2 processes vs 1: {n} rows, params rel err {pt:.2e} after {PT_STEPS} steps")
+    assert pt <= 1e-6, pt

@@ -2,10 +2,12 @@
 
 `GrainIterator` is a `DataIterator` (data.py) over any random-access source (an ArrayRecord data
 source, a list): a `grain.MapDataset` that shuffles the whole source (a different permutation each
-epoch, epochs chained), gives host p of P the elements p, p+P, p+2P, ..., decodes them, batches them
-to `batch_size / P` rows, and reads ahead in `num_workers` processes. Global batch i is then the
-stream elements [i*B, (i+1)*B) whatever the number of hosts or workers (host p holds i*B + j*P + p in
-its row j). The position is the number of batches read, the same on every host, so the orbax
+epoch, epochs chained), decodes, cuts the stream into blocks of `batch_size / P` rows and gives host
+p of P the blocks p, p+P, p+2P, ... (it reads only its own rows), reading ahead in `num_workers`
+processes. Global batch i is then the stream elements [i*B, (i+1)*B) in order whatever the number of
+hosts or workers: host p holds its rows [p*B/P, (p+1)*B/P), contiguous in process order as
+`sharding.host_slice` (the rows of `ArrayIterator`), so a P-host run feeds the devices the same
+global batch, row for row (and dropout mask), as a 1-host run. The position is the number of batches read, the same on every host, so the orbax
 checkpoint (data.py's JSON of process 0) restores every host exactly, also with another
 `num_workers`.
 """
@@ -78,8 +80,10 @@ class GrainIterator:
         ds = grain.MapDataset.source(source)
         if shuffle:
             ds = ds.shuffle(seed=seed)
-        ds = ds.repeat()[process_index::process_count].map(transform)
-        self._batches = ds.batch(batch_size // process_count, drop_remainder=True)
+        # blocks of B/P consecutive stream elements; host p takes blocks p, p + P, ...: global batch i =
+        # elements [i*B, (i+1)*B), host p's rows [p*B/P, (p+1)*B/P) of it (a block is read lazily)
+        ds = ds.repeat().map(transform).batch(batch_size // process_count, drop_remainder=True)
+        self._batches = ds[process_index::process_count]
         self._read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
         self._mp = grain.MultiprocessingOptions(num_workers=num_workers) if num_workers > 0 else None
         self.batches = 0
