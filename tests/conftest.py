@@ -31,6 +31,35 @@ def rel_err(ours, ref) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+def save_random_pretraining_model(folder: str, config, seed: int = 0) -> None:
+    """An HF-format `MobileBertForPreTraining` folder with BERT's init (normal(0.02) matrices, zero biases,
+    unit norm scales) drawn in numpy: a jitted init costs seconds of compile on a loaded CPU; the shapes
+    come from tracing alone."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from mobilebert_jax.checkpoints.hub import save_pretrained
+    from mobilebert_jax.model.heads import MobileBertForPreTraining
+    from mobilebert_jax.training.optim import path_str
+
+    model = MobileBertForPreTraining(config)
+    ids = jnp.ones((1, 8), jnp.int32)
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), input_ids=ids))["params"])
+    r = np.random.default_rng(seed)
+
+    def init(path, x):
+        if path_str(path).rsplit("/", 1)[-1] == "bias":
+            return np.zeros(x.shape, np.float32)
+        if len(x.shape) == 1:  # LayerNorm scale, NoNorm weight
+            return np.ones(x.shape, np.float32)
+        return r.normal(0.0, 0.02, x.shape).astype(np.float32)
+
+    save_pretrained(
+        folder, jax.tree_util.tree_map_with_path(init, shapes), config, "MobileBertForPreTraining"
+    )
+
+
 def hf_config(config, attn="eager"):
     """The transformers config equal to ours (via HF's own config.json reader)."""
     transformers = pytest.importorskip("transformers", reason="transformers (5.x) is the test reference")

@@ -378,6 +378,69 @@ def test_resume_mid_stage_equals_uninterrupted_run(models, full_run, tmp_path):
     shutil.rmtree(out)
 
 
+def test_distills_from_a_prepared_folder(models, full_run, tmp_path):
+    """The distillation phase reading a prepare-pretraining-data folder through Grain (the full run's
+    distill-stage program, from the cache: no compile) finishes with finite losses, and each checkpoint
+    holds the Grain position from which a resumed run reads on (a bit-exact resume of the command:
+    test_pretraining_data.py's slow test; of `pretrain` through Grain after SIGKILL: its sigkill test)."""
+    pytest.importorskip("grain", reason="grain is a dependency (pip install -e .)")
+    import random
+
+    from mobilebert_jax.tasks import pretraining_data as PD
+
+    words = "the a of to and in film river city music game war king queen team school water light".split()
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + words)
+    )
+    r = random.Random(0)
+    docs = [
+        [" ".join(r.choices(words, k=r.randint(2, 9))) + "." for _ in range(r.randint(1, 5))]
+        for _ in range(8)
+    ]
+    (tmp_path / "c.txt").write_text("".join("\n".join(d) + "\n\n" for d in docs))
+    data = str(tmp_path / "data")
+    m = PD.prepare_pretraining_data([str(tmp_path / "c.txt")], data, tokenizer=str(tmp_path / "tok"),
+                                    max_seq_length=CFG.max_seq_length, max_predictions_per_seq=CFG.max_predictions_per_seq,
+                                    num_workers=0, progress=False)  # fmt: skip
+    assert (
+        CFG.distill_steps * CFG.batch_size > m["num_instances"] > 2 * CFG.batch_size
+    )  # step 3 crosses an epoch
+    cfg = dataclasses.replace(CFG, steps_per_stage=0)  # the distillation phase only
+    keys = ("input_ids", "attention_mask", "token_type_ids", "labels", "next_sentence_label")
+
+    def grain_data():
+        return PD.prepared_iterator(data, cfg.batch_size, seed=1, max_seq_length=cfg.max_seq_length,
+                                    max_predictions_per_seq=cfg.max_predictions_per_seq, keys=keys)  # fmt: skip
+
+    s, t, tp = models
+    it = grain_data()
+    res = R.run_distillation(s, t, tp, it, cfg, str(tmp_path / "run"), progress=False, plot=False,
+                             say=lambda m: None, compiler_options=FAST)  # fmt: skip
+    it.close()
+    assert res.stopped == "done" and res.step == cfg.distill_steps
+    hist = res.histories["distill"]
+    assert [h["step"] for h in hist] == [1, 2, 3] and np.isfinite([h["loss"] for h in hist]).all(), hist
+    assert os.path.exists(tmp_path / "run" / "final_model" / "model.safetensors")
+    # the step-2 checkpoint's data item: Grain's position; an iterator set to it reads the third batch
+    import orbax.checkpoint as ocp
+
+    from mobilebert_jax.training.state import checkpoint_manager
+
+    mngr = checkpoint_manager(tmp_path / "run" / "distill" / "checkpoints")
+    state, last = (
+        dict(mngr.restore(k, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]) for k in (2, 3)
+    )
+    mngr.close()
+    assert state["batches"] == 2 and last["batches"] == 3, (state, last)
+    fresh, resumed = grain_data(), grain_data()
+    resumed.set_state(state)
+    third = [next(fresh) for _ in range(3)][-1]
+    for k, v in next(resumed).items():
+        np.testing.assert_array_equal(v, third[k], err_msg=k)
+    fresh.close(), resumed.close()
+
+
 # -------------------------------------------------------------------------- paper-scale compile
 def _paper(stages, compile):
     sc, tc, cfg = R.preset_configs("paper")

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import rel_err, save_random_pretraining_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -85,20 +85,9 @@ def _prepare(tmp_path) -> tuple[str, str, dict]:
     uses (the packaged tokenizer's pieces: the same tokens, a 1-layer model whose MLM head is small)."""
     import csv
 
-    import jax
-
-    from mobilebert_jax.checkpoints.hub import save_pretrained
     from mobilebert_jax.model.config import MobileBertConfig
-    from mobilebert_jax.model.heads import MobileBertForPreTraining
     from mobilebert_jax.tasks import pretraining_data as PD
     from mobilebert_jax.text.tokenizer import MobileBertTokenizer
-    from mobilebert_jax.training.optim import path_str
-
-    def init_params_shapes(m):
-        import flax.linen as nn
-        import jax.numpy as jnp
-
-        return nn.meta.unbox(m.init(jax.random.key(0), input_ids=jnp.ones((1, 8), jnp.int32)))["params"]
 
     with open(os.path.join(DEMO, "train.tsv"), encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1 : PT_DOCS + 1]
@@ -110,20 +99,7 @@ def _prepare(tmp_path) -> tuple[str, str, dict]:
     with open(os.path.join(model, "vocab.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(pieces)]) + "\n")
     config = MobileBertConfig.from_preset("mobilebert-test", vocab_size=len(pieces) + 5, num_hidden_layers=1)
-    # BERT's init (normal(0.02) matrices, zero biases, unit norm scales) in numpy: a jitted init costs
-    # seconds of compile on a loaded CPU; the shapes come from tracing alone
-    shapes = jax.eval_shape(lambda: init_params_shapes(MobileBertForPreTraining(config)))
-    r = np.random.default_rng(0)
-
-    def init(path, x):
-        name = path_str(path).rsplit("/", 1)[-1]
-        if name == "bias":
-            return np.zeros(x.shape, np.float32)
-        if len(x.shape) == 1:  # LayerNorm scale, NoNorm weight
-            return np.ones(x.shape, np.float32)
-        return r.normal(0.0, 0.02, x.shape).astype(np.float32)
-
-    save_pretrained(model, jax.tree_util.tree_map_with_path(init, shapes), config, "MobileBertForPreTraining")
+    save_random_pretraining_model(model, config)
     data = str(tmp_path / "prepared")
     manifest = PD.prepare_pretraining_data([text], data, tokenizer=model, max_seq_length=32, num_workers=0,
                                            progress=False)  # fmt: skip

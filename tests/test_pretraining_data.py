@@ -244,25 +244,77 @@ def test_sigkill_mid_epoch_then_restart_resumes_bit_for_bit(tmp_path, vocab_dir)
     assert not diff, f"{len(diff)} params differ, e.g. {diff[:3]}"
 
 
-def test_distill_reads_a_prepared_folder(tmp_path):
-    """`distill --train-file FOLDER` takes the Grain route and checks the folder against its preset first."""
+@pytest.fixture
+def compile_cache(tmp_path):
+    """A persistent XLA cache for one test: a resumed run in the same process reuses the first's executables."""
+    import jax
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in zip(keys, (str(tmp_path / "xla_cache"), 0, 0)):
+        jax.config.update(k, v)
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+
+
+def test_distill_reads_a_prepared_folder(tmp_path, capsys):
+    """`distill --train-file FOLDER` takes the Grain route and checks the folder against its preset first
+    (the distillation itself from a prepared folder: test_distill.py, and the slow test below)."""
     from mobilebert_jax.cli.main import main
 
     text = _corpus(tmp_path / "c.txt", 10)
     PD.prepare_pretraining_data(
         [text], str(tmp_path / "out"), max_seq_length=32, num_workers=0, progress=False
     )
-    argv = [
-        "distill",
-        "--config",
-        "tiny",
-        "--train-file",
-        str(tmp_path / "out"),
-        "--output-dir",
-        str(tmp_path / "d"),
-    ]
+    argv = ["distill", "--config", "tiny", "--train-file", str(tmp_path / "out"), "--output-dir",
+            str(tmp_path / "d")]  # fmt: skip
     with pytest.raises(SystemExit, match="max_seq_length 32; the job asks for 48"):
         main(argv)
+    assert "training instances" not in capsys.readouterr().out  # refused before anything ran
+
+
+@pytest.mark.slow  # about 2 minutes on a loaded 2-core CPU (the distillation step's compile)
+def test_distill_command_distils_from_a_prepared_folder_and_resumes(tmp_path, compile_cache):
+    """The command end to end on a prepared folder (the tiny preset's models cut to 1 layer, a random
+    teacher): it finishes with finite losses; a run resumed from its step-2 checkpoint ends with the
+    uninterrupted run's params, bit for bit."""
+    import shutil
+
+    from conftest import save_random_pretraining_model
+    from safetensors.numpy import load_file
+
+    from mobilebert_jax.cli.main import main
+    from mobilebert_jax.distill import run as R
+
+    # the tiny preset's 48 tokens and 8 masked positions, the packaged vocabulary (the preset's)
+    m = PD.prepare_pretraining_data([_corpus(tmp_path / "c.txt", 12)], str(tmp_path / "p48"), max_seq_length=48,
+                                    max_predictions_per_seq=8, num_workers=0, progress=False)  # fmt: skip
+    student, teacher, _ = R.preset_configs("tiny")
+    student.replace(num_hidden_layers=1).save(str(tmp_path / "student.json"))
+    save_random_pretraining_model(str(tmp_path / "teacher"), teacher.replace(num_hidden_layers=1))
+    run = str(tmp_path / "d")
+    argv = ["distill", "--config", "tiny", "--train-file", str(tmp_path / "p48"), "--output-dir", run,
+            "--teacher", str(tmp_path / "teacher"), "--student-config", str(tmp_path / "student.json"),
+            "--steps-per-stage", "0", "--distill-steps", "4", "--batch-size", "8", "--checkpoint-every", "2",
+            "--log-every", "1", "--no-progress"]  # fmt: skip
+    assert 4 * 8 > m["num_instances"] > 8  # the distillation crosses an epoch
+    assert main(argv) == 0
+    res = json.load(open(os.path.join(run, "distill_results.json")))
+    assert res["stopped"] == "done" and res["step"] == 4, res
+    hist = [json.loads(x) for x in open(os.path.join(run, "distill", "metrics.jsonl"))]
+    assert [h["step"] for h in hist] == [1, 2, 3, 4] and all(np.isfinite(h["loss"]) for h in hist), hist
+    final = load_file(os.path.join(run, "final_model", "model.safetensors"))
+    # resume: the same command in a copy whose run stopped after its step-2 checkpoint
+    again = str(tmp_path / "again")
+    shutil.copytree(run, again, ignore=shutil.ignore_patterns("final_model", "distill_results.json"))
+    shutil.rmtree(os.path.join(again, "distill", "checkpoints", "4"))
+    assert main([again if a == run else a for a in argv]) == 0
+    resumed = load_file(os.path.join(again, "final_model", "model.safetensors"))
+    assert resumed.keys() == final.keys()
+    diff = [k for k in final if not np.array_equal(final[k], resumed[k])]
+    assert not diff, f"{len(diff)} params differ after the resume, e.g. {diff[:3]}"
 
 
 def test_prepare_command_line(tmp_path, capsys):

@@ -220,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
                                     num_workers=args.dataloader_num_workers, max_seq_length=cfg.max_seq_length,
                                     max_predictions_per_seq=task.max_predictions_per_seq)  # fmt: skip
 
+    if prepared:  # the folder's checks (tokens, masked positions, vocabulary) before anything runs
+        data(cfg.seed).close()
     say(f"{n} training instances of {cfg.max_seq_length} tokens from {args.train_file}")
     os.makedirs(args.output_dir, exist_ok=True)
 
