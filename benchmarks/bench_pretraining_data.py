@@ -119,8 +119,11 @@ def run_measured(cmd: list[str], env: dict) -> dict:
     if proc.returncode:
         raise RuntimeError(f"{cmd} failed:\n{out}\n{err[-3000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", err).group(1))
+    # CPU seconds of the whole tree (the main process and its waited-for workers): load-independent
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", err).group(1)) for k in ("User", "System"))
     summary = json.loads(out.strip().splitlines()[-1].split(": ", 2)[2])
-    return {"wall_s": wall, "peak_rss_mb": rss_kb / 1024, "peak_tree_rss_mb": peak[0] / 2**20, **summary}
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss_kb / 1024, "peak_tree_rss_mb": peak[0] / 2**20,
+            "load_avg_1min_after": os.getloadavg()[0], **summary}  # fmt: skip
 
 
 def prepare_cmd(text: str, out: str, workers: int, shard_mb: float) -> list[str]:
@@ -185,6 +188,7 @@ def main() -> None:
     ap.add_argument("--shard-size-mb", type=float, default=8.0)
     ap.add_argument("--tmp", default="/tmp/mbj_corpus")
     ap.add_argument("--skip-prepare", action="store_true")
+    ap.add_argument("--skip-step", action="store_true", help="skip the training step's rate (long compiles)")
     args = ap.parse_args()
     os.makedirs(args.tmp, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
@@ -200,7 +204,7 @@ def main() -> None:
         out = os.path.join(args.tmp, f"prep_{mb:g}mb_w{w}")
         subprocess.run(["rm", "-rf", out], check=True)
         res = run_measured(prepare_cmd(text, out, w, args.shard_size_mb), env)
-        res.update(corpus_mb=os.path.getsize(text) / 2**20, workers=w)
+        res.update(corpus_mb=os.path.getsize(text) / 2**20, workers=w, shard_size_mb=args.shard_size_mb)
         rows.append(res)
         print(json.dumps(res), flush=True)
 
@@ -216,7 +220,11 @@ def main() -> None:
             print(
                 json.dumps({"loader_examples_per_s": loader_rate(folder, 256, w), "workers": w}), flush=True
             )
-    for preset, ov in (("mobilebert-uncased", {}), ("mobilebert-uncased", {"num_hidden_layers": 2})):
+    for preset, ov in (
+        ()
+        if args.skip_step
+        else (("mobilebert-uncased", {}), ("mobilebert-uncased", {"num_hidden_layers": 2}))
+    ):
         rate = step_rate(preset, 32, 128, ov)
         print(
             json.dumps({"train_step_examples_per_s": rate, "preset": preset, **ov, "batch": 32}), flush=True
