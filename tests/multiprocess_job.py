@@ -13,7 +13,7 @@ JSON line per host batch in DIR/rows.<process index>.jsonl: {"pid", "batch": b, 
 "rows": [sha1 of each row's arrays]}.
 
 `MBJ_TEST_THEN='["finetune", ...]'`: once the command has finished (exit 0), run this second command
-line in the same process (jax and jax.distributed already up, its compile cache warm).
+line in the same process (jax and jax.distributed already up: no second start-up).
 """
 
 # ruff: noqa: E402  (imports follow the sys.path line, so the script runs from a checkout)

@@ -7,9 +7,9 @@ p of P the blocks p, p+P, p+2P, ... (it reads only its own rows), reading ahead 
 processes. Global batch i is then the stream elements [i*B, (i+1)*B) in order whatever the number of
 hosts or workers: host p holds its rows [p*B/P, (p+1)*B/P), contiguous in process order as
 `sharding.host_slice` (the rows of `ArrayIterator`), so a P-host run feeds the devices the same
-global batch, row for row (and dropout mask), as a 1-host run. The position is the number of batches read, the same on every host, so the orbax
-checkpoint (data.py's JSON of process 0) restores every host exactly, also with another
-`num_workers`.
+global batch, row for row (and dropout mask), as a 1-host run. The position is the number of batches
+read, the same on every host, so the orbax checkpoint (data.py's JSON of process 0) restores every
+host exactly, also with another `num_workers`.
 """
 
 from __future__ import annotations
