@@ -184,9 +184,9 @@ def test_static_int8_litert_accuracy(tmp_path):
     Measured (this machine): relative logit error 0.147, argmax agreement 1.0 (2 layers: 0.12). Before
     the per-tensor ranges were taken over the whole batch (`act_batch_axes=()`) and merged by min/max
     over calibration batches, qwix averaged per-example ranges, clipped the largest activations, and this
-    measured 0.36, agreement 0.94 (2 layers: 0.27; one int8 matmul alone: 11% vs 1.3%). What remains: the random token ids
-    exceed the calibrated ranges somewhere (~5% per tensor), and LiteRT's int8 kernels round differently
-    from qwix's fake quantization (~0.07 between the two). The bound 0.2 fails the old calibration."""
+    measured 0.36, agreement 0.94 (2 layers: 0.27; one int8 matmul alone: 11% vs 1.3%). What remains:
+    the random token ids exceed the calibrated ranges somewhere (~5% per tensor), and LiteRT's int8
+    kernels round differently from qwix's fake quantization (~0.07 between the two). The bound 0.2 fails the old calibration."""
     _needs("litert")
     pytest.importorskip("qwix", reason="qwix (the export extra) is not installed")
     from mobilebert_jax import export as ex
