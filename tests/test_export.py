@@ -167,23 +167,125 @@ def test_dynamic_int8_has_int8_kernels(tmp_path, fmt):
         assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, sorted(ops)
 
 
-def test_static_int8_litert_has_int8_activations(tmp_path):
-    """qwix ODML route: calibrated static scales become int8 tensors and kernels in LiteRT. (A random tiny
-    model's logits are ~1e-4, so its int8 error says nothing; accuracy is measured on the full model.)"""
+def _perturbed(params, scale, seed=1):
+    """Every parameter plus N(0, scale) noise: activations and logits of order one (NoNorm weights != 1,
+    biases != 0), as in a trained model, unlike the init's 1e-4 logits that int8 rounds away."""
+    import jax
+
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def test_static_int8_litert_accuracy(tmp_path):
+    """Static int8 (qwix ODML → LiteRT) against the fp32 JAX forward, on a 1-layer model with order-one
+    activations (perturbed init), calibrated on 16 padded rows and measured on 16 others.
+
+    Measured (this machine): relative logit error 0.147, argmax agreement 1.0 (2 layers: 0.12). Before
+    the per-tensor ranges were taken over the whole batch (`act_batch_axes=()`) and merged by min/max
+    over calibration batches, qwix averaged per-example ranges, clipped the largest activations, and this
+    measured 0.36, agreement 0.94 (2 layers: 0.27; one int8 matmul alone: 11% vs 1.3%). What remains:
+    the random token ids exceed the calibrated ranges somewhere (~5% per tensor), and LiteRT's int8
+    kernels round differently from qwix's fake quantization (~0.07 between the two). The bound 0.2 fails the old calibration."""
     _needs("litert")
     pytest.importorskip("qwix", reason="qwix (the export extra) is not installed")
     from mobilebert_jax import export as ex
-    from mobilebert_jax.export.common import sample_batch
+    from mobilebert_jax.export.common import make_forward, sample_batch
 
     model, params = _model("MobileBertForSequenceClassification")
+    params = _perturbed(params, 0.2)
     with pytest.raises(ex.ExportError, match="calibration"):
         ex.to_litert(model, params, str(tmp_path / "none"), seq_lengths=(16,), quantize="int8")
     calibration = sample_batch(model.config, 16, 16, seed=5)
     m = ex.to_litert(
         model, params, str(tmp_path / "q"), seq_lengths=(16,), quantize="int8", calibration=calibration
     )
+    assert m["int8_ranges"] == "calibration"
     fc = m["kernels"]["fully_connected"]
     assert fc["int8_activations"] > fc["total"] // 2 and fc["int8_weights"] >= fc["int8_activations"], fc
     assert m["kernels"]["ops"].get("QUANTIZE", 0) > 0
-    out = ex.load_runtime(str(tmp_path / "q"))(**sample_batch(model.config, 2, 16, seed=6))["logits"]
-    assert out.shape == (2, 3) and np.isfinite(out).all()
+    batch = sample_batch(model.config, 16, 16, seed=6)
+    got = ex.load_runtime(str(tmp_path / "q"))(**batch)["logits"]
+    ref = np.asarray(make_forward(model, params)(**batch)["logits"])
+    err, agree = rel_err(got, ref), float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    print(f"static int8 vs fp32: relative logit error {err:.3g}, argmax agreement {agree:.3f}, {fc}")
+    assert err <= 0.2 and agree >= 0.9, (err, agree)
+
+
+TRAIN = [  # label i % 2
+    "the film was a delight from start to finish",
+    "a dull , lifeless and overlong mess",
+    "brilliant acting and a sharp script",
+    "i wanted my two hours back",
+    "warm , funny and wise",
+    "nothing works here at all",
+    "a moving portrait of a family",
+    "tedious beyond belief",
+]
+HELD_OUT = [
+    "an utterly charming film",
+    "the plot makes no sense",
+    "a triumph of style and heart",
+    "boring and far too long",
+    "i laughed from beginning to end",
+    "the worst script of the year",
+    "a gentle , moving story",
+    "flat characters and a dull story",
+]
+
+
+def test_qat_finetune_then_int8_export(tmp_path, capsys):
+    """`finetune --qat` trains through qwix's fake int8 quantization (gradients flow, loss falls), saves
+    float params plus the int8 ranges, and `export --quantize int8` of the run uses them (no calibration
+    file, export.json says "qat"); the .tflite runs in LiteRT.
+
+    Measured once with a float twin (same start, 12 steps, 16 sentences; not run here, for time): int8 vs
+    own fp32 relative logit error QAT 0.262, PTQ of the twin 0.266, argmax agreement 1.0 both: no gain
+    from QAT at this size and length. Here (6 steps): about 0.26; the bound 0.4 is the static int8 bound
+    of the test above (0.2, one layer) with room for the second segment of real sentences."""
+    _needs("litert")
+    pytest.importorskip("qwix", reason="qwix (the export extra) is not installed")
+    import jax
+
+    from mobilebert_jax import export as ex
+    from mobilebert_jax.checkpoints.hub import from_pretrained, save_pretrained
+    from mobilebert_jax.cli.main import main
+    from mobilebert_jax.export.common import make_forward
+    from mobilebert_jax.text.tokenizer import MobileBertTokenizer
+
+    tok = MobileBertTokenizer.default()
+    cfg = MobileBertConfig.from_preset("mobilebert-test", vocab_size=tok.vocab_size, num_hidden_layers=1)
+    cfg = cfg.replace(classifier_activation=True)
+    start = MODEL_CLASSES["MobileBertForSequenceClassification"](cfg)
+    save_pretrained(
+        str(tmp_path / "start"), _perturbed(init_params(start, 0), 0.1), cfg, type(start).__name__
+    )
+    tok.save_pretrained(str(tmp_path / "start"))
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(TRAIN)))
+    train = str(train)
+    args = ["finetune", "--model_name_or_path", str(tmp_path / "start"), "--task_name", "sst2", "--do_train",
+            "--train_file", train, "--per_device_train_batch_size", "8", "--mesh_data", "1", "--max_seq_length",
+            "16", "--no-progress", "--max_steps", "6", "--learning_rate", "3e-4", "--warmup_steps", "0",
+            "--logging_steps", "1", "--save_steps", "100", "--qat"]  # fmt: skip
+    assert main([*args, "--output_dir", str(tmp_path / "bad"), "--scan_layers"]) == 2
+    assert "--qat cannot be combined with --scan_layers" in capsys.readouterr().err
+    run = tmp_path / "qat"
+    assert main([*args, "--output_dir", str(run)]) == 0
+    rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < losses[0] and all(r["grad_norm"] > 0 for r in rows if "grad_norm" in r), rows
+    assert json.loads((run / "run.json").read_text())["hyperparameters"]["qat"] is True
+    assert (run / "hf_model" / "quant_stats.msgpack").exists()
+
+    q = ["--format", "litert", "--quantize", "int8", "--seq-lengths", "16"]
+    assert main(["export", str(run), str(tmp_path / "int8"), *q]) == 0
+    m = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert m["int8_ranges"] == "qat" and m["kernels"]["fully_connected"]["int8_activations"] > 0, m
+    batch = ex.calibration_batch(HELD_OUT + TRAIN, tok, 16)
+    model, params = from_pretrained(str(run / "hf_model"))
+    ref = np.asarray(jax.jit(make_forward(model, params))(**batch)["logits"])
+    got = ex.load_runtime(str(tmp_path / "int8"))(**batch)["logits"]
+    err, agree = rel_err(got, ref), float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    print(f"QAT int8 vs its fp32: relative logit error {err:.3g}, argmax agreement {agree:.3f}")
+    assert err <= 0.4 and agree >= 0.9, (err, agree)

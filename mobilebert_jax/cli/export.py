@@ -64,15 +64,21 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
 
 
+def model_path(path: str) -> str:
+    """MODEL as given, or a finetune output dir's `hf_model/`."""
+    if os.path.isdir(os.path.join(path, "hf_model")) and not os.path.exists(
+        os.path.join(path, "config.json")
+    ):
+        return os.path.join(path, "hf_model")
+    return path
+
+
 def load_model(path: str, model_class: str | None = None, config: str | None = None) -> tuple[Any, Any, Any]:
     """(model, params, tokenizer) from an HF dir, our checkpoint or a training output dir."""
     from mobilebert_jax.cli.convert import _READERS, detect_source
     from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
-    if os.path.isdir(os.path.join(path, "hf_model")) and not os.path.exists(
-        os.path.join(path, "config.json")
-    ):
-        path = os.path.join(path, "hf_model")  # a finetune output dir
+    path = model_path(path)
     kind = detect_source(path)
     ns = argparse.Namespace(src=path, config=config, model_class=model_class, teacher=False, strict=False)
     params, cfg, cls, _ = _READERS[kind](ns)
@@ -95,11 +101,24 @@ def run_export(args: argparse.Namespace) -> int:
     from mobilebert_jax import export as ex
 
     model, params, tok = load_model(args.model, args.model_class, args.config)
+    stats = None
+    if args.quantize == "int8" and args.format == "litert":
+        from mobilebert_jax.export.quantize import load_quant_stats
+
+        folder = model_path(args.model)
+        try:
+            found = load_quant_stats(folder if os.path.isdir(folder) else os.path.dirname(folder))
+        except ex.ExportError as e:
+            print(f"export failed: {e}", file=sys.stderr)
+            return 1
+        if found is not None:
+            stats = found[0]
+            print("export: int8 ranges from the QAT run (quant_stats.msgpack), not recalibrated", flush=True)
     calibration = None
     if args.calibration_file:
         texts = ex.read_calibration_file(args.calibration_file)
         calibration = ex.calibration_batch(texts, tok, max(args.seq_lengths), limit=args.calibration_samples)
-    elif args.quantize == "int8":
+    elif args.quantize == "int8" and stats is None:
         raise SystemExit("export: --quantize int8 needs --calibration-file (real text to calibrate on)")
     print(
         f"export: {type(model).__name__} → {args.format} ({args.quantize}), lengths {args.seq_lengths}, "
@@ -117,6 +136,7 @@ def run_export(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             tokenizer=tok,
             calibration=calibration,
+            quant_stats=stats,
             num_threads=args.num_threads,
             overwrite=args.overwrite,
         )

@@ -84,10 +84,14 @@ def export(
     batch_size: int = 1,
     tokenizer: Any = None,
     calibration: dict[str, np.ndarray] | None = None,
+    quant_stats: Any = None,
     num_threads: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Writes and verifies an export; returns the manifest written to OUT_DIR/export.json."""
+    """Writes and verifies an export; returns the manifest written to OUT_DIR/export.json.
+
+    `quant_stats`: static int8 ranges saved by `finetune --qat` (`quantize.load_quant_stats`), used by
+    LiteRT `int8` instead of calibrating on `calibration` (which then only measures the error)."""
     if format not in FORMATS:
         raise common.ExportError(f"unknown format {format!r}; one of {FORMATS}")
     if quantize not in common.QUANTIZATIONS:
@@ -96,6 +100,8 @@ def export(
     _prepare(out_dir, overwrite)
     t0 = time.perf_counter()
     cfg = model.config
+    if quant_stats is not None and not (format == "litert" and quantize == "int8"):
+        raise common.ExportError("QAT quant stats apply to --format litert --quantize int8 only")
     if format in ("litert", "onnx"):
         model, params = flat_layers(model, params)
     if format == "stablehlo":
@@ -120,6 +126,7 @@ def export(
             batch_size=batch_size,
             quantize=quantize,
             calibration=calibration,
+            quant_stats=quant_stats,
             num_threads=num_threads,
         )
     else:
@@ -144,6 +151,9 @@ def export(
     manifest = {
         "format": format,
         "quantization": quantize,
+        **(
+            {"int8_ranges": "qat" if quant_stats is not None else "calibration"} if quantize == "int8" else {}
+        ),
         "model_class": name,
         "max_position_embeddings": cfg.max_position_embeddings,
         "pad_token_id": cfg.pad_token_id,

@@ -88,10 +88,12 @@ def write_litert(
     batch_size: int = 1,
     quantize: str = "none",
     calibration: dict[str, np.ndarray] | None = None,
+    quant_stats: Any = None,
     num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Writes OUT_DIR/model.tflite, runs every signature in LiteRT against the JAX forward; returns the
-    manifest entries. `calibration`: int32 inputs `[n, length]` of real text, required for `int8`."""
+    manifest entries. `calibration`: int32 inputs `[n, length]` of real text, required for `int8` unless
+    `quant_stats` (the ranges `finetune --qat` saved) are given, which are then used instead."""
     import jax
 
     from mobilebert_jax.export.runtime import LiteRTRuntime
@@ -107,9 +109,9 @@ def write_litert(
     if quantize == "int8":
         from mobilebert_jax.export.quantize import qwix_static_int8_forward
 
-        if calibration is None:
+        if calibration is None and quant_stats is None:
             raise common.ExportError("--quantize int8 needs calibration text: pass --calibration-file")
-        graph_fn, qdq = qwix_static_int8_forward(model, params, calibration), True
+        graph_fn, qdq = qwix_static_int8_forward(model, params, calibration, quant_stats), True
     exported = [(signature_name(t), _export_fixed(graph_fn, batch_size, t)) for t in lengths]
     names = _out_keys(exported[0][1])
     float_path = path + ".fp32.tmp" if quantize == "dynamic-int8" else path

@@ -349,6 +349,29 @@ def _export(path: str, params: Any, config: MobileBertConfig, model: Any, tok: M
     tok.save_pretrained(path)
 
 
+QAT_STATS_ROWS = 256
+
+
+def save_qat_stats(folder: str, model: Any, params: Any, arrays: dict[str, np.ndarray], step: int) -> str:
+    """The int8 ranges of a `--qat` model: min/max of each quantized tensor of the trained model over
+    (up to 256 of) its training rows, written beside the HF files for `export --quantize int8`."""
+    from mobilebert_jax.export.api import flat_layers
+    from mobilebert_jax.export.quantize import calibrate, save_quant_stats
+
+    n = min(QAT_STATS_ROWS, len(arrays["input_ids"]))
+    ids = np.asarray(arrays["input_ids"][:n], np.int32)
+    rows = {
+        "input_ids": ids,
+        "attention_mask": np.asarray(arrays.get("attention_mask", np.ones_like(ids))[:n], np.int32),
+        "token_type_ids": np.asarray(arrays.get("token_type_ids", np.zeros_like(ids))[:n], np.int32),
+    }
+    flat, flat_params = flat_layers(model, params)
+    stats = calibrate(flat, flat_params, rows)
+    path = save_quant_stats(folder, stats, {"source": "finetune --qat", "rows": n, "model_step": step})
+    _say(f"--qat: int8 ranges of the trained model over {n} training rows: {path}")
+    return path
+
+
 def _write_json(path: str, obj: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
@@ -410,6 +433,13 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     n = f" and {len(eval_ex)} evaluation" if eval_ex is not None else ""
     n_train = prepared_data.num_instances(train_path) if prepared else len(train_ex)
     _say(f"task {task.name}: {n_train} training{n} examples")
+    if job.qat:
+        import importlib.util
+
+        if importlib.util.find_spec("qwix") is None:
+            raise UsageError("--qat needs qwix: pip install 'mobilebert-jax[export]'")
+        if prepared:
+            raise UsageError("--qat does not apply to a prepared pretraining folder")
     config, model, params = load_model(job, task, rng, tok)
     check_compatible(config, tok, job.max_seq_length)
     mesh = job_mesh(job)
@@ -465,8 +495,12 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
         train_data = ArrayIterator(train_arrays, batch, seed=job.seed)
         example = {k: v[:batch] for k, v in train_arrays.items()}
     sharded = create_train_state(model_init_fn(model, example), tx, rng, mesh, rules, params=params)
+    if job.qat:
+        from mobilebert_jax.export.quantize import qat_model
+
+        _say("--qat: training with fake int8 quantization (qwix ODML rules of export --quantize int8)")
     step = make_train_step(
-        loss_fn_for(model),
+        loss_fn_for(qat_model(model) if job.qat else model),
         state_shardings=sharded.shardings,
         mesh=mesh,
         rules=rules,
@@ -574,6 +608,8 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
         if predictions is not None:
             task.write_predictions(predictions_path(task, out), eval_ex, predictions)
         _export(os.path.join(out, "hf_model"), host_final, export_config, model, tok)
+        if job.qat:
+            save_qat_stats(os.path.join(out, "hf_model"), model, host_final, train_arrays, final_step)
     if test_ex is not None:
         outputs = predict_outputs(task, model, params_final, test_feats, eval_bs, **kw)
         test_pred = task.postprocess(test_ex, test_feats, outputs)

@@ -92,6 +92,9 @@ class JobConfig:
     bf16: bool = _f(False, "bf16 compute (params, optimizer state and losses stay float32)")
     scan_layers: bool = _f(False, "scan over layers (fast compile; changes the checkpoint layout)")
     remat: bool = _f(False, "recompute activations in the backward pass (less memory)", _T)
+    qat: bool = _f(False, "quantization-aware training: fake int8 quantization (qwix, the rules of `export "
+                   "--quantize int8`) in the training forward; hf_model/ gets float params plus the int8 "
+                   "ranges (quant_stats.msgpack) that export then uses", ("finetune",))  # fmt: skip
     # Unrolled layers trained faster per step on CPU than a scan over them (README); inference outside a
     # job (`from_pretrained` + `jit(apply)`) scans by default. Same params and numbers either way.
     unroll_layers: bool = _f(True, "run the layers unrolled (--no-unroll-layers: one lax.scan over them)")
@@ -201,6 +204,12 @@ class JobConfig:
         if self.load_best_model_at_end and not self.eval_steps:
             raise UsageError("--load_best_model_at_end needs --eval_steps N (the best model is chosen by "
                              "evaluations during training)")  # fmt: skip
+        if self.qat:
+            for bad, flag in ((self.scan_layers, "--scan_layers"), (not self.unroll_layers, "--no-unroll-layers"),
+                              (self.bf16, "--bf16")):  # fmt: skip
+                if bad:
+                    raise UsageError(f"--qat cannot be combined with {flag} (qwix quantizes each unrolled "
+                                     "float32 layer by its module path)")  # fmt: skip
         if self.overwrite_output_dir and self.resume_from_checkpoint:
             raise UsageError("--overwrite_output_dir and --resume_from_checkpoint exclude each other")
 
