@@ -158,7 +158,9 @@ def main() -> int:
         f"\n{len(texts)} held-out sentences ({args.heldout}), length {args.length} ({truncated} truncated), "
         f"{args.threads} threads; errors and agreement vs the fp32 JAX forward of the same run"
     )
-    print(f"{'variant':22s} {'rel err':>9s} {'median row':>11s} {'agree':>7s} {'accuracy':>9s} {'size MB':>8s}")
+    print(
+        f"{'variant':22s} {'rel err':>9s} {'median row':>11s} {'agree':>7s} {'accuracy':>9s} {'size MB':>8s}"
+    )
     for r in rows:
         size = f"{r['size_mb']:.1f}" if r["size_mb"] else "-"
         print(
