@@ -14,7 +14,28 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
+# `scripts/test.sh` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`: each test file is one unit
+# of work (module fixtures are built once), handed out in collection order. The longest units go first,
+# so that no long file starts last and runs alone; the rest keep their order.
+LONGEST_FIRST = (
+    "test_recipes_distillation.py",
+    "test_trainer.py",
+    "test_export.py",
+    "test_cli.py",
+    "test_recipes.py",
+    "test_recipes_tasks.py",
+    "test_distill.py",
+    "test_pretraining_data.py",
+)
+
+
+def _rank(item) -> int:
+    name = os.path.basename(str(item.path))
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_rank)  # stable: collection order within a rank
     if config.getoption("--runslow") or os.environ.get("RUN_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow or RUN_SLOW=1")
