@@ -249,3 +249,13 @@ def test_main_job_smoke_mode(tmp_path):
     assert "majority-class baseline" in r.stdout
     for name in ("eval_results.json", "metrics.jsonl", "loss.png", "predictions.tsv", "hf_model/config.json"):
         assert (tmp_path / "main" / name).exists(), name
+    # the deployment step: each LiteRT file is what its name says (dynamic-int8 once silently wrote fp32)
+    deploy = json.loads((tmp_path / "main" / "deploy_results.json").read_text())
+    for name, quantize in (("litert-fp32", "none"), ("litert-dynamic-int8", "dynamic-int8")):
+        meta = json.loads((tmp_path / "main" / name / "export.json").read_text())
+        assert meta["quantization"] == quantize, (name, meta["quantization"])
+        assert 0 < deploy[name]["agreement_with_jax"] <= 1 and deploy[name]["rel_logit_error"] < 0.1
+    fp32, int8 = deploy["litert-fp32"], deploy["litert-dynamic-int8"]
+    assert fp32["rel_logit_error"] < 1e-5
+    # int8 weights: a smaller file (the smoke model is mostly its float embedding table) and a larger error
+    assert int8["size_mb"] < fp32["size_mb"] and int8["rel_logit_error"] > fp32["rel_logit_error"], deploy

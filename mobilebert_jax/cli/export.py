@@ -229,7 +229,9 @@ def deploy_check(
     for q in ("none", "dynamic-int8"):
         name = "litert-" + ("fp32" if q == "none" else q)
         out_dir = os.path.join(output_dir, name)
-        m = ex.to_litert(model, params, out_dir, seq_lengths=(max_seq_length,), tokenizer=tok, overwrite=True)
+        m = ex.to_litert(
+            model, params, out_dir, seq_lengths=(max_seq_length,), quantize=q, tokenizer=tok, overwrite=True
+        )
         rt = ex.load_runtime(out_dir, num_threads=os.cpu_count())
         logits, ms = rows(lambda b, rt=rt: rt(**b))
         results[name] = {
