@@ -5,9 +5,12 @@ LiteRT needs static shapes (a symbolic batch leaves a `dynamic_gather` the flatb
 hence a fixed batch size and one signature per length. Quantization:
 - `dynamic-int8`: litert-quantizer's `dynamic_wi8_afp32` recipe on the fp32 flatbuffer (int8 weights,
   float activations, int8 FULLY_CONNECTED kernels);
-- `int8`: weights and activations, static scales calibrated on real text with qwix's ODML route (see
-  `quantize.py`); attention scores/softmax and the embeddings stay float (the additive mask's
-  finfo.min breaks activation scales).
+- `int8`: int8 weights and activations with static scales, calibrated on real text (or the ranges of
+  a `finetune --qat` run), with qwix's ODML route: the dense layers' inputs and weights and the
+  attention matmuls' operands are int8; NoNorm, residual adds, softmax and the embedding arithmetic
+  stay float (`quantize.RULES` says what and why);
+- both int8 modes store the word-embedding table int8 with per-row scales and gather int8 rows
+  (`quantize.int8_word_embeddings`; the quantizer leaves GATHER tables float, 15.6 MB at full size).
 """
 
 from __future__ import annotations
@@ -112,6 +115,10 @@ def write_litert(
         if calibration is None and quant_stats is None:
             raise common.ExportError("--quantize int8 needs calibration text: pass --calibration-file")
         graph_fn, qdq = qwix_static_int8_forward(model, params, calibration, quant_stats), True
+    if quantize != "none":
+        from mobilebert_jax.export.quantize import with_int8_lookup
+
+        graph_fn = with_int8_lookup(graph_fn, params)
     exported = [(signature_name(t), _export_fixed(graph_fn, batch_size, t)) for t in lengths]
     names = _out_keys(exported[0][1])
     float_path = path + ".fp32.tmp" if quantize == "dynamic-int8" else path
