@@ -144,10 +144,15 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
     v = m["verification"]
+    # a quantized export's error on random token ids says little: show the real-text check beside it
+    text = [c for c in v["checks"] if c.get("data") == "calibration text"]
+    on_text = (
+        f", {text[0]['max_rel_error']:.2e} on {text[0]['rows']} rows of the calibration text" if text else ""
+    )
     print(
         f"wrote {os.path.join(args.out_dir, m['file'])} ({m['size_bytes'] / 1e6:.1f} MB), signatures "
         f"{[s['name'] for s in m['signatures']]}; max relative error vs JAX {v['max_rel_error']:.2e} "
-        f"({v['how']}); export.json, config.json, tokenizer files"
+        f"({v['how']}){on_text}; export.json, config.json, tokenizer files"
     )
     return 0
 
