@@ -115,3 +115,15 @@ TINY = dict(
     max_position_embeddings=32,
     num_labels=3,
 )
+
+# eight short movie-review sentences, positive and negative alternating (label i % 2)
+SENTIMENT_SENTENCES = [
+    "the film was a delight from start to finish",
+    "a dull , lifeless and overlong mess",
+    "brilliant acting and a sharp script",
+    "i wanted my two hours back",
+    "warm , funny and wise",
+    "nothing works here at all",
+    "a moving portrait of a family",
+    "tedious beyond belief",
+]

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SENTIMENT_SENTENCES
 
 from mobilebert_jax.cli.main import main
 
@@ -34,16 +35,7 @@ TINY = [
     "2",
 ]
 
-SENTS = [
-    "the film was a delight from start to finish",
-    "a dull , lifeless and overlong mess",
-    "brilliant acting and a sharp script",
-    "i wanted my two hours back",
-    "warm , funny and wise",
-    "nothing works here at all",
-    "a moving portrait of a family",
-    "tedious beyond belief",
-]
+SENTS = SENTIMENT_SENTENCES
 
 
 def _files(tmp_path, task: str) -> str:

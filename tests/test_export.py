@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY, perturbed_hf_model, rel_err
+from conftest import SENTIMENT_SENTENCES, TINY, perturbed_hf_model, rel_err
 
 from mobilebert_jax import MODEL_CLASSES, MobileBertConfig, init_params
 
@@ -257,16 +257,7 @@ def test_static_int8_litert_accuracy(tmp_path):
     assert err <= 0.08 and agree >= 0.9, (err, agree)
 
 
-TRAIN = [  # label i % 2
-    "the film was a delight from start to finish",
-    "a dull , lifeless and overlong mess",
-    "brilliant acting and a sharp script",
-    "i wanted my two hours back",
-    "warm , funny and wise",
-    "nothing works here at all",
-    "a moving portrait of a family",
-    "tedious beyond belief",
-]
+TRAIN = SENTIMENT_SENTENCES  # label i % 2
 HELD_OUT = [
     "an utterly charming film",
     "the plot makes no sense",

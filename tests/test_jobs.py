@@ -21,20 +21,12 @@ import time
 
 import jax
 import pytest
+from conftest import SENTIMENT_SENTENCES
 from jax.experimental.compilation_cache import compilation_cache
 
 from mobilebert_jax.cli.main import main
 
-SENTS = [
-    "the film was a delight from start to finish",
-    "a dull , lifeless and overlong mess",
-    "brilliant acting and a sharp script",
-    "i wanted my two hours back",
-    "warm , funny and wise",
-    "nothing works here at all",
-    "a moving portrait of a family",
-    "tedious beyond belief",
-]
+SENTS = SENTIMENT_SENTENCES
 SMALL = ["--mesh_data", "1", "--max_seq_length", "32", "--per_device_eval_batch_size", "8", "--no-progress",
          "--model_config", '{"num_hidden_layers": 1}']  # fmt: skip
 
