@@ -51,18 +51,16 @@ def apply_model(
 ) -> Any:
     """`model.apply` on the batch's inputs, with dropout from `rng` when not deterministic."""
     rngs = {} if deterministic or rng is None else {"dropout": rng}
-    if type(model).__module__.startswith("qwix."):
-        # a qwix QAT model (`finetune --qat`): fresh quant_stats each call, so every batch is fake-
-        # quantized with its own ranges; the updated stats are dropped
-        out, _ = model.apply(
-            {"params": params},
-            **model_inputs(batch),
-            deterministic=deterministic,
-            rngs=rngs,
-            mutable=["quant_stats"],
-        )
-        return out
-    return model.apply({"params": params}, **model_inputs(batch), deterministic=deterministic, rngs=rngs)
+    # `quant_stats` is scratch state: a qwix QAT model (`finetune --qat`) writes it on every call (each
+    # batch fake-quantized with its own ranges); other models write none. Either way it is dropped.
+    out, _ = model.apply(
+        {"params": params},
+        **model_inputs(batch),
+        deterministic=deterministic,
+        rngs=rngs,
+        mutable=["quant_stats"],
+    )
+    return out
 
 
 def _need(batch: dict, *keys: str) -> None:
