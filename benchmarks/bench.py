@@ -209,8 +209,20 @@ def _setup_ref(kind, model_name, b, t, _scan, torch_compile):
     ), fn
 
 
+def layers_for(kind: str, layers: str) -> str:
+    """`--layers default` is each path's default: `from_pretrained`'s for inference (one scan over the
+    layer/{i} params), the fine-tuning job's (`JobConfig.unroll_layers`) for the training step."""
+    if kind == "train_step" and layers == "default":
+        from mobilebert_jax.tasks.job_config import JobConfig
+
+        return "unroll" if JobConfig().unroll_layers else "default"
+    return layers
+
+
 def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | None:
     import multiprocessing as mp
+
+    layers = layers_for(kind, args.layers)
 
     ctx = mp.get_context("spawn")
     sides = {}
@@ -218,7 +230,7 @@ def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | 
         parent, child = ctx.Pipe()
         proc = ctx.Process(
             target=_worker,
-            args=(child, side, kind, model_name, b, t, args.layers, torch_compile and side == "ref"),
+            args=(child, side, kind, model_name, b, t, layers, torch_compile and side == "ref"),
             daemon=True,
         )
         proc.start()
@@ -247,7 +259,7 @@ def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | 
     )
     return dict(
         bench=kind,
-        layers=args.layers,
+        layers=layers,
         model=model_name,
         batch=b,
         seq=t,
@@ -272,8 +284,9 @@ def main() -> None:
         "--layers",
         choices=("default", "unroll", "scan_layers"),
         default="default",
-        help="how our layers run: the default (HF's layer/{i} params, one scan over them), unrolled "
-        "layers (unroll_layers=True), or stacked params (scan_layers=True); same math",
+        help="how our layers run: the default (inference: from_pretrained's, one scan over HF's layer/{i} "
+        "params; training step: the fine-tuning job's, unrolled), unrolled layers (unroll_layers=True), or "
+        "stacked params (scan_layers=True); same math",
     )
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--no-train", action="store_true")
@@ -315,7 +328,8 @@ def main() -> None:
 def _print(rows) -> None:
     for r in rows:
         print(
-            f"{r['bench']:10s} {r['model'][10:]:28s} B={r['batch']:3d} L={r['seq']:4d} vs {r['reference']:18s} "
+            f"{r['bench']:10s} {r['model'][10:]:28s} B={r['batch']:3d} L={r['seq']:4d} layers={r['layers']:11s} "
+            f"vs {r['reference']:18s} "
             f"ours {r['ours_ms']:9.1f} ms  ref {r['ref_ms']:9.1f} ms  ratio {r['ratio']:5.2f}x  "
             f"compile {r['compile_s']:5.1f} s  {r['tokens_per_s']:8.0f} tok/s  "
             f"mem +{r['peak_rss_mb_ours']:.0f}/+{r['peak_rss_mb_ref']:.0f} MB  "
