@@ -285,7 +285,7 @@ def main() -> None:
         choices=("default", "unroll", "scan_layers"),
         default="default",
         help="how our layers run: the default (inference: from_pretrained's, one scan over HF's layer/{i} "
-        "params; training step: the fine-tuning job's, unrolled), unrolled layers (unroll_layers=True), or "
+        "params; training step: the fine-tuning job's, JobConfig.unroll_layers), unrolled layers (unroll_layers=True), or "
         "stacked params (scan_layers=True); same math",
     )
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
