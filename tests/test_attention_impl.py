@@ -40,7 +40,16 @@ def _choose(requested="auto", backend="gpu", dtype=BF16, head_dim=32, seq_len=12
 def test_auto_picks_cudnn_only_where_it_applies():
     assert _choose() == "cudnn"  # GPU, bf16, d=32 (MobileBERT), eval or dropout 0
     assert _choose(dtype=jnp.float16) == "cudnn"
-    assert _choose(backend="cpu") == "default"
+    assert _choose(backend="cpu") == "default"  # T=128: one block, nothing to split
+    # CPU, T a static multiple of 128 above it, no active dropout: blockwise, in every dtype
+    assert _choose(backend="cpu", seq_len=512) == "blockwise"
+    assert _choose(backend="cpu", seq_len=256, dtype=F32) == "blockwise"
+    assert _choose(backend="cpu", seq_len=512, dropout_active=True) == "default"
+    assert _choose(backend="cpu", seq_len=320) == "default"
+    assert _choose(backend="tpu", seq_len=512) == "default"
+    assert _choose(backend="gpu", seq_len=512, dtype=F32) == "default"
+    with pytest.raises(ValueError, match="'blockwise' needs a static length that is a multiple of 128"):
+        _choose("blockwise", backend="cpu", seq_len=100)
     assert _choose(backend="tpu") == "default"
     assert _choose(dtype=F32) == "default"  # cuDNN flash attention is bf16/fp16 only
     assert _choose(dropout_active=True) == "default"  # no attention dropout in the fused kernels

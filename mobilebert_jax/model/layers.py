@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mobilebert_jax.model import attention
 from mobilebert_jax.model.attention import choose_attention, fused_attention
 from mobilebert_jax.model.config import MobileBertConfig
 
@@ -75,7 +76,8 @@ class _Base(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     precision: Any = None
-    # attention kernel: "auto" | "default" | "cudnn" | "xla" (model/attention.py says which runs when)
+    # attention kernel: "auto" | "default" | "blockwise" | "cudnn" | "xla" (model/attention.py says
+    # which runs when)
     attention_implementation: str = "auto"
 
     def dense(self, features: int, axes: tuple[str | None, str | None], name: str, use_bias: bool = True):
@@ -267,14 +269,13 @@ class MobileBertSelfAttention(_Base):
             seq_len=t,
             dropout_active=dropout_active,
         )
-        if impl != "default":
+        if impl in ("cudnn", "xla"):
             return fused_attention(q, k, v, mask_bias, n, impl)
         # [B, N, T, d]: heads-major operands make both attention matmuls plain batched GEMMs.
         q, k, v = (x.reshape(b, t, n, d).transpose(0, 2, 1, 3) for x in (q, k, v))
-        scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
-        scores = scores * (d**-0.5)
-        if mask_bias is not None:
-            scores = scores + mask_bias
+        if impl == "blockwise":
+            return self._blockwise(q, k, v, mask_bias)
+        scores = self._scores(q, k, mask_bias)
         # softmax(s) @ v computed as (exp(s - max) @ v) / sum(exp(s - max)): the normalisation moves
         # from the [B, N, T, T] probabilities to the [B, N, T, d] context (same math, rounding ~1e-7).
         # Dropout on the probabilities commutes with the per-row division, so it applies to exp(...).
@@ -286,6 +287,32 @@ class MobileBertSelfAttention(_Base):
         ctx = jnp.einsum("bnqk,bnkd->bnqd", e.astype(self.dtype), v, precision=self.precision)
         ctx = (ctx.astype(jnp.float32) / denom).astype(self.dtype)
         return ctx.transpose(0, 2, 1, 3).reshape(b, t, n * d), probs
+
+    def _scores(self, q, k, mask_bias):
+        """Float32 scaled scores [B, N, Tq, Tk] (plus the padding bias) of heads-major q and k."""
+        scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
+        scores = scores * (q.shape[-1] ** -0.5)
+        return scores if mask_bias is None else scores + mask_bias
+
+    def _blockwise(self, q, k, v, mask_bias):
+        """The same attention over blocks of `attention.QUERY_BLOCK` queries, one block at a time
+        (`lax.map`; model/attention.py says when it runs). Each query row's softmax sees only its own
+        row, so every row is computed as on the full path. The probabilities are computed apart and
+        dropped by XLA unless the caller uses them.
+        """
+        b, n, t, d = q.shape
+        qb = attention.QUERY_BLOCK
+        blocks = q.reshape(b, n, t // qb, qb, d).transpose(2, 0, 1, 3, 4)
+
+        def block(qb):
+            s = self._scores(qb, k, mask_bias)
+            e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
+            ctx = jnp.einsum("bnqk,bnkd->bnqd", e.astype(self.dtype), v, precision=self.precision)
+            return (ctx.astype(jnp.float32) / jnp.sum(e, axis=-1, keepdims=True)).astype(self.dtype)
+
+        ctx = jax.lax.map(block, blocks)  # [T/128, B, N, 128, d]
+        probs = jax.nn.softmax(self._scores(q, k, mask_bias), axis=-1)
+        return ctx.transpose(1, 0, 3, 2, 4).reshape(b, t, n * d), probs
 
 
 class MobileBertAttention(_Base):
