@@ -325,3 +325,33 @@ def test_qat_finetune_then_int8_export(tmp_path, capsys):
     err, agree = rel_err(got, ref), float(np.mean(got.argmax(-1) == ref.argmax(-1)))
     print(f"QAT int8 vs its fp32: relative logit error {err:.3g}, argmax agreement {agree:.3f}")
     assert err <= 0.08 and agree >= 0.9, (err, agree)
+
+
+def test_litert_masked_lm_stores_the_word_embeddings_once(tmp_path):
+    """In JAX the MLM head computes its logits as one GEMM over [word embeddingsᵀ; dense; bias]
+    (`single_gemm_lm_head`); the LiteRT export keeps the two GEMMs, or the folded constant would be a
+    second copy of the embedding table (here +1.5 MB, +16% of the file)."""
+    _needs("litert")
+    import jax
+
+    from mobilebert_jax import MobileBertForMaskedLM
+    from mobilebert_jax import export as ex
+
+    cfg = MobileBertConfig(
+        vocab_size=3000,
+        embedding_size=128,
+        hidden_size=512,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=128,
+        intra_bottleneck_size=128,
+        max_position_embeddings=64,
+    )
+    model = MobileBertForMaskedLM(cfg)
+    assert model.single_gemm_lm_head
+    params = init_params(model, 0)
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params))
+    m = ex.export(model, params, str(tmp_path), format="litert", seq_lengths=(16,))
+    assert m["verification"]["max_rel_error"] <= ex.FP32_TOLERANCE
+    table_bytes = cfg.vocab_size * cfg.embedding_size * 4
+    assert m["size_bytes"] < param_bytes + table_bytes // 2, (m["size_bytes"], param_bytes)

@@ -62,18 +62,16 @@ def _prepare(out_dir: str, overwrite: bool) -> None:
 
 
 def flat_layers(model: Any, params: Any) -> tuple[Any, Any]:
-    """The model with its L layers and its attention as separate ops: LiteRT and ONNX take no `while`
-    loop, which the default layer loop (one `lax.scan` under jit), stacked `scan_layers` params and
-    the CPU blockwise attention (`lax.map` over query blocks, model/attention.py) would export."""
+    """The model as LiteRT and ONNX take it: its L layers as separate ops (no `while` loop, which the
+    default layer loop (one `lax.scan` under jit) and stacked `scan_layers` params would export), and
+    `common.device_graph`'s attention and MLM head."""
     if getattr(model, "scan_layers", False):
         from mobilebert_jax.checkpoints.pytorch import scan_to_loop
 
         model, params = model.clone(scan_layers=False), scan_to_loop(params)
     if hasattr(model, "unroll_layers"):
         model = model.clone(unroll_layers=True)
-    if getattr(model, "attention_implementation", None) in ("auto", "blockwise"):
-        model = model.clone(attention_implementation="default")
-    return model, params
+    return common.device_graph(model), params
 
 
 def export(

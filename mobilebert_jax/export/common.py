@@ -170,3 +170,14 @@ def check_lengths(seq_lengths: Sequence[int], max_positions: int) -> list[int]:
             "of this model"
         )
     return lengths
+
+
+def device_graph(model: Any) -> Any:
+    """The model computing as the LiteRT export runs it (same math): the full attention instead of the
+    CPU blockwise one (a `lax.map` loop over query blocks, model/attention.py) and the MLM head's
+    logits as two GEMMs over the tied word embeddings (the single folded GEMM would store them twice)."""
+    if getattr(model, "attention_implementation", None) in ("auto", "blockwise"):
+        model = model.clone(attention_implementation="default")
+    if getattr(model, "single_gemm_lm_head", False):
+        model = model.clone(single_gemm_lm_head=False)
+    return model

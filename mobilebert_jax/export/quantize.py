@@ -187,13 +187,13 @@ def qat_model(model: Any) -> Any:
     """The model with the fake int8 quantization of `rules()` in its forward (qwix's ODML QAT provider):
     what `finetune --qat` trains. Apply it with `mutable=["quant_stats"]` and no stats: every call then
     quantizes with its own batch's ranges, and gradients pass straight through the rounding. Its
-    attention is the full one ("default", as in the LiteRT export): the CPU blockwise attention would
-    observe each block's ranges apart."""
+    attention and MLM head are those of the LiteRT export (`common.device_graph`): the CPU blockwise
+    attention would observe each block's ranges apart."""
     import qwix
 
-    if getattr(model, "attention_implementation", None) in ("auto", "blockwise"):
-        model = model.clone(attention_implementation="default")
-    return qwix.quantize_model(model, qwix.OdmlQatProvider(rules(), strict=False))
+    from mobilebert_jax.export.common import device_graph
+
+    return qwix.quantize_model(device_graph(model), qwix.OdmlQatProvider(rules(), strict=False))
 
 
 STATS_FILE = "quant_stats.msgpack"
