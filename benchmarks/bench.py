@@ -67,10 +67,21 @@ def _timeit(fn) -> float:
 
 
 def _worker(
-    conn, side: str, kind: str, model_name: str, b: int, t: int, scan: str, torch_compile: bool
+    conn,
+    side: str,
+    kind: str,
+    model_name: str,
+    b: int,
+    t: int,
+    scan: str,
+    torch_compile: bool,
+    allocator: str,
 ) -> None:
     """Builds one side of one cell, reports its setup, then times one call per "run" message."""
     try:
+        from mobilebert_jax.training.host_allocator import tune_host_allocator
+
+        tune_host_allocator(allocator)  # before this process's first JAX/torch computation
         info, fn = (_setup_ours if side == "ours" else _setup_ref)(
             kind, model_name, b, t, scan, torch_compile
         )
@@ -219,10 +230,19 @@ def layers_for(kind: str, layers: str) -> str:
     return layers
 
 
+def allocator_for(kind: str, allocator: str) -> str:
+    """`--host-allocator default` is each path's default: the system's malloc for inference (a library
+    call), the `mobilebert-jax` job's (`tune_host_allocator`, "tuned") for the training step."""
+    if allocator == "default":
+        return "tuned" if kind == "train_step" else "system"
+    return allocator
+
+
 def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | None:
     import multiprocessing as mp
 
     layers = layers_for(kind, args.layers)
+    allocators = {"ours": allocator_for(kind, args.host_allocator), "ref": args.ref_host_allocator}
 
     ctx = mp.get_context("spawn")
     sides = {}
@@ -230,7 +250,17 @@ def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | 
         parent, child = ctx.Pipe()
         proc = ctx.Process(
             target=_worker,
-            args=(child, side, kind, model_name, b, t, layers, torch_compile and side == "ref"),
+            args=(
+                child,
+                side,
+                kind,
+                model_name,
+                b,
+                t,
+                layers,
+                torch_compile and side == "ref",
+                allocators[side],
+            ),
             daemon=True,
         )
         proc.start()
@@ -260,6 +290,8 @@ def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | 
     return dict(
         bench=kind,
         layers=layers,
+        allocator=allocators["ours"],
+        ref_allocator=allocators["ref"],
         model=model_name,
         batch=b,
         seq=t,
@@ -287,6 +319,19 @@ def main() -> None:
         help="how our layers run: the default (inference: from_pretrained's, one scan over HF's layer/{i} "
         "params; training step: the fine-tuning job's, JobConfig.unroll_layers), unrolled layers (unroll_layers=True), or "
         "stacked params (scan_layers=True); same math",
+    )
+    ap.add_argument(
+        "--host-allocator",
+        choices=("default", "tuned", "system"),
+        default="default",
+        help="our worker's malloc: each path's default (inference: the system's, as a library call gets; "
+        "training step: the mobilebert-jax job's, tuned by tune_host_allocator), tuned, or the system's",
+    )
+    ap.add_argument(
+        "--ref-host-allocator",
+        choices=("system", "tuned"),
+        default="system",
+        help="the HF worker's malloc: the system's (HF as users run it) or the same tuning as ours",
     )
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--no-train", action="store_true")
@@ -329,6 +374,7 @@ def _print(rows) -> None:
     for r in rows:
         print(
             f"{r['bench']:10s} {r['model'][10:]:28s} B={r['batch']:3d} L={r['seq']:4d} layers={r['layers']:11s} "
+            f"malloc={r['allocator']}/{r['ref_allocator']} "
             f"vs {r['reference']:18s} "
             f"ours {r['ours_ms']:9.1f} ms  ref {r['ref_ms']:9.1f} ms  ratio {r['ratio']:5.2f}x  "
             f"compile {r['compile_s']:5.1f} s  {r['tokens_per_s']:8.0f} tok/s  "

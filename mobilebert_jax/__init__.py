@@ -15,6 +15,7 @@ from mobilebert_jax.model.heads import (
     init_params,
 )
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
+from mobilebert_jax.training.host_allocator import tune_host_allocator
 
 
 def pipeline(task: str, model, tokenizer=None, **kwargs):
@@ -43,4 +44,5 @@ __all__ = [
     "save_pretrained",
     "MobileBertTokenizer",
     "pipeline",
+    "tune_host_allocator",
 ]

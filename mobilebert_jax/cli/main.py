@@ -232,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from mobilebert_jax.tasks.job_config import UsageError
+    from mobilebert_jax.training.host_allocator import tune_host_allocator
+
+    try:  # before JAX starts its CPU threads: see training/host_allocator.py
+        tune_host_allocator()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.command in (*_JOBS, "demo"):
         from mobilebert_jax.cli.distributed import initialize_distributed
         from mobilebert_jax.tasks import finetune

@@ -30,7 +30,7 @@ from mobilebert_jax.tasks import pretraining_data as prepared_data
 from mobilebert_jax.tasks.job_config import JobConfig, UsageError
 from mobilebert_jax.tasks.metrics import check_finite
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
-from mobilebert_jax.training import optim
+from mobilebert_jax.training import host_allocator, optim
 from mobilebert_jax.training import sharding as shd
 from mobilebert_jax.training.objectives import loss_fn_for
 from mobilebert_jax.training.state import create_train_state, model_init_fn
@@ -512,6 +512,8 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
         f"{sum(x.size for x in jax.tree.leaves(sharded.state.params)):,} params; mesh {dict(mesh.shape)}; "
         f"{num_steps} steps of {batch} examples ({num_steps / steps_per_epoch:.2f} epochs)"
     )
+    if host_allocator.status() is not None:
+        _say(f"host allocator: {host_allocator.status()}")
     eval_bs = job.per_device_eval_batch_size * n_dev
     kw = dict(mesh=mesh, rules=rules, param_shardings=sharded.shardings.params)
     export_config = config.replace(
