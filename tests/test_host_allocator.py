@@ -2,7 +2,9 @@
 must come before JAX starts its threads, and it lasts for the process.
 
 The effect is measured, not assumed: a jitted step with a 64 MB temporary, run again and again, page-
-faults that memory on every call under the system's malloc and not at all once tuned.
+faults that memory on every call under the system's malloc, and once tuned, in the typical call not at
+all. (Tuned, a call now and then still grows the heap by the temporary's size and faults it, when a
+small allocation took a piece of the freed block: hence the median over 15 calls, not the mean.)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _PROBE = r"""
-import json, resource, sys
+import json, resource, statistics, sys
 mode = sys.argv[1]
 from mobilebert_jax import tune_host_allocator
 status = tune_host_allocator(None if mode == "env" else mode)
@@ -27,11 +29,12 @@ w = jnp.ones((4096, 8), jnp.float32)
 f = jax.jit(lambda x, w: jax.lax.optimization_barrier(x * 2.0 + 1.0) @ w)  # a 64 MB temporary
 for _ in range(3):
     f(x, w).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+per_call = []
+for _ in range(15):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, w).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-print(json.dumps({"status": status, "faults_per_call": faults}))
+    per_call.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"status": status, "faults_per_call": statistics.median(per_call), "all": per_call}))
 """
 
 
@@ -57,7 +60,7 @@ def test_tuned_malloc_reuses_xla_buffers_instead_of_faulting_them_again():
     assert system["status"] == "system malloc (as asked)"
     assert tuned["status"].startswith("glibc ") and "tuned" in tuned["status"]
     # 64 MB in 4 KB pages is 16,384 faults: the system's malloc maps the temporary anew every call
-    assert system["faults_per_call"] > 8000, system
+    assert system["faults_per_call"] > 8000, system  # (medians over 15 calls)
     assert tuned["faults_per_call"] < 0.05 * system["faults_per_call"], (tuned, system)
 
 
