@@ -308,6 +308,20 @@ def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | 
     )
 
 
+def parse_cell(text: str, ap) -> tuple[str, int, int]:
+    """ "SequenceClassification:1:128" → ("MobileBertForSequenceClassification", 1, 128)."""
+    from mobilebert_jax import MODEL_CLASSES
+
+    parts = text.split(":")
+    head = "MobileBert" + parts[0] if not parts[0].startswith("MobileBert") else parts[0]
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit() or int(parts[1]) < 1:
+        ap.error(f"--cell {text!r}: expected HEAD:B:L, e.g. SequenceClassification:1:128")
+    if head not in MODEL_CLASSES:
+        names = sorted(n.replace("MobileBertFor", "") for n in MODEL_CLASSES if n.startswith("MobileBertFor"))
+        ap.error(f"--cell {text!r}: no head {parts[0]!r} (one of {', '.join(names)})")
+    return head, int(parts[1]), int(parts[2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", action="store_true", help="the full inference grid (slow on CPU)")
@@ -333,6 +347,13 @@ def main() -> None:
         default="system",
         help="the HF worker's malloc: the system's (HF as users run it) or the same tuning as ours",
     )
+    ap.add_argument(
+        "--cell",
+        action="append",
+        metavar="HEAD:B:L",
+        help="time only this inference cell, e.g. SequenceClassification:1:128 or PreTraining:8:512 "
+        "(repeatable; instead of --grid's or the default cell)",
+    )
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--json", help="write all rows here")
@@ -345,16 +366,17 @@ def main() -> None:
         f"machine: {os.cpu_count()} cpus, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"jax {jax.__version__} on {jax.devices()[0].platform}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
     )
-    cells = (
-        [
+    if args.cell:
+        cells = [parse_cell(c, ap) for c in args.cell]
+    elif args.grid:
+        cells = [
             (m, b, t)
             for m in ("MobileBertForSequenceClassification", "MobileBertForPreTraining")
             for b in (1, 8, 32)
             for t in (128, 512)
         ]
-        if args.grid
-        else [("MobileBertForSequenceClassification", 8, 128)]
-    )
+    else:
+        cells = [("MobileBertForSequenceClassification", 8, 128)]
     rows = []
     jobs = [("inference", m, b, t) for m, b, t in cells]
     if not args.no_train:
