@@ -313,11 +313,18 @@ def parse_cell(text: str, ap) -> tuple[str, int, int]:
     from mobilebert_jax import MODEL_CLASSES
 
     parts = text.split(":")
-    head = "MobileBert" + parts[0] if not parts[0].startswith("MobileBert") else parts[0]
+    name = parts[0]
+    head = (
+        name
+        if name.startswith("MobileBert")
+        else "MobileBertModel"
+        if name == "Model"
+        else f"MobileBertFor{name}"
+    )
     if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit() or int(parts[1]) < 1:
         ap.error(f"--cell {text!r}: expected HEAD:B:L, e.g. SequenceClassification:1:128")
     if head not in MODEL_CLASSES:
-        names = sorted(n.replace("MobileBertFor", "") for n in MODEL_CLASSES if n.startswith("MobileBertFor"))
+        names = sorted(n.replace("MobileBertFor", "").replace("MobileBert", "") for n in MODEL_CLASSES)
         ap.error(f"--cell {text!r}: no head {parts[0]!r} (one of {', '.join(names)})")
     return head, int(parts[1]), int(parts[2])
 
@@ -358,6 +365,7 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--json", help="write all rows here")
     args = ap.parse_args()
+    cells_asked = [parse_cell(c, ap) for c in args.cell or ()]  # bad --cell: an error before any work
 
     import torch
 
@@ -367,7 +375,7 @@ def main() -> None:
         f"jax {jax.__version__} on {jax.devices()[0].platform}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
     )
     if args.cell:
-        cells = [parse_cell(c, ap) for c in args.cell]
+        cells = cells_asked
     elif args.grid:
         cells = [
             (m, b, t)
