@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py                          # the goal cells: SeqCls B=8 L=128, infer + train
     python benchmarks/bench.py --grid                   # SeqCls and PreTraining, B in {1,8,32}, L in {128,512}
-    python benchmarks/bench.py --layers unroll          # our layers unrolled (or scan_layers: stacked params)
+    python benchmarks/bench.py --layers unroll          # our layers unrolled (scan: one scan; scan_layers: stacked)
     python benchmarks/bench.py --torch-compile --json results.json
 
 Ours and the reference run in two separate worker processes (in one process, XLA's and torch's
@@ -93,11 +93,15 @@ def _worker(
         conn.send(_timeit(fn))
 
 
+_UNROLL = {"default": None, "unroll": True, "scan": False, "scan_layers": None}
+
+
 def build(model_name: str, scan: str, dtype, flax: bool = True):
     """The mobilebert-uncased config; HF PyTorch weights (seed 0) and (with `flax`) the same in Flax.
 
-    `scan`: "default" (HF's layer/{i} params, run as one scan), "unroll" (the same params, unrolled
-    layers) or "scan_layers" (stacked [L, ...] params).
+    `scan`: "default" (HF's layer/{i} params, the loop `from_pretrained` picks by input size), "unroll"
+    (the same params, unrolled layers), "scan" (the same params, one scan over them) or "scan_layers"
+    (stacked [L, ...] params).
     """
     import torch
     import transformers
@@ -112,7 +116,7 @@ def build(model_name: str, scan: str, dtype, flax: bool = True):
         return cfg, pt, None, None
     stacked = scan == "scan_layers"
     params = from_pytorch(pt.state_dict(), cfg, model_name, scan_layers=stacked)
-    model = MODEL_CLASSES[model_name](cfg, scan_layers=stacked, unroll_layers=scan == "unroll", dtype=dtype)
+    model = MODEL_CLASSES[model_name](cfg, scan_layers=stacked, unroll_layers=_UNROLL[scan], dtype=dtype)
     return cfg, pt, model, params
 
 
@@ -221,12 +225,12 @@ def _setup_ref(kind, model_name, b, t, _scan, torch_compile):
 
 
 def layers_for(kind: str, layers: str) -> str:
-    """`--layers default` is each path's default: `from_pretrained`'s for inference (one scan over the
-    layer/{i} params), the fine-tuning job's (`JobConfig.unroll_layers`) for the training step."""
+    """`--layers default` is each path's default: `from_pretrained`'s for inference (unrolled layers up
+    to AUTO_UNROLL_MAX_TOKENS tokens, else one scan over the layer/{i} params), the fine-tuning job's (`JobConfig.unroll_layers`) for the training step."""
     if kind == "train_step" and layers == "default":
         from mobilebert_jax.tasks.job_config import JobConfig
 
-        return "unroll" if JobConfig().unroll_layers else "default"
+        return "unroll" if JobConfig().unroll_layers else "scan"
     return layers
 
 
@@ -335,11 +339,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument(
         "--layers",
-        choices=("default", "unroll", "scan_layers"),
+        choices=("default", "unroll", "scan", "scan_layers"),
         default="default",
-        help="how our layers run: the default (inference: from_pretrained's, one scan over HF's layer/{i} "
-        "params; training step: the fine-tuning job's, JobConfig.unroll_layers), unrolled layers (unroll_layers=True), or "
-        "stacked params (scan_layers=True); same math",
+        help="how our layers run: the default (inference: from_pretrained's, unrolled up to "
+        "AUTO_UNROLL_MAX_TOKENS tokens per call, else one scan over HF's layer/{i} params; training step: the "
+        "fine-tuning job's, JobConfig.unroll_layers), unrolled layers (unroll_layers=True), one scan "
+        "(unroll_layers=False), or stacked params (scan_layers=True); same math",
     )
     ap.add_argument(
         "--host-allocator",

@@ -1,8 +1,10 @@
-"""The default layer loop (HF's `layer/{i}` params, run as one scan over them stacked inside `apply`)
-against the unrolled layers (`unroll_layers=True`) and the stacked layout (`scan_layers=True`).
+"""The layer loops over HF's `layer/{i}` params: one scan over them stacked inside `apply`
+(`unroll_layers=False`), unrolled (`unroll_layers=True`), the default's choice by input size
+(`unroll_layers=None`), and the stacked layout (`scan_layers=True`).
 
 The HF parity of the default path is tests/test_parity.py's (all of it runs the default); here: the
-three ways give the same numbers, the same param tree, and bad trees fail with a clear message.
+ways give the same numbers, the same param tree, the default picks the loop it documents, and bad trees
+fail with a clear message.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flax.traverse_util import flatten_dict
 
 from mobilebert_jax import MODEL_CLASSES, MobileBertConfig
 from mobilebert_jax.checkpoints.pytorch import loop_to_scan
+from mobilebert_jax.model.encoder import AUTO_UNROLL_MAX_TOKENS
 
 CLS = MODEL_CLASSES["MobileBertForSequenceClassification"]
 CFG = MobileBertConfig(**{**TINY, "num_hidden_layers": 3, "hidden_dropout_prob": 0.1})
@@ -61,7 +64,14 @@ def test_outputs_and_grads_match_unrolled_and_stacked():
         return out, grads
 
     ref, g_ref = jax.jit(lambda q: run(CLS(CFG, unroll_layers=True), q))(p)
-    for model, params in ((CLS(CFG), p), (CLS(CFG, remat=True), p), (CLS(CFG, scan_layers=True), None)):
+    scan = dict(unroll_layers=False)
+    models = (
+        (CLS(CFG), p),
+        (CLS(CFG, **scan), p),
+        (CLS(CFG, remat=True, **scan), p),
+        (CLS(CFG, scan_layers=True), None),
+    )
+    for model, params in models:
         stacked = params is None
         out, g = jax.jit(lambda q, m=model: run(m, q))(loop_to_scan(p) if stacked else params)
         assert rel_err(out.logits, ref.logits) < 1e-5
@@ -79,7 +89,7 @@ def test_outputs_and_grads_match_unrolled_and_stacked():
 def test_dropout_is_per_layer_and_reproducible():
     ids, mask, _ = _batch()
     p = _params()
-    m = CLS(CFG)
+    m = CLS(CFG, unroll_layers=False)
 
     @jax.jit
     def f(rng):
@@ -96,7 +106,30 @@ def test_missing_layer_is_named():
     p = _params()
     del p["mobilebert"]["encoder"]["layer"]["1"]
     with pytest.raises(ValueError, match=r"layer\(s\) \['1'\] of num_hidden_layers=3"):
-        jax.jit(lambda q: CLS(CFG).apply({"params": q}, ids))(p)
+        jax.jit(lambda q: CLS(CFG, unroll_layers=False).apply({"params": q}, ids))(p)
+
+
+def _has_scan(model, p, ids) -> bool:
+    jaxpr = jax.make_jaxpr(lambda q: model.apply({"params": q}, ids).logits)(p)
+    return " scan[" in str(jaxpr)
+
+
+def test_default_unrolls_small_inputs_and_scans_large_ones():
+    p = _params()
+    rs = np.random.RandomState(3)
+    n = AUTO_UNROLL_MAX_TOKENS
+    at, over = (
+        jnp.asarray(rs.randint(1, CFG.vocab_size, (b, 16)), jnp.int32) for b in (n // 16, n // 16 + 1)
+    )
+    assert not _has_scan(CLS(CFG), p, at) and _has_scan(CLS(CFG), p, over)
+    assert _has_scan(CLS(CFG, unroll_layers=False), p, at) and not _has_scan(
+        CLS(CFG, unroll_layers=True), p, over
+    )
+    for ids in (at, over):
+        auto = jax.jit(lambda q, x: CLS(CFG).apply({"params": q}, x).logits)(p, ids)
+        unrolled = jax.jit(lambda q, x: CLS(CFG, unroll_layers=True).apply({"params": q}, x).logits)(p, ids)
+        scanned = jax.jit(lambda q, x: CLS(CFG, unroll_layers=False).apply({"params": q}, x).logits)(p, ids)
+        assert rel_err(auto, unrolled) < 1e-5 and rel_err(auto, scanned) < 1e-5
 
 
 def test_eager_apply_runs_unrolled_and_matches():

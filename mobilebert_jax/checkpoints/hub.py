@@ -109,7 +109,7 @@ def from_pretrained(
     param_dtype: Any = None,
     scan_layers: bool = False,
     remat: bool = False,
-    unroll_layers: bool = False,
+    unroll_layers: bool | None = None,
     strict: bool = False,
     rng: Any = 0,
     return_report: bool = False,
@@ -131,8 +131,9 @@ def from_pretrained(
             whatever the file holds (an fp16/bf16 checkpoint is cast up exactly, as training needs).
             "checkpoint": keep the file's precision (its dominant float dtype). Any dtype: cast to it.
         scan_layers, remat: model options (params are laid out to match).
-        unroll_layers: run HF's `layer/{i}` tree as L separate layers instead of the (faster) default,
-            one scan over the stacked layer params; the params are the same either way.
+        unroll_layers: how HF's `layer/{i}` tree runs: None (default) by input size (unrolled up to
+            `AUTO_UNROLL_MAX_TOKENS` = 1024 tokens per call, one scan over the stacked layer params
+            above), True always unrolled, False always the scan; the params are the same either way.
         strict: fail instead of initialising or dropping head params.
         rng: seeds head params the checkpoint lacks (and all params of a preset).
         return_report: also return a `LoadReport` (for a preset: every param initialised).

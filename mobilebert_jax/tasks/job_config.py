@@ -96,7 +96,7 @@ class JobConfig:
                    "--quantize int8`) in the training forward; hf_model/ gets float params plus the int8 "
                    "ranges (quant_stats.msgpack) that export then uses", ("finetune",))  # fmt: skip
     # Unrolled layers trained faster per step on CPU than a scan over them (README); inference outside a
-    # job (`from_pretrained` + `jit(apply)`) scans by default. Same params and numbers either way.
+    # job (`from_pretrained` + `jit(apply)`) picks by input size (AUTO_UNROLL_MAX_TOKENS). Same params and numbers either way.
     unroll_layers: bool = _f(True, "run the layers unrolled (--no-unroll-layers: one lax.scan over them)")
     attention_implementation: str = _f("auto", "attention kernel: auto (cuDNN flash attention on GPU in bf16 "
                                        "when attention dropout is off), default, cudnn or xla", metavar="NAME")  # fmt: skip
