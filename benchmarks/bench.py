@@ -9,7 +9,9 @@ Ours and the reference run in two separate worker processes (in one process, XLA
 thread pools spin against each other and slow both, by up to 10x on 2 cores). The coordinator
 alternates them, one call at a time, for `--repeats` rounds (machine noise hits both), and reports medians: ms per call, ratio (reference / ours; > 1 means we are faster), compile seconds,
 tokens/s, peak RSS growth, and the fraction of this machine's fp32 matmul peak (measured here by a
-large jnp matmul) that our model FLOPs (from XLA's cost analysis) reach.
+large jnp matmul) that our model FLOPs (from XLA's cost analysis) reach, and page faults per call
+(ours/ref; fresh buffers being touched, see mobilebert_jax/training/host_allocator.py). `--json` also
+keeps every call's time and faults.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import threading
 import time
@@ -90,7 +93,9 @@ def _worker(
         return
     conn.send(info)
     while conn.recv() == "run":
-        conn.send(_timeit(fn))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        seconds = _timeit(fn)
+        conn.send((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
 
 
 _UNROLL = {"default": None, "unroll": True, "scan": False, "scan_layers": None}
@@ -278,11 +283,14 @@ def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | 
             return None
         sides[side] = (parent, proc, info)
     times = {"ours": [], "ref": []}
+    faults = {"ours": [], "ref": []}  # page faults (minor) per call: fresh buffers being touched
     for _ in range(args.repeats):  # one call each in turn; the idle side sleeps on its pipe
         for side, (conn, _, _) in sides.items():
             time.sleep(0.2)  # let the other side's thread pool go idle
             conn.send("run")
-            times[side].append(conn.recv())
+            seconds, n = conn.recv()
+            times[side].append(seconds)
+            faults[side].append(n)
     for conn, proc, _ in sides.values():
         conn.send("stop")
         proc.join()
@@ -302,6 +310,10 @@ def run_cell(kind, model_name, b, t, args, peak, torch_compile=False) -> dict | 
         reference=ref_name,
         ours_ms=ours_s * 1e3,
         ref_ms=ref_s * 1e3,
+        ours_calls_ms=[round(x * 1e3, 1) for x in times["ours"]],  # every timed call, in order
+        ref_calls_ms=[round(x * 1e3, 1) for x in times["ref"]],
+        ours_faults_per_call=faults["ours"],
+        ref_faults_per_call=faults["ref"],
         ratio=ref_s / ours_s,
         compile_s=o["compile_s"],
         ref_compile_s=r["compile_s"],
@@ -414,7 +426,9 @@ def _print(rows) -> None:
             f"ours {r['ours_ms']:9.1f} ms  ref {r['ref_ms']:9.1f} ms  ratio {r['ratio']:5.2f}x  "
             f"compile {r['compile_s']:5.1f} s  {r['tokens_per_s']:8.0f} tok/s  "
             f"mem +{r['peak_rss_mb_ours']:.0f}/+{r['peak_rss_mb_ref']:.0f} MB  "
-            f"{100 * r['fraction_of_matmul_peak']:.1f}% of matmul peak",
+            f"{100 * r['fraction_of_matmul_peak']:.1f}% of matmul peak  "
+            f"faults/call {statistics.median(r['ours_faults_per_call']):.0f}"
+            f"/{statistics.median(r['ref_faults_per_call']):.0f}",
             flush=True,
         )
 
