@@ -62,6 +62,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config json when none sits next to MODEL")
     parser.add_argument("--num-threads", type=int, default=None, help="runtime threads for the check")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
+    parser.add_argument(
+        "--keep-tensor-names",
+        action="store_true",
+        help="LiteRT: keep every tensor's name (debug information; by default only the signatures' "
+        "inputs and outputs keep theirs)",
+    )
 
 
 def model_path(path: str) -> str:
@@ -139,6 +145,7 @@ def run_export(args: argparse.Namespace) -> int:
             quant_stats=stats,
             num_threads=args.num_threads,
             overwrite=args.overwrite,
+            keep_tensor_names=args.keep_tensor_names,
         )
     except ex.ExportError as e:
         print(f"export failed: {e}", file=sys.stderr)
@@ -149,8 +156,10 @@ def run_export(args: argparse.Namespace) -> int:
     on_text = (
         f", {text[0]['max_rel_error']:.2e} on {text[0]['rows']} rows of the calibration text" if text else ""
     )
+    extra = [f for f in m.get("files", []) if f != m["file"]]  # ONNX's external data (model.onnx.data)
     print(
-        f"wrote {os.path.join(args.out_dir, m['file'])} ({m['size_bytes'] / 1e6:.1f} MB), signatures "
+        f"wrote {os.path.join(args.out_dir, m['file'])}{' + ' + ', '.join(extra) if extra else ''} "
+        f"({m['size_bytes'] / 1e6:.1f} MB), signatures "
         f"{[s['name'] for s in m['signatures']]}; max relative error vs JAX {v['max_rel_error']:.2e} "
         f"({v['how']}){on_text}; export.json, config.json, tokenizer files"
     )

@@ -9,8 +9,10 @@ hence a fixed batch size and one signature per length. Quantization:
   a `finetune --qat` run), with qwix's ODML route: the dense layers' inputs and weights and the
   attention matmuls' operands are int8; NoNorm, residual adds, softmax and the embedding arithmetic
   stay float (`quantize.RULES` says what and why);
-- both int8 modes store the word-embedding table int8 with per-row scales and gather int8 rows
-  (`quantize.int8_word_embeddings`; the quantizer leaves GATHER tables float, 15.6 MB at full size).
+- both int8 modes store the word- and position-embedding tables int8 with per-row scales and gather
+  int8 rows (`quantize.int8_embeddings`; the quantizer leaves GATHER tables float, 15.6 MB at full size);
+- every file is compacted losslessly (`flatbuffer.compact`: quantization vectors shared, tensor names
+  only on the signatures' inputs and outputs): -1.9 MB on the full-size int8 file.
 """
 
 from __future__ import annotations
@@ -93,10 +95,13 @@ def write_litert(
     calibration: dict[str, np.ndarray] | None = None,
     quant_stats: Any = None,
     num_threads: int | None = None,
+    keep_tensor_names: bool = False,
 ) -> dict[str, Any]:
     """Writes OUT_DIR/model.tflite, runs every signature in LiteRT against the JAX forward; returns the
     manifest entries. `calibration`: int32 inputs `[n, length]` of real text, required for `int8` unless
-    `quant_stats` (the ranges `finetune --qat` saved) are given, which are then used instead."""
+    `quant_stats` (the ranges `finetune --qat` saved) are given, which are then used instead. The file is
+    compacted losslessly (`flatbuffer.compact`: shared quantization vectors, and tensor names only on the
+    signatures' inputs and outputs unless `keep_tensor_names`)."""
     import jax
 
     from mobilebert_jax.export.runtime import LiteRTRuntime
@@ -126,6 +131,10 @@ def write_litert(
     if quantize == "dynamic-int8":
         _dynamic_int8(float_path, path)
         os.remove(float_path)
+    from mobilebert_jax.export.flatbuffer import compact
+
+    compaction = compact(path, keep_names=keep_tensor_names)
+    compaction["tensor_names"] = "all" if keep_tensor_names else "signature inputs and outputs"
     seconds = time.perf_counter() - t0
     signatures = [
         {
@@ -154,6 +163,7 @@ def write_litert(
         "seq_lengths": lengths,
         "export_seconds": round(seconds, 2),
         "kernels": rt.op_summary(),
+        "compaction": compaction,
         "verification": {
             "how": "ai-edge-litert Interpreter, every signature, padded sample batch",
             "tolerance_fp32": common.FP32_TOLERANCE,

@@ -47,6 +47,23 @@ def _convert(forward: Any, length: int, output_names: Sequence[str], path: str) 
     )
 
 
+def external_files(path: str) -> list[str]:
+    """The external-data files (beside `path`) the .onnx at `path` reads its large tensors from: jax2onnx
+    writes tensors above its size threshold (at full size the word and position tables, 16.7 MB) to
+    `model.onnx.data`."""
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    found = {
+        e.value
+        for t in m.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
+    return sorted(found)
+
+
 def _dynamic_int8(src: str, dst: str) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -85,8 +102,12 @@ def write_onnx(
     float_path = path + ".fp32.tmp" if quantize == "dynamic-int8" else path
     _convert(forward, length, names, float_path)
     if quantize == "dynamic-int8":
+        float_data = external_files(float_path)
         _dynamic_int8(float_path, path)
         os.remove(float_path)
+        for name in set(float_data) - set(external_files(path)):
+            os.remove(os.path.join(out_dir, name))
+    files = [MODEL_FILE, *external_files(path)]
     seconds = time.perf_counter() - t0
     rt = OnnxRuntime(path, length, num_threads=num_threads)
     signatures = [{"name": f"seq_{length}", "inputs": rt.inputs, "outputs": rt.outputs}]
@@ -104,6 +125,7 @@ def write_onnx(
         checks.append({"rows": n, "data": "calibration text", **common.compare(rt.run_padded(b), want)})
     return {
         "file": MODEL_FILE,
+        "files": files,
         "signatures": signatures,
         "seq_lengths": [length],
         "export_seconds": round(seconds, 2),

@@ -22,8 +22,8 @@ run of the same recipe: 100%, 6.1e-3), the same size. A
 per-tensor int8 scale on the dense outputs that feed the residual stream costs the accuracy (on the
 tiny test model: 0.035 with these rules, 0.12-0.14 quantizing those outputs, with or without NoNorm).
 
-The word-embedding table, the largest tensor (15.6 of 98 MB at full size), is stored int8 with one
-scale per row and looked up as int8 (`int8_word_embeddings`).
+The word-embedding table, the largest tensor (15.6 of 98 MB at full size), and the position table are
+stored int8 with one scale per row and looked up as int8 (`int8_embeddings`).
 """
 
 from __future__ import annotations
@@ -125,26 +125,37 @@ def int8_rows(table: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(t / scale), -127, 127).astype(np.int8), scale
 
 
-def int8_word_embeddings(params: Any) -> Any:
-    """A flax method interceptor (`with nn.intercept_methods(...)`) under which the word-embedding
-    lookup reads an int8 copy of the table (per-row scales) and dequantizes only the rows it gathers.
-    Traced into an export, the table is an int8 constant and the lookup an int8 GATHER: the file holds
-    3.9 MB instead of 15.6 MB at full size, and the rows differ by at most half a step (|row|max/254)."""
+# The embedding tables both int8 modes store int8 with per-row scales (module name under
+# MobileBertEmbeddings: what it holds at full size, float32).
+INT8_TABLES = (
+    "word_embeddings",  # [30522, 128], 15.6 MB: gathered by the input ids
+    "position_embeddings",  # [512, 512], its first L rows folded into each signature: 0.26 MB at L=128
+)
+
+
+def int8_embeddings(params: Any) -> Any:
+    """A flax method interceptor (`with nn.intercept_methods(...)`) under which the word- and position-
+    embedding lookups (`INT8_TABLES`) read int8 copies of the tables (per-row scales) and dequantize only
+    the rows they gather. Traced into an export, the word table is an int8 constant and its lookup an
+    int8 GATHER (3.9 MB instead of 15.6 MB at full size); the position rows, gathered by constant ids,
+    fold into an int8 constant of L rows (65 KB instead of 262 KB at L=128). Every row differs from the
+    float one by at most half a step (|row|max/254)."""
     import flax.linen as nn
     import jax.numpy as jnp
 
     from mobilebert_jax.model.layers import MobileBertEmbeddings
 
-    q, scale = int8_rows(_word_table(params))
+    tables = {name: int8_rows(_embedding_table(params, name)) for name in INT8_TABLES}
 
     def intercept(next_fun, args, kwargs, context):
         m = context.module
         if (
             context.method_name == "__call__"
             and isinstance(m, nn.Embed)
-            and m.name == "word_embeddings"
+            and m.name in tables
             and isinstance(m.parent, MobileBertEmbeddings)
         ):
+            q, scale = tables[m.name]
             ids = args[0] if args else kwargs["inputs"]
             rows = jnp.take(jnp.asarray(q), ids, axis=0).astype(jnp.float32)
             return (rows * jnp.take(jnp.asarray(scale), ids, axis=0)).astype(m.dtype)
@@ -154,10 +165,10 @@ def int8_word_embeddings(params: Any) -> Any:
 
 
 def with_int8_lookup(fn: Callable[..., dict], params: Any) -> Callable[..., dict]:
-    """`fn` (an export forward of the model with `params`) with the int8 word-embedding lookup."""
+    """`fn` (an export forward of the model with `params`) with the int8 embedding lookups."""
     import flax.linen as nn
 
-    lookup = int8_word_embeddings(params)
+    lookup = int8_embeddings(params)
 
     def forward(*args, **kwargs):
         with nn.intercept_methods(lookup):
@@ -166,20 +177,18 @@ def with_int8_lookup(fn: Callable[..., dict], params: Any) -> Callable[..., dict
     return forward
 
 
-def _word_table(params: Any) -> Any:
+def _embedding_table(params: Any, name: str) -> Any:
     import jax
 
     found = [
         leaf
         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-        if [str(getattr(k, "key", k)) for k in path[-3:]] == ["embeddings", "word_embeddings", "embedding"]
+        if [str(getattr(k, "key", k)) for k in path[-3:]] == ["embeddings", name, "embedding"]
     ]
     if len(found) != 1:
         from mobilebert_jax.export.common import ExportError
 
-        raise ExportError(
-            f"expected one embeddings/word_embeddings/embedding in the params, found {len(found)}"
-        )
+        raise ExportError(f"expected one embeddings/{name}/embedding in the params, found {len(found)}")
     return found[0]
 
 
