@@ -9,8 +9,8 @@ What litert-converter and litert-quantizer write carries, besides the weights, p
   referenced from several tables, so every distinct vector is written once and shared.
 
 The weights themselves are copied byte for byte, outside the tables, each 16-byte aligned (the layout
-litert-quantizer writes); the metadata entries stay inline. The model computes exactly what it computed before; `export` verifies the
-compacted file in the runtime like any other.
+litert-quantizer writes); the metadata entries stay inline. The model computes exactly what it
+computed before; `export` verifies the compacted file in the runtime like any other.
 """
 
 from __future__ import annotations
@@ -78,8 +78,7 @@ def compact(path: str, keep_names: bool = False) -> dict[str, int]:
 
     if not keep_names:
         for g, sg in enumerate(model.subgraphs or []):
-            keep = set(np.asarray(sg.inputs if sg.inputs is not None else [], int).tolist())
-            keep |= set(np.asarray(sg.outputs if sg.outputs is not None else [], int).tolist())
+            keep = {int(t) for io in (sg.inputs, sg.outputs) if io is not None for t in io}
             for sig in model.signatureDefs or []:
                 if sig.subgraphIndex == g:
                     keep |= {t.tensorIndex for t in (sig.inputs or []) + (sig.outputs or [])}

@@ -101,13 +101,14 @@ def write_onnx(
     t0 = time.perf_counter()
     float_path = path + ".fp32.tmp" if quantize == "dynamic-int8" else path
     _convert(forward, length, names, float_path)
+    float_data = external_files(float_path)
     if quantize == "dynamic-int8":
-        float_data = external_files(float_path)
         _dynamic_int8(float_path, path)
         os.remove(float_path)
-        for name in set(float_data) - set(external_files(path)):
-            os.remove(os.path.join(out_dir, name))
-    files = [MODEL_FILE, *external_files(path)]
+    data = external_files(path) if quantize == "dynamic-int8" else float_data
+    for name in set(float_data) - set(data):  # the float intermediate's, not read by the int8 model
+        os.remove(os.path.join(out_dir, name))
+    files = [MODEL_FILE, *data]
     seconds = time.perf_counter() - t0
     rt = OnnxRuntime(path, length, num_threads=num_threads)
     signatures = [{"name": f"seq_{length}", "inputs": rt.inputs, "outputs": rt.outputs}]
