@@ -233,7 +233,7 @@ def layers_for(kind: str, layers: str) -> str:
     """`--layers default` is each path's default: `from_pretrained`'s for inference (unrolled layers up
     to AUTO_UNROLL_MAX_TOKENS tokens, else one scan over the layer/{i} params), the fine-tuning job's (`JobConfig.unroll_layers`) for the training step."""
     if kind == "train_step" and layers == "default":
-        from mobilebert_jax.tasks.job_config import JobConfig
+        from mobilebert_jax.jobs.config import JobConfig
 
         return "unroll" if JobConfig().unroll_layers else "scan"
     return layers

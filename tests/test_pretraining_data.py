@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("grain", reason="grain is a dependency (pip install -e .)")
 
-from mobilebert_jax.tasks import finetune  # noqa: E402
+from mobilebert_jax.jobs import finetune  # noqa: E402
 from mobilebert_jax.tasks import pretraining_data as PD  # noqa: E402
 from mobilebert_jax.tasks.pretraining import PretrainingTask, documents_from_lines, read_documents  # noqa: E402
 from mobilebert_jax.training.grain_data import GrainIterator  # noqa: E402

@@ -6,7 +6,7 @@ prepare-pretraining-data.
     mobilebert-jax finetune --config-file job.json --learning-rate 3e-5   # flags override the file
     mobilebert-jax demo                                                  # the README's main job
 
-Job flags are the fields of `mobilebert_jax.tasks.finetune.JobConfig`, spelled with dashes (HF's names).
+Job flags are the fields of `mobilebert_jax.jobs.finetune.JobConfig`, spelled with dashes (HF's names).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _names(name: str, aliases: tuple[str, ...] = ()) -> list[str]:
 
 def _add_job_flags(p: argparse.ArgumentParser, command: str) -> None:
     """The `JobConfig` fields that `command` uses, each under its HF `_` name and the `-` spelling."""
-    from mobilebert_jax.tasks.job_config import TASK_OPTION_FLAGS, JobConfig, field_default
+    from mobilebert_jax.jobs.config import TASK_OPTION_FLAGS, JobConfig, field_default
 
     hints = typing.get_type_hints(JobConfig)
     p.add_argument(
@@ -95,7 +95,7 @@ def _add_job_flags(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def _job_from_args(args: argparse.Namespace, **defaults: Any):
-    from mobilebert_jax.tasks.job_config import TASK_OPTION_FLAGS, JobConfig, read_job_file
+    from mobilebert_jax.jobs.config import TASK_OPTION_FLAGS, JobConfig, read_job_file
 
     given = {
         f.name: getattr(args, f.name)
@@ -118,7 +118,7 @@ def _job_from_args(args: argparse.Namespace, **defaults: Any):
 
 def _demo_job(smoke: bool) -> dict[str, Any]:
     """The main job: QNLI-derived data shipped in the package, a small model from random init."""
-    from mobilebert_jax.tasks.finetune import PACKAGE_DATA
+    from mobilebert_jax.jobs.finetune import PACKAGE_DATA
 
     data = os.path.join(PACKAGE_DATA, "qnli_demo")
     job = dict(
@@ -225,14 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        from mobilebert_jax.tasks.job_config import UsageError
+        from mobilebert_jax.jobs.config import UsageError
 
         sys.stderr.write(f"error: {_one_line(e)} (--debug shows the traceback)\n")
         return 2 if isinstance(e, UsageError) else 1
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mobilebert_jax.tasks.job_config import UsageError
+    from mobilebert_jax.jobs.config import UsageError
     from mobilebert_jax.training.host_allocator import tune_host_allocator
 
     try:  # before JAX starts its CPU threads: see training/host_allocator.py
@@ -241,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if args.command in (*_JOBS, "demo"):
         from mobilebert_jax.cli.distributed import initialize_distributed
-        from mobilebert_jax.tasks import finetune
+        from mobilebert_jax.jobs import finetune
 
         initialize_distributed(args)
         if args.command == "demo":

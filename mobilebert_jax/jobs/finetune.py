@@ -1,7 +1,7 @@
 """Fine-tuning, evaluation and prediction jobs: task data + model + sharded engine, end to end.
 
 The command line (`mobilebert-jax finetune|evaluate|predict|pretrain`) calls `run_finetune`,
-`run_evaluate`, `run_predict` with a `JobConfig` (`job_config.py`); Colab calls them directly.
+`run_evaluate`, `run_predict` with a `JobConfig` (`config.py`); Colab calls them directly.
 The output dir's run identity lives in `run_dir.py`. Sections: task and model · data · evaluation ·
 jobs.
 """
@@ -25,9 +25,10 @@ import optax
 from mobilebert_jax.checkpoints.hub import from_pretrained, resolve_model, save_pretrained
 from mobilebert_jax.model.config import PRESETS, MobileBertConfig
 from mobilebert_jax.model.heads import MODEL_CLASSES, init_params
-from mobilebert_jax.tasks import DataError, Task, get_task, run_dir
+from mobilebert_jax.jobs import run_dir
+from mobilebert_jax.tasks import DataError, Task, get_task
 from mobilebert_jax.tasks import pretraining_data as prepared_data
-from mobilebert_jax.tasks.job_config import JobConfig, UsageError
+from mobilebert_jax.jobs.config import JobConfig, UsageError
 from mobilebert_jax.tasks.metrics import check_finite
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 from mobilebert_jax.training import host_allocator, optim

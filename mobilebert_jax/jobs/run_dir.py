@@ -15,7 +15,7 @@ import os
 import shutil
 from typing import Any
 
-from mobilebert_jax.tasks.job_config import UsageError
+from mobilebert_jax.jobs.config import UsageError
 
 RUN_FILE = "run.json"
 # What a fine-tune writes into its output dir (removed by --overwrite_output_dir).
