@@ -1,13 +1,68 @@
-"""Shared test helpers: HF reference models with perturbed weights, relative error, opt-in slow tests."""
+"""Shared test helpers: real data (committed fixtures, the shared data folder), HF reference models with
+perturbed weights, relative error, opt-in slow tests."""
 
 from __future__ import annotations
 
+import atexit
+import functools
+import hashlib
+import lzma
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Real data whose license keeps it out of the project (GLUE SST-2, CoLA, MRPC; CoNLL-2003): CI has it at
+# ../shared/data; MOBILEBERT_SHARED_DATA points elsewhere (an empty folder shows what a fresh clone runs).
+SHARED_DATA = os.path.abspath(
+    os.environ.get("MOBILEBERT_SHARED_DATA") or os.path.join(ROOT, "..", "shared", "data")
+)
+# Every test skipped for a file of SHARED_DATA says this; the end-of-run summary counts them.
+DATA_MISSING = "real data missing"
+# Official files the licenses let us ship (tests/fixtures/data/*/ATTRIBUTION.md), xz-compressed; the
+# sha256 is that of the official file, so a fixture is byte for byte the file of ../shared/data.
+FIXTURE_DATA = os.path.join(ROOT, "tests", "fixtures", "data")
+FIXTURE_SHA256 = {
+    "squad/dev-v1.1.json": "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
+    "glue/QNLI/dev.tsv": "763e95932dd3578251de71582e06829015f9c3815a518c751dc537219b159de4",
+}
+
+
+def require_shared_data(relpath: str) -> str:
+    """The path of `relpath` (e.g. "conll2003/dev.txt") in the shared data folder; skips the test, with
+    the reason the summary counts, where the file is missing."""
+    path = os.path.join(SHARED_DATA, relpath)
+    if not os.path.exists(path):
+        pytest.skip(f"{DATA_MISSING}: {relpath} not found in {SHARED_DATA}")
+    return path
+
+
+@functools.cache
+def _unpacked_dir() -> str:
+    path = tempfile.mkdtemp(prefix="mobilebert-jax-fixtures-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+@functools.cache
+def fixture_data(relpath: str) -> str:
+    """The path of a committed real data file (e.g. "squad/dev-v1.1.json"), unpacked once per process
+    from tests/fixtures/data/<relpath>.xz and checked against the official file's sha256."""
+    with open(os.path.join(FIXTURE_DATA, relpath + ".xz"), "rb") as f:
+        data = lzma.decompress(f.read())
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != FIXTURE_SHA256[relpath]:
+        raise RuntimeError(
+            f"tests/fixtures/data/{relpath}.xz unpacks to sha256 {digest}, not the official file"
+        )
+    path = os.path.join(_unpacked_dir(), relpath)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
 
 
 def pytest_addoption(parser):
@@ -42,6 +97,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _is_data_skip(report) -> bool:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    # Files not yet on require_shared_data name the folder in their reasons.
+    return DATA_MISSING in reason or SHARED_DATA in reason
+
+
+def pytest_terminal_summary(terminalreporter):
+    n = sum(map(_is_data_skip, terminalreporter.stats.get("skipped", [])))
+    if n:
+        terminalreporter.write_line(
+            f"{n} tests skipped: {DATA_MISSING}; put the shared data at {SHARED_DATA} "
+            "or point MOBILEBERT_SHARED_DATA at it (see tests/README.md)",
+            yellow=True,
+            bold=True,
+        )
 
 
 def rel_err(ours, ref) -> float:

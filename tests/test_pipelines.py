@@ -9,12 +9,12 @@ pad, HF's run one unpadded input at a time).
 
 from __future__ import annotations
 
-import os
+import unicodedata
 import warnings
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, TINY, perturbed_hf_model, rel_err
+from conftest import TINY, fixture_data, perturbed_hf_model, rel_err, require_shared_data
 
 import mobilebert_jax as mbj
 from mobilebert_jax.checkpoints.pytorch import from_pytorch
@@ -26,10 +26,6 @@ from mobilebert_jax.tasks.ner import CONLL2003_TYPES, bio2_labels, read_conll
 torch = pytest.importorskip("torch", reason="torch is the test reference")
 transformers = pytest.importorskip("transformers", reason="transformers (5.x) is the test reference")
 
-SST2 = os.path.join(SHARED_DATA, "glue", "SST-2", "dev.tsv")
-QNLI = os.path.join(SHARED_DATA, "glue", "QNLI", "dev.tsv")
-CONLL = os.path.join(SHARED_DATA, "conll2003", "dev.txt")
-SQUAD = os.path.join(SHARED_DATA, "squad", "dev-v1.1.json")
 CFG = mbj.MobileBertConfig(**{**TINY, "vocab_size": 30522, "max_position_embeddings": 512})
 TOK = mbj.MobileBertTokenizer.default()
 
@@ -44,16 +40,19 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def _need(path):
-    if not os.path.exists(path):
-        pytest.skip(f"real data not found at {path}")
-
-
 def _tsv_column(path, n, col=0, skip_header=True):
-    _need(path)
     with open(path, encoding="utf-8") as f:
         rows = [line.rstrip("\n").split("\t") for line in f][1 if skip_header else 0 :]
     return [r[col].strip() for r in rows[:n]]
+
+
+def _sentences(n):
+    """Short real sentences (3..60 tokens) that ship with the tests: QNLI dev questions."""
+    return _tsv_column(fixture_data("glue/QNLI/dev.tsv"), n, 1)
+
+
+def _squad_path():
+    return fixture_data("squad/dev-v1.1.json")
 
 
 def _saved(tmp_path_factory, class_name, **cfg):
@@ -106,8 +105,12 @@ def cls_pipes(tmp_path_factory):
     return ours, _hf("text-classification", path), path
 
 
-def test_text_classification_equals_hf_on_sst2_and_qnli_pairs(cls_pipes):
-    sentences = _tsv_column(SST2, 48)
+@pytest.mark.parametrize("source", ["qnli", "sst2"])
+def test_text_classification_equals_hf_on_real_sentences_and_qnli_pairs(cls_pipes, source):
+    if source == "sst2":  # movie reviews: their license keeps them out of the project
+        sentences = _tsv_column(require_shared_data("glue/SST-2/dev.tsv"), 48)
+    else:
+        sentences = _sentences(48)
     ours, hf, _ = cls_pipes
     _same(ours(sentences), hf(sentences))
     _same(ours(sentences[:12], top_k=None), hf(sentences[:12], top_k=None))
@@ -117,13 +120,14 @@ def test_text_classification_equals_hf_on_sst2_and_qnli_pairs(cls_pipes):
     _same(ours(sentences[:6], function_to_apply="none"), hf(sentences[:6], function_to_apply="none"))
     labels = {d["label"] for d in ours(sentences)}
     assert labels <= {"negative", "positive"}
-    pairs = [{"text": q, "text_pair": s} for q, s in zip(_tsv_column(QNLI, 12, 1), _tsv_column(QNLI, 12, 2))]
+    qnli = fixture_data("glue/QNLI/dev.tsv")
+    pairs = [{"text": q, "text_pair": s} for q, s in zip(_tsv_column(qnli, 12, 1), _tsv_column(qnli, 12, 2))]
     _same(ours(pairs), hf(pairs))
     _same(ours(pairs[0]), hf(pairs[0]))
 
 
 def test_text_classification_problem_types(tmp_path_factory):
-    sentences = _tsv_column(SST2, 8)
+    sentences = _sentences(8)
     multi = _saved(
         tmp_path_factory, "MobileBertForSequenceClassification", num_labels=3,
         problem_type="multi_label_classification",
@@ -151,19 +155,29 @@ def ner_pipes(tmp_path_factory):
     )
 
 
+def _uncased(text):
+    """The uncased tokenizer's view of a text span: lower case, accents stripped (NFD), no spaces."""
+    text = unicodedata.normalize("NFD", text.lower())
+    return "".join(c for c in text if not unicodedata.combining(c) and not c.isspace())
+
+
+def _ner_texts(source):
+    if source == "conll":  # news, tokenised; its license keeps it out of the project
+        return [" ".join(e.words) for e in read_conll(require_shared_data("conll2003/dev.txt"))[:40]]
+    return _tsv_column(fixture_data("glue/QNLI/dev.tsv"), 40, 2)  # Wikipedia sentences, untokenised
+
+
+@pytest.mark.parametrize("source", ["qnli", "conll"])
 @pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
-def test_token_classification_equals_hf_every_aggregation(ner_pipes, strategy):
-    _need(CONLL)
-    texts = [" ".join(e.words) for e in read_conll(CONLL)[:40]]
+def test_token_classification_equals_hf_every_aggregation(ner_pipes, strategy, source):
+    texts = _ner_texts(source)
     ours, hf = ner_pipes
     got, ref = ours(texts, aggregation_strategy=strategy), hf(texts, aggregation_strategy=strategy)
     _same(got, ref)
     assert sum(map(len, ref)) > 40  # the model labels many tokens as entities: a real comparison
     for text, ents in zip(texts, got):  # offsets index the input text
         for e in ents:
-            assert text[e["start"] : e["end"]].lower().replace(" ", "") == e["word"].replace(" ", "").replace(
-                "##", ""
-            )
+            assert _uncased(text[e["start"] : e["end"]]) == e["word"].replace(" ", "").replace("##", "")
     kw = dict(aggregation_strategy=strategy, ignore_labels=[])
     _same(ours(texts[0], **kw), hf(texts[0], **kw))
 
@@ -172,8 +186,7 @@ def test_token_classification_equals_hf_every_aggregation(ner_pipes, strategy):
 
 
 def _squad_sentences(n):
-    _need(SQUAD)
-    examples = get_task("squad").read(SQUAD)
+    examples = get_task("squad").read(_squad_path())
     out, seen = [], set()
     for e in examples:
         if e.context not in seen:
@@ -242,8 +255,7 @@ def test_feature_extraction_equals_hf(tmp_path_factory):
 @pytest.fixture(scope="module")
 def squad_subset():
     """40 questions: every 3rd question of the contexts longer than 384 tokens, and 20 ordinary ones."""
-    _need(SQUAD)
-    dev = get_task("squad").read(SQUAD)
+    dev = get_task("squad").read(_squad_path())
     contexts = sorted({e.context for e in dev})
     with warnings.catch_warnings():  # some contexts are longer than 512 tokens: that is the point
         warnings.simplefilter("ignore")
@@ -321,7 +333,7 @@ def test_question_answering_with_gold_logits_returns_the_gold_answers(squad_subs
 
 
 def test_buckets_streaming_and_batch_invariance(cls_pipes):
-    sentences = _tsv_column(SST2, 100)
+    sentences = _sentences(100)
     pipe = cls_pipes[0]
     pipe.progress = True
     streamed = pipe(s for s in sentences)  # a generator gives an iterator back
@@ -368,7 +380,7 @@ def test_cli_pipeline_writes_jsonl(cls_pipes, tmp_path, capsys):
     from mobilebert_jax.cli.main import main
 
     ours, _, path = cls_pipes
-    sentences = _tsv_column(SST2, 6)
+    sentences = _sentences(6)
     src = tmp_path / "in.txt"
     src.write_text("\n".join(sentences[:3]) + "\n\n" + "\n".join(sentences[3:]) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"

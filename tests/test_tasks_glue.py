@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import fixture_data, require_shared_data
 
 from mobilebert_jax.tasks import DataError, get_task, glue
 from mobilebert_jax.tasks import metrics as M
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
-
-GLUE = os.path.join(SHARED_DATA, "glue")
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +79,8 @@ def test_task_metric_names_and_combined_score():
     ],
 )
 def test_real_dev_files(task, rel, n, counts):
-    path = os.path.join(GLUE, rel)
-    if not os.path.exists(path):
-        pytest.skip(f"GLUE file not found at {path}")
+    # QNLI dev ships with the tests; the other files' licenses keep them out of the project.
+    path = fixture_data(f"glue/{rel}") if rel == "QNLI/dev.tsv" else require_shared_data(f"glue/{rel}")
     t = get_task(task)
     ex = t.read(path)
     assert len(ex) == n
@@ -96,9 +92,7 @@ def test_real_dev_files(task, rel, n, counts):
 
 
 def test_real_files_keep_quotes_and_match_raw_text():
-    path = os.path.join(GLUE, "MRPC", "dev.tsv")
-    if not os.path.exists(path):
-        pytest.skip(f"GLUE file not found at {path}")
+    path = require_shared_data("glue/MRPC/dev.tsv")
     ex = get_task("mrpc").read(path)
     # A leading double quote is text, not CSV quoting (csv.reader would swallow the tab after it).
     assert ex[0].text_b == '"The foodservice pie business does not fit our long-term growth strategy.'
@@ -112,9 +106,7 @@ def test_real_files_keep_quotes_and_match_raw_text():
 
 
 def test_featurise_real_qnli(tok):
-    path = os.path.join(GLUE, "QNLI", "dev.tsv")
-    if not os.path.exists(path):
-        pytest.skip(f"GLUE file not found at {path}")
+    path = fixture_data("glue/QNLI/dev.tsv")
     task = get_task("qnli")
     ex = task.read(path)[:64]
     f = task.featurise(ex, tok, 128)

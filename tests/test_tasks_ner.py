@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import require_shared_data
 
 import mobilebert_jax
 from mobilebert_jax.tasks import DataError, get_task, ner
@@ -15,8 +15,6 @@ from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 # The vocab shipped in the package (the same file as ../shared/data/vocab/vocab.txt).
 PACKAGED_VOCAB = os.path.join(os.path.dirname(mobilebert_jax.__file__), "data", "vocab.txt")
-
-CONLL = os.path.join(SHARED_DATA, "conll2003")
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +97,7 @@ def test_iobes_and_random_sequences_equal_seqeval():
 )
 def test_real_conll_files_give_official_counts(split, sentences, tokens, counts):
     """Official CoNLL-2003 English statistics (Tjong Kim Sang & De Meulder 2003, table 1)."""
-    path = os.path.join(CONLL, f"{split}.txt")
-    if not os.path.exists(path):
-        pytest.skip(f"CoNLL-2003 not found at {path}")
+    path = require_shared_data(f"conll2003/{split}.txt")
     raw = ner.read_conll(path)
     assert len(raw) == sentences and sum(len(s.words) for s in raw) == tokens
     ents = ner.get_entities([list(s.tags) for s in raw])
@@ -113,9 +109,7 @@ def test_real_conll_files_give_official_counts(split, sentences, tokens, counts)
 
 
 def test_features_first_subtoken_labels_real_dev(tok):
-    path = os.path.join(CONLL, "dev.txt")
-    if not os.path.exists(path):
-        pytest.skip(f"CoNLL-2003 not found at {path}")
+    path = require_shared_data("conll2003/dev.txt")
     task = get_task("ner")
     ex = task.read(path)
     f = task.featurise(ex, tok, 128)

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import fixture_data
 
 import mobilebert_jax
 from mobilebert_jax.tasks import DataError, get_task
@@ -18,9 +18,6 @@ from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 # The vocab shipped in the package (the same file as ../shared/data/vocab/vocab.txt).
 PACKAGED_VOCAB = os.path.join(os.path.dirname(mobilebert_jax.__file__), "data", "vocab.txt")
 
-DEV = os.path.join(SHARED_DATA, "squad", "dev-v1.1.json")
-needs_dev = pytest.mark.skipif(not os.path.exists(DEV), reason=f"SQuAD v1.1 dev not found at {DEV}")
-
 
 @pytest.fixture(scope="module")
 def tok():
@@ -29,9 +26,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def dev():
-    if not os.path.exists(DEV):
-        pytest.skip(f"SQuAD v1.1 dev not found at {DEV}")
-    return get_task("squad").read(DEV)
+    return get_task("squad").read(fixture_data("squad/dev-v1.1.json"))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,6 @@ def dev_features(dev, tok):
 # --- metric --------------------------------------------------------------------------------------
 
 
-@needs_dev
 def test_dev_counts_and_first_gold_scores_100(dev):
     assert len(dev) == 10570  # README: 48 articles, 2,067 paragraphs, 10,570 questions
     assert len({e.context for e in dev}) == 2067
@@ -126,7 +120,6 @@ def _hf_reference_features(examples, hf_tok, max_len=384, stride=128):
     return enc, np.array(starts), np.array(ends), np.array(offsets)
 
 
-@needs_dev
 def test_features_equal_hf_run_qa(dev, dev_features):
     transformers = pytest.importorskip("transformers", reason="transformers is the test reference")
     from mobilebert_jax.text.vocab import load_vocab
@@ -145,7 +138,6 @@ def test_features_equal_hf_run_qa(dev, dev_features):
     assert np.array_equal(dev_features["end_positions"][:n], ends)
 
 
-@needs_dev
 def test_fake_logits_at_gold_span_recover_the_answers(dev, dev_features):
     """Full loop on the real dev set: features -> logits peaked at the gold span -> decoding -> EM/F1.
 
