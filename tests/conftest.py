@@ -109,7 +109,7 @@ def pytest_terminal_summary(terminalreporter):
     n = sum(map(_is_data_skip, terminalreporter.stats.get("skipped", [])))
     if n:
         terminalreporter.write_line(
-            f"{n} tests skipped: {DATA_MISSING}; put the shared data at {SHARED_DATA} "
+            f"{n} test{'s' if n > 1 else ''} skipped: {DATA_MISSING}; put the shared data at {SHARED_DATA} "
             "or point MOBILEBERT_SHARED_DATA at it (see tests/README.md)",
             yellow=True,
             bold=True,
