@@ -187,8 +187,8 @@ def _dummy_inputs(model: nn.Module, seq_len: int = 8):
 def abstract_params(model: nn.Module) -> dict:
     """Shapes/dtypes of `model`'s params (no FLOPs), plain (unboxed) nested dict.
 
-    Traces the scanned variant (one layer instead of L: ~10x faster for 24 layers) and splits the
-    layer axis back out when `model` is unrolled.
+    Traces the scanned variant (one layer instead of L, so the cost does not grow with depth) and
+    splits the layer axis back out when `model` is unrolled.
     """
     unrolled = hasattr(model, "scan_layers") and not model.scan_layers
     traced = model.clone(scan_layers=True) if unrolled else model
@@ -229,43 +229,12 @@ def _resolve_model(config: MobileBertConfig, model_class: Any, **model_kwargs) -
 
 
 # ---------------------------------------------------------------------------------------- PT → Flax
-def from_pytorch(
-    state_dict: Mapping[str, Any],
-    config: MobileBertConfig,
-    model_class: Any = MobileBertForPreTraining,
-    *,
-    scan_layers: bool = False,
-    rng: jax.Array | int = 0,
-    strict: bool = False,
-    return_report: bool = False,
-    dtype: Any = None,
-):
-    """HF PyTorch state dict → Flax params for `model_class(config)`.
-
-    Args:
-        state_dict: PT key → tensor/array (torch tensors are read without importing torch).
-        config: the architecture; must match the checkpoint's shapes.
-        model_class: one of the eight classes (or its name, or a module instance).
-        scan_layers: return the stacked (scanned) layer layout.
-        rng: seeds head params the checkpoint lacks (e.g. a classifier on a pretrained base).
-        strict: raise instead of initialising missing head params or dropping unknown heads.
-        return_report: also return a `LoadReport`.
-        dtype: cast every param to this dtype (default: keep the checkpoint's).
-
-    Raises:
-        ConversionError: naming every missing/unexpected key or wrong shape; nothing is returned.
-    """
-    model = _resolve_model(config, model_class)
-    if getattr(model, "scan_layers", False):
-        model = model.clone(scan_layers=False)
+def _normalised_source(
+    state_dict: Mapping[str, Any], config: MobileBertConfig, model: Any, report: LoadReport
+) -> dict[str, Any]:
+    """The state dict without buffers, tied aliases, dead and unused pooler keys, and with the base
+    prefix the target expects; each key left out is recorded in `report.dropped`."""
     is_base = isinstance(model, MobileBertModel)
-    expected = flax.traverse_util.flatten_dict(abstract_params(model))
-    pt_to_flax = {}
-    for path, leaf in expected.items():
-        key, transpose = flax_to_pt_name(path)
-        pt_to_flax[key] = (path, transpose, leaf.shape)
-
-    report = LoadReport()
     src = {k: v for k, v in state_dict.items()}
     for k in list(src):
         if _BUFFERS.search(k):
@@ -302,7 +271,18 @@ def from_pytorch(
         for k in [k for k in src if k.startswith(f"{prefix}pooler.")]:
             del src[k]  # HF builds MaskedLM/TokenCls/QA without a pooler and ignores these too
             report.dropped[k] = f"pooler not used by {type(model).__name__}"
+    return src
 
+
+def _matched_params(
+    src: dict[str, Any], pt_to_flax: dict, model: Any, strict: bool, report: LoadReport
+) -> tuple[dict[tuple[str, ...], Any], list[str], list[str]]:
+    """Flat Flax params from the source keys that map, and the head keys missing / not in the model.
+
+    Raises `ConversionError` listing every missing or unexpected base key, wrong shape and (strict)
+    head key; nothing is returned then.
+    """
+    is_base = isinstance(model, MobileBertModel)
     errors: list[str] = []
     flat: dict[tuple[str, ...], Any] = {}
     missing = [k for k in pt_to_flax if k not in src]
@@ -338,6 +318,47 @@ def from_pytorch(
             f"checkpoint does not fit {type(model).__name__} with this config; nothing was loaded:\n- "
             + "\n- ".join(errors)
         )
+    return flat, head_missing, head_unexpected
+
+
+def from_pytorch(
+    state_dict: Mapping[str, Any],
+    config: MobileBertConfig,
+    model_class: Any = MobileBertForPreTraining,
+    *,
+    scan_layers: bool = False,
+    rng: jax.Array | int = 0,
+    strict: bool = False,
+    return_report: bool = False,
+    dtype: Any = None,
+):
+    """HF PyTorch state dict → Flax params for `model_class(config)`.
+
+    Args:
+        state_dict: PT key → tensor/array (torch tensors are read without importing torch).
+        config: the architecture; must match the checkpoint's shapes.
+        model_class: one of the eight classes (or its name, or a module instance).
+        scan_layers: return the stacked (scanned) layer layout.
+        rng: seeds head params the checkpoint lacks (e.g. a classifier on a pretrained base).
+        strict: raise instead of initialising missing head params or dropping unknown heads.
+        return_report: also return a `LoadReport`.
+        dtype: cast every param to this dtype (default: keep the checkpoint's).
+
+    Raises:
+        ConversionError: naming every missing/unexpected key or wrong shape; nothing is returned.
+    """
+    model = _resolve_model(config, model_class)
+    if getattr(model, "scan_layers", False):
+        model = model.clone(scan_layers=False)
+    expected = flax.traverse_util.flatten_dict(abstract_params(model))
+    pt_to_flax = {}
+    for path, leaf in expected.items():
+        key, transpose = flax_to_pt_name(path)
+        pt_to_flax[key] = (path, transpose, leaf.shape)
+
+    report = LoadReport()
+    src = _normalised_source(state_dict, config, model, report)
+    flat, head_missing, head_unexpected = _matched_params(src, pt_to_flax, model, strict, report)
     for k in head_unexpected:
         report.dropped[k] = f"head not in {type(model).__name__}"
     if head_missing:

@@ -226,6 +226,64 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _start_output(output_dir: str, manifest: dict) -> str:
+    """Checks that `output_dir` holds nothing prepared with other inputs or options, removes the temp
+    files of a killed run and writes the manifest marked incomplete; returns the manifest's path."""
+    mpath = os.path.join(output_dir, MANIFEST)
+    if os.path.exists(mpath):
+        with open(mpath, encoding="utf-8") as f:
+            old = json.load(f)
+        diff = _differences({k: v for k, v in old.items() if k in manifest}, manifest)
+        if diff:
+            raise ValueError(
+                f"{output_dir} holds data prepared with other inputs or options (differ: {', '.join(diff)}); "
+                "use another --output-dir or delete it"
+            )
+    for name in os.listdir(output_dir):
+        if ".arrayrecord.tmp-" in name:  # left by a killed run
+            os.remove(os.path.join(output_dir, name))
+    with open(mpath, "w", encoding="utf-8") as f:
+        json.dump({**manifest, "complete": False}, f, indent=1)
+    return mpath
+
+
+def _build_shards(
+    jobs: list[dict], n: int, tok: Any, tokenizer: str | None, num_workers: int | None, progress: bool
+) -> tuple[int, float]:
+    """Builds the shards of `jobs` (in worker processes unless `num_workers` is 0) with a progress bar
+    over all `n` shards; returns (instances written, the `time.perf_counter()` the build started)."""
+    if num_workers is None:
+        num_workers = min(os.cpu_count() or 1, len(jobs))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, initial=n - len(jobs), unit="shard", desc="prepare", dynamic_ncols=True)
+    t0, made = time.perf_counter(), 0
+
+    def done(count: int) -> None:
+        nonlocal made
+        made += count
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(instances=made, per_s=f"{made / max(time.perf_counter() - t0, 1e-9):.0f}")
+
+    try:
+        if num_workers <= 0 or not jobs:
+            for job in jobs:
+                done(build_shard(job, tok)[1])
+        else:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(num_workers, _init_worker, (tokenizer,)) as pool:
+                for _, count in pool.imap_unordered(build_shard, jobs):
+                    done(count)
+    finally:
+        if bar is not None:
+            bar.close()
+    return made, t0
+
+
 def prepare_pretraining_data(
     inputs: Sequence[str],
     output_dir: str,
@@ -272,56 +330,22 @@ def prepare_pretraining_data(
         "shards": [{"file": shard_name(k, n), "ranges": [list(r) for r in rs]} for k, rs in enumerate(plan)],
     }
     os.makedirs(output_dir, exist_ok=True)
-    mpath = os.path.join(output_dir, MANIFEST)
-    if os.path.exists(mpath):
-        with open(mpath, encoding="utf-8") as f:
-            old = json.load(f)
-        diff = _differences({k: v for k, v in old.items() if k in manifest}, manifest)
-        if diff:
-            raise ValueError(
-                f"{output_dir} holds data prepared with other inputs or options (differ: {', '.join(diff)}); "
-                "use another --output-dir or delete it"
+    mpath = _start_output(output_dir, manifest)
+    jobs = []
+    for k, rs in enumerate(plan):
+        out = os.path.join(output_dir, shard_name(k, n))
+        if not os.path.exists(out):
+            jobs.append(
+                {
+                    "k": k,
+                    "ranges": rs,
+                    "files": files,
+                    "out": out,
+                    "task": manifest["task"],
+                    "max_seq_length": max_seq_length,
+                }
             )
-    for name in os.listdir(output_dir):
-        if ".arrayrecord.tmp-" in name:  # left by a killed run
-            os.remove(os.path.join(output_dir, name))
-    with open(mpath, "w", encoding="utf-8") as f:
-        json.dump({**manifest, "complete": False}, f, indent=1)
-    jobs = [
-        {"k": k, "ranges": rs, "files": files, "out": os.path.join(output_dir, shard_name(k, n)),
-         "task": manifest["task"], "max_seq_length": max_seq_length}
-        for k, rs in enumerate(plan)
-        if not os.path.exists(os.path.join(output_dir, shard_name(k, n)))
-    ]  # fmt: skip
-    if num_workers is None:
-        num_workers = min(os.cpu_count() or 1, len(jobs))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, initial=n - len(jobs), unit="shard", desc="prepare", dynamic_ncols=True)
-    t0, made = time.perf_counter(), 0
-
-    def done(count: int) -> None:
-        nonlocal made
-        made += count
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(instances=made, per_s=f"{made / max(time.perf_counter() - t0, 1e-9):.0f}")
-
-    try:
-        if num_workers <= 0 or not jobs:
-            for job in jobs:
-                done(build_shard(job, tok)[1])
-        else:
-            import multiprocessing as mp
-
-            with mp.get_context("spawn").Pool(num_workers, _init_worker, (tokenizer,)) as pool:
-                for _, count in pool.imap_unordered(build_shard, jobs):
-                    done(count)
-    finally:
-        if bar is not None:
-            bar.close()
+    made, t0 = _build_shards(jobs, n, tok, tokenizer, num_workers, progress)
     counts = [_num_records(os.path.join(output_dir, s["file"])) for s in manifest["shards"]]
     manifest.update(complete=True, shard_instances=counts, num_instances=sum(counts))
     with open(mpath, "w", encoding="utf-8") as f:

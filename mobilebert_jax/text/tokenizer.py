@@ -57,6 +57,29 @@ _TRUNCATION = {False: None, "do_not_truncate": None, True: "longest_first", "lon
 _TRUNCATION.update(only_first="only_first", only_second="only_second")
 
 
+def _batches(text: Any, text_pair: Any, is_split_into_words: bool) -> tuple[bool, list, list | None]:
+    """(batched, texts, pairs or None) of `__call__`'s inputs; TypeError when text and pair differ in form."""
+    batched, texts = as_batch(text, "text", is_split_into_words)
+    pairs = None
+    if text_pair is not None:
+        pair_batched, pairs = as_batch(text_pair, "text_pair", is_split_into_words)
+        if pair_batched != batched or len(pairs) != len(texts):
+            raise TypeError(
+                f"text and text_pair must both be single examples or batches of the same size; got "
+                f"{len(texts) if batched else 'one'} text(s) and {len(pairs) if pair_batched else 'one'} pair(s)"
+            )
+    return batched, texts, pairs
+
+
+def _overflow_rows(encodings: list) -> tuple[list, list[int]]:
+    """Every encoding followed by its overflow windows, and the example index of each row."""
+    rows, sample = [], []
+    for i, enc in enumerate(encodings):
+        rows.extend([enc, *enc.overflowing])
+        sample.extend([i] * (1 + len(enc.overflowing)))
+    return rows, sample
+
+
 class MobileBertTokenizer:
     """MobileBERT's uncased WordPiece tokenizer, equal to HF `BertTokenizerFast` on the same vocab.
 
@@ -386,15 +409,44 @@ class MobileBertTokenizer:
             `overflow_to_sample_mapping` `[rows]`); rows = batch size, or the number of windows with
             `return_overflowing_tokens`. Rows of different lengths give a list of 1-D arrays per key.
         """
-        batched, texts = as_batch(text, "text", is_split_into_words)
-        pairs = None
-        if text_pair is not None:
-            pair_batched, pairs = as_batch(text_pair, "text_pair", is_split_into_words)
-            if pair_batched != batched or len(pairs) != len(texts):
-                raise TypeError(
-                    f"text and text_pair must both be single examples or batches of the same size; got "
-                    f"{len(texts) if batched else 'one'} text(s) and {len(pairs) if pair_batched else 'one'} pair(s)"
-                )
+        batched, texts, pairs = _batches(text, text_pair, is_split_into_words)
+        pad_mode, strategy, max_length, stride, pad_to_multiple_of = self._check_options(
+            return_tensors, padding, truncation, max_length, stride, pad_to_multiple_of
+        )
+        n_special = self._backend.num_special_tokens_to_add(pairs is not None) if add_special_tokens else 0
+        # Without overflow rows the stride changes nothing, so it must not make tokenizers fail.
+        stride = stride if return_overflowing_tokens else 0
+        trunc_args = (strategy, max_length, n_special, stride, is_split_into_words)
+        self._set_truncation(texts, pairs, trunc_args)
+        # encode_batch_fast computes neither offsets nor word ids.
+        full = return_offsets_mapping or return_word_ids
+        encodings = self._encode(texts, pairs, trunc_args, add_special_tokens, full)
+        rows, sample = _overflow_rows(encodings) if return_overflowing_tokens else (encodings, None)
+        wanted = {
+            "token_type_ids": return_token_type_ids,
+            "attention_mask": return_attention_mask,
+            "special_tokens_mask": return_special_tokens_mask,
+            "offset_mapping": return_offsets_mapping,
+            "word_ids": return_word_ids,
+        }
+        out, lengths = self._pack(rows, pad_mode, max_length, pad_to_multiple_of, wanted)
+        if sample is not None:
+            out["overflow_to_sample_mapping"] = np.asarray(sample, np.int32)
+        self._warn_too_long(lengths)
+        if return_tensors is None:
+            out = {k: to_lists(v, unbatch=not batched and sample is None) for k, v in out.items()}
+        return out
+
+    def _check_options(
+        self,
+        return_tensors: str | None,
+        padding: bool | str,
+        truncation: bool | str,
+        max_length: int | None,
+        stride: int,
+        pad_to_multiple_of: int | None,
+    ) -> tuple[str | None, str | None, int, int, int | None]:
+        """Checked `__call__` options: (pad mode, truncation strategy, max_length, stride, multiple)."""
         if return_tensors not in ("np", None):
             raise ValueError(f"return_tensors must be 'np' or None, got {return_tensors!r}")
         if not isinstance(padding, (bool, str)) or padding not in _PADDING:
@@ -411,57 +463,57 @@ class MobileBertTokenizer:
                     f"Truncation and padding are both activated but truncation length ({max_length}) is not a "
                     f"multiple of pad_to_multiple_of ({pad_to_multiple_of})."
                 )
-        n_special = self._backend.num_special_tokens_to_add(pairs is not None) if add_special_tokens else 0
-        # Without overflow rows the stride changes nothing, so it must not make tokenizers fail.
-        stride = stride if return_overflowing_tokens else 0
-        trunc_args = (strategy, max_length, n_special, stride, is_split_into_words)
-        if strategy:
-            kind = "a pair ([CLS] A [SEP] B [SEP])" if pairs is not None else "a single text ([CLS] A [SEP])"
-            if max_length < n_special:  # tokenizers would silently skip truncation (usize underflow)
-                raise ValueError(
-                    f"max_length={max_length} is shorter than the {n_special} special tokens of {kind}"
-                )
-            if strategy == "only_second" and pairs is None:
-                raise ValueError("truncation='only_second' needs text_pair")
-            if pairs is None and stride >= max_length - n_special > 0:
-                raise ValueError(
-                    f"stride={stride} must be smaller than the {max_length - n_special} text tokens of a window "
-                    f"(max_length={max_length} minus the {n_special} special tokens of {kind})"
-                )
-            # tokenizers panics when a window keeps <= stride tokens of a truncated pair: find those first.
-            if pairs is not None and strategy == "longest_first" and stride >= (max_length - n_special) // 2:
-                self._check_truncatable(texts, pairs, *trunc_args)  # (windows keep >= budget // 2 tokens)
-            elif pairs is not None and stride:  # only from the pairs whose kept sequence is long
-                kept = texts if strategy == "only_second" else pairs
-                suspects = np.flatnonzero(
-                    self._lengths(kept, is_split_into_words) >= max_length - n_special - stride
-                )
-                if suspects.size:
-                    picked = [texts[i] for i in suspects], [pairs[i] for i in suspects]
-                    self._check_truncatable(*picked, *trunc_args, suspects)
-            self._backend.enable_truncation(max_length, stride=stride, strategy=strategy)
-        else:
+        return pad_mode, strategy, max_length, stride, pad_to_multiple_of
+
+    def _set_truncation(self, texts: list, pairs: list | None, trunc_args: tuple) -> None:
+        """Sets the backend's truncation, first raising a ValueError for inputs it cannot truncate."""
+        strategy, max_length, n_special, stride, is_split_into_words = trunc_args
+        if not strategy:
             self._backend.no_truncation()
-        inputs = texts if pairs is None else list(zip(texts, pairs))
-        # encode_batch_fast computes neither offsets nor word ids.
-        needs_full = return_offsets_mapping or return_word_ids
-        encode = self._backend.encode_batch if needs_full else self._backend.encode_batch_fast
-        try:
-            encodings = encode(
-                inputs, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens
+            return
+        kind = "a pair ([CLS] A [SEP] B [SEP])" if pairs is not None else "a single text ([CLS] A [SEP])"
+        if max_length < n_special:  # tokenizers would silently skip truncation (usize underflow)
+            raise ValueError(
+                f"max_length={max_length} is shorter than the {n_special} special tokens of {kind}"
             )
+        if strategy == "only_second" and pairs is None:
+            raise ValueError("truncation='only_second' needs text_pair")
+        if pairs is None and stride >= max_length - n_special > 0:
+            raise ValueError(
+                f"stride={stride} must be smaller than the {max_length - n_special} text tokens of a window "
+                f"(max_length={max_length} minus the {n_special} special tokens of {kind})"
+            )
+        # tokenizers panics when a window keeps <= stride tokens of a truncated pair: find those first.
+        if pairs is not None and strategy == "longest_first" and stride >= (max_length - n_special) // 2:
+            self._check_truncatable(texts, pairs, *trunc_args)  # (windows keep >= budget // 2 tokens)
+        elif pairs is not None and stride:  # only from the pairs whose kept sequence is long
+            kept = texts if strategy == "only_second" else pairs
+            suspects = np.flatnonzero(
+                self._lengths(kept, is_split_into_words) >= max_length - n_special - stride
+            )
+            if suspects.size:
+                picked = [texts[i] for i in suspects], [pairs[i] for i in suspects]
+                self._check_truncatable(*picked, *trunc_args, suspects)
+        self._backend.enable_truncation(max_length, stride=stride, strategy=strategy)
+
+    def _encode(
+        self, texts: list, pairs: list | None, trunc_args: tuple, add_special_tokens: bool, full: bool
+    ) -> list:
+        """Backend encodings of the inputs; a truncation panic becomes the ValueError naming the pair."""
+        inputs = texts if pairs is None else list(zip(texts, pairs))
+        encode = self._backend.encode_batch if full else self._backend.encode_batch_fast
+        try:
+            return encode(inputs, is_pretokenized=trunc_args[-1], add_special_tokens=add_special_tokens)
         except BaseException as err:  # a stride panic in tokenizers is a pyo3 PanicException
-            if isinstance(err, (KeyboardInterrupt, SystemExit)) or not strategy or pairs is None:
+            if isinstance(err, (KeyboardInterrupt, SystemExit)) or not trunc_args[0] or pairs is None:
                 raise
             self._check_truncatable(texts, pairs, *trunc_args)
             raise
 
-        rows, sample = encodings, None
-        if return_overflowing_tokens:
-            rows, sample = [], []
-            for i, enc in enumerate(encodings):
-                rows.extend([enc, *enc.overflowing])
-                sample.extend([i] * (1 + len(enc.overflowing)))
+    def _pack(
+        self, rows: list, pad_mode: str | None, max_length: int, multiple: int | None, wanted: dict[str, bool]
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """The padded (or ragged) arrays of `rows` for input_ids and each wanted field, and row lengths."""
         ids = [enc.ids for enc in rows]
         lengths = np.fromiter(map(len, ids), np.int64, len(ids))
         target = 0
@@ -469,33 +521,31 @@ class MobileBertTokenizer:
             target = max_length
         elif pad_mode == "longest" and len(ids):
             target = int(lengths.max())
-        if pad_mode and pad_to_multiple_of:
-            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        if pad_mode and multiple:
+            target = -(-target // multiple) * multiple
         out: dict[str, Any] = {"input_ids": pack(ids, lengths, target, self.pad_token_id)}
         fields = {
-            "token_type_ids": (return_token_type_ids, lambda e: e.type_ids, 0),
-            "attention_mask": (return_attention_mask, lambda e: e.attention_mask, 0),
-            "special_tokens_mask": (return_special_tokens_mask, lambda e: e.special_tokens_mask, 1),
-            "offset_mapping": (return_offsets_mapping, lambda e: e.offsets, 0),
-            "word_ids": (return_word_ids, lambda e: [-1 if w is None else w for w in e.word_ids], -1),
+            "token_type_ids": (lambda e: e.type_ids, 0),
+            "attention_mask": (lambda e: e.attention_mask, 0),
+            "special_tokens_mask": (lambda e: e.special_tokens_mask, 1),
+            "offset_mapping": (lambda e: e.offsets, 0),
+            "word_ids": (lambda e: [-1 if w is None else w for w in e.word_ids], -1),
         }
-        for key, (wanted, get, fill) in fields.items():
-            if wanted:
+        for key, (get, fill) in fields.items():
+            if wanted[key]:
                 tail = (2,) if key == "offset_mapping" else ()
                 out[key] = pack([get(e) for e in rows], lengths, target, fill, tail)
-        if sample is not None:
-            out["overflow_to_sample_mapping"] = np.asarray(sample, np.int32)
+        return out, lengths
+
+    def _warn_too_long(self, lengths: np.ndarray) -> None:
         too_long = lengths > self.model_max_length
         if too_long.any():
             warnings.warn(
                 f"{int(too_long.sum())} sequence(s) are longer than model_max_length={self.model_max_length} "
                 f"(longest: {int(lengths.max())} tokens); MobileBERT has {self.model_max_length} positions and "
                 "will fail on them. Use truncation=True with max_length <= model_max_length.",
-                stacklevel=2,
+                stacklevel=3,  # the caller of __call__
             )
-        if return_tensors is None:
-            out = {k: to_lists(v, unbatch=not batched and sample is None) for k, v in out.items()}
-        return out
 
     def _lengths(self, seqs: list, pretok: bool) -> np.ndarray:
         """Token counts `[n]` of single sequences, without special tokens or truncation."""

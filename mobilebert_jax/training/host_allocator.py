@@ -3,16 +3,15 @@
 XLA on CPU allocates every execution's temporaries and outputs anew (glibc `posix_memalign`) and frees
 them when it ends. glibc serves large requests from worker threads with fresh `mmap`s (each thread has
 its own arena, and an arena's heap cannot hold a block above 64 MB) and returns them on free, so the
-next step touches every page again: a page fault per 4 KB. The fine-tuning step (SeqCls, B=8, L=128)
-has 918 MB of temporaries: 265,000 faults and ~30% of the step on this 2-core CPU (README, Benchmarks).
+next step touches every page again: a page fault per 4 KB of every temporary, in every step, which
+on a small CPU is a large share of a fine-tuning step (the benchmark docs have the figures).
 
 `tune_host_allocator()` sets three glibc options (`mallopt`): one arena (`M_ARENA_MAX=1`), no `mmap`
 for large blocks (`M_MMAP_MAX=0`) and no trimming of the heap top (`M_TRIM_THRESHOLD`), so freed
-buffers stay mapped and the next step reuses them (0 faults in the typical step). The cost: the
-process keeps its peak memory until it exits, all threads share one malloc arena, and now and then a
-step grows the heap once more by a temporary's size, when a small allocation took a piece of the
-freed block (measured: one such step in 150 training steps, +0.9 GB resident, then 0 faults again).
-It changes no number.
+buffers stay mapped and the next step reuses them without faulting. The cost: the process keeps its
+peak memory until it exits, all threads share one malloc arena, and now and then a step grows the
+heap once more by a temporary's size, when a small allocation took a piece of the freed block (rare,
+and later steps reuse the grown heap). It changes no number.
 
 The `mobilebert-jax` commands call it first thing, when JAX computes on the CPU; the environment
 variable `MOBILEBERT_JAX_HOST_ALLOCATOR=system` keeps the system's malloc. In your own program, call

@@ -451,31 +451,11 @@ def _restore_from(path: str, own: Any, state: TrainState) -> tuple[TrainState, d
             mngr.close()
 
 
-def fit(
-    config: FitConfig,
-    state: TrainState,
-    train_step: Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]],
-    data: DataIterator,
-    rng: jax.Array,
-    *,
-    batch_sharding: Any = None,
-    eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None,
-) -> FitResult:
-    """Runs `train_step` up to `config.num_steps`, resuming from the latest checkpoint in the workdir.
+def _resume(config: FitConfig, state: TrainState, data: DataIterator) -> tuple[Any, TrainState, int | None]:
+    """Opens the workdir's checkpoint manager (None without a workdir) and restores per `config`.
 
-    Resume restores the state onto `state`'s shardings and the data iterator's position, so the run
-    sees exactly the batches an uninterrupted run would have. On preemption (orbax
-    `reached_preemption`, or SIGTERM) it saves, waits for the write and returns `stopped="preempted"`.
-    A non-finite step raises `NonFiniteError` naming it; nothing after the last good checkpoint is saved.
-
-    Args:
-        config: `FitConfig`.
-        state: the initial state (fresh or loaded); its shardings are the restore target.
-        train_step: from `make_train_step`.
-        data: host batches (`ArrayIterator` or any `DataIterator`).
-        rng: dropout base key; step s uses fold_in(rng, s) inside the step.
-        batch_sharding: `sharding.batch_sharding(mesh)` (None: one device).
-        eval_fn: optional `(state, step) -> metrics`, logged with an "eval/" prefix.
+    Returns (manager, state, the step restored or None for a fresh start); the data iterator is set to
+    the restored position.
     """
     wd = config.workdir
     mngr = None
@@ -506,53 +486,108 @@ def fit(
             data.set_state(data_state)
         left = "" if resumed_from < config.num_steps else ": no steps left"
         _say(f"resuming from step {resumed_from} of {config.num_steps} ({where}){left}")
-    writer = MetricsWriter(wd)
-    if resumed_from is not None:
-        writer.truncate(resumed_from)  # rows past the checkpoint are recomputed: no duplicate steps
-    start = int(jax.device_get(state.step))
-    main = jax.process_index() == 0
-    bar = None
-    if config.progress and main:
-        from tqdm.auto import tqdm
+    return mngr, state, resumed_from
 
-        bar = tqdm(total=config.num_steps, initial=start, desc="train", dynamic_ncols=True)
-    sig = _Signals(config.handle_sigterm and jax.process_count() == 1)
-    history: list[dict[str, float]] = []
-    pending: list[tuple[int, Metrics]] = []
-    last_saved = None if mngr is None else mngr.latest_step()
-    t_last, step, stopped = time.perf_counter(), start, "done"
 
-    def flush() -> None:
-        nonlocal t_last
-        if not pending:
+class _StepLog:
+    """The metrics of the steps since the last log row, the history, and the last checkpointed step.
+
+    Step metrics stay on device until `flush`, which fetches them in one transfer, raises
+    `NonFiniteError` for the first non-finite step, and writes their mean as one row.
+    """
+
+    def __init__(self, writer: MetricsWriter, bar: Any, mngr: Any):
+        self.writer, self.bar, self.mngr = writer, bar, mngr
+        self.history: list[dict[str, float]] = []
+        self.pending: list[tuple[int, Metrics]] = []
+        self.last_saved = None if mngr is None else mngr.latest_step()
+        self.t_last = time.perf_counter()
+
+    def add(self, step: int, metrics: Metrics) -> None:
+        self.pending.append((step, metrics))
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def flush(self) -> None:
+        if not self.pending:
             return
-        host = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, host):
+        host = jax.device_get([m for _, m in self.pending])
+        for (s, _), m in zip(self.pending, host):
             if m["finite"] < 1:
-                if mngr is not None:
-                    mngr.wait_until_finished()
-                raise NonFiniteError(s, {k: float(v) for k, v in m.items()}, last_saved)
+                if self.mngr is not None:
+                    self.mngr.wait_until_finished()
+                raise NonFiniteError(s, {k: float(v) for k, v in m.items()}, self.last_saved)
         now = time.perf_counter()
         row = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("finite", "tokens")}
-        row["tokens_per_sec"] = float(sum(m["tokens"] for m in host)) / max(now - t_last, 1e-9)
-        t_last = now
-        s = pending[-1][0]
-        pending.clear()
-        history.append({"step": s, **row})
-        writer.write(s, row)
-        if bar is not None:
-            bar.set_postfix(
+        row["tokens_per_sec"] = float(sum(m["tokens"] for m in host)) / max(now - self.t_last, 1e-9)
+        self.t_last = now
+        s = self.pending[-1][0]
+        self.pending.clear()
+        self.history.append({"step": s, **row})
+        self.writer.write(s, row)
+        if self.bar is not None:
+            self.bar.set_postfix(
                 loss=f"{row['loss']:.4f}",
                 lr=f"{row.get('learning_rate', float('nan')):.2e}",
                 tok_s=f"{row['tokens_per_sec']:.0f}",
             )
 
-    def save(s: int, data_state: dict | None, force: bool = False) -> None:
-        nonlocal last_saved
-        flush()  # never save a state that followed a non-finite step
-        if mngr is not None and last_saved != s and save_checkpoint(mngr, s, state, data_state, force=force):
-            last_saved = s
+    def evaluated(self, step: int, metrics: dict[str, float]) -> None:
+        ev = {f"eval/{k}": float(v) for k, v in metrics.items()}
+        self.history.append({"step": step, **ev})
+        self.writer.write(step, ev)
 
+    def save(self, s: int, state: TrainState, data_state: dict | None, force: bool = False) -> None:
+        self.flush()  # never save a state that followed a non-finite step
+        if self.mngr is None or self.last_saved == s:
+            return
+        if save_checkpoint(self.mngr, s, state, data_state, force=force):
+            self.last_saved = s
+
+
+def _progress_bar(num_steps: int, start: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
+
+
+def fit(
+    config: FitConfig,
+    state: TrainState,
+    train_step: Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]],
+    data: DataIterator,
+    rng: jax.Array,
+    *,
+    batch_sharding: Any = None,
+    eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None,
+) -> FitResult:
+    """Runs `train_step` up to `config.num_steps`, resuming from the latest checkpoint in the workdir.
+
+    Resume restores the state onto `state`'s shardings and the data iterator's position, so the run
+    sees exactly the batches an uninterrupted run would have. On preemption (orbax
+    `reached_preemption`, or SIGTERM) it saves, waits for the write and returns `stopped="preempted"`.
+    A non-finite step raises `NonFiniteError` naming it; nothing after the last good checkpoint is saved.
+
+    Args:
+        config: `FitConfig`.
+        state: the initial state (fresh or loaded); its shardings are the restore target.
+        train_step: from `make_train_step`.
+        data: host batches (`ArrayIterator` or any `DataIterator`).
+        rng: dropout base key; step s uses fold_in(rng, s) inside the step.
+        batch_sharding: `sharding.batch_sharding(mesh)` (None: one device).
+        eval_fn: optional `(state, step) -> metrics`, logged with an "eval/" prefix.
+    """
+    wd = config.workdir
+    mngr, state, resumed_from = _resume(config, state, data)
+    writer = MetricsWriter(wd)
+    if resumed_from is not None:
+        writer.truncate(resumed_from)  # rows past the checkpoint are recomputed: no duplicate steps
+    start = int(jax.device_get(state.step))
+    main = jax.process_index() == 0
+    bar = _progress_bar(config.num_steps, start) if config.progress and main else None
+    sig = _Signals(config.handle_sigterm and jax.process_count() == 1)
+    steps = _StepLog(writer, bar, mngr)
+    step, stopped = start, "done"
     try:
         data_state = data.get_state() if hasattr(data, "get_state") else None
         while step < config.num_steps:
@@ -560,31 +595,23 @@ def fit(
             data_state = data.get_state() if hasattr(data, "get_state") else None
             state, metrics = train_step(state, batch, rng)
             step += 1
-            pending.append((step, metrics))
-            if bar is not None:
-                bar.update(1)
-            if step % config.log_every == 0 or step == config.num_steps:
-                flush()
-            if (
-                config.eval_every
-                and eval_fn is not None
-                and (step % config.eval_every == 0 or step == config.num_steps)
-            ):
-                flush()
-                ev = {f"eval/{k}": float(v) for k, v in eval_fn(state, step).items()}
-                history.append({"step": step, **ev})
-                writer.write(step, ev)
-            preempted = sig.hit is not None or (mngr is not None and mngr.reached_preemption(step))
-            if preempted:
-                save(step, data_state, force=True)
+            steps.add(step, metrics)
+            last = step == config.num_steps
+            if step % config.log_every == 0 or last:
+                steps.flush()
+            if config.eval_every and eval_fn is not None and (step % config.eval_every == 0 or last):
+                steps.flush()
+                steps.evaluated(step, eval_fn(state, step))
+            if sig.hit is not None or (mngr is not None and mngr.reached_preemption(step)):
+                steps.save(step, state, data_state, force=True)
                 stopped = "preempted"
                 _say(f"{sig.hit or 'preempted'} at step {step}: checkpoint saved, stopping")
                 break
             if mngr is not None and step % config.checkpoint_every == 0:
-                save(step, data_state)
+                steps.save(step, state, data_state)
         if stopped == "done" and step > start:
-            save(step, data_state, force=True)
-        flush()
+            steps.save(step, state, data_state, force=True)
+        steps.flush()
     finally:
         sig.restore()
         if bar is not None:
@@ -596,5 +623,10 @@ def fit(
     if wd is not None and main and config.plot and writer.path is not None and stopped == "done":
         plot_loss_curve(writer.path, os.path.join(wd, "loss.png"), config.plot_metric)
     return FitResult(
-        state=state, step=step, stopped=stopped, history=history, signal=sig.hit, resumed_from=resumed_from
+        state=state,
+        step=step,
+        stopped=stopped,
+        history=steps.history,
+        signal=sig.hit,
+        resumed_from=resumed_from,
     )
