@@ -249,8 +249,8 @@ def convert() -> nbformat.NotebookNode:
 
 def export_litert() -> nbformat.NotebookNode:
     install = INSTALL.replace(
-        'os.environ.get("MOBILEBERT_JAX_PIP", "git+{REPO}")'.format(REPO=REPO),
-        'os.environ.get("MOBILEBERT_JAX_PIP", "mobilebert-jax[export] @ git+{REPO}")'.format(REPO=REPO),
+        f'os.environ.get("MOBILEBERT_JAX_PIP", "git+{REPO}")',
+        f'os.environ.get("MOBILEBERT_JAX_PIP", "mobilebert-jax[export] @ git+{REPO}")',
     )
     cells = [
         new_markdown_cell(
