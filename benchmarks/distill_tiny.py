@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from mobilebert_jax import MobileBertForPreTraining  # noqa: E402
 from mobilebert_jax.distill import objectives as D  # noqa: E402
 from mobilebert_jax.distill import run as R  # noqa: E402
-from mobilebert_jax.jobs.finetune import PACKAGE_DATA  # noqa: E402
+from mobilebert_jax.jobs.config import PACKAGE_DATA  # noqa: E402
 from mobilebert_jax.tasks.pretraining import PretrainingTask  # noqa: E402
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer  # noqa: E402
 from mobilebert_jax.training.trainer import ArrayIterator, evaluate, make_eval_step  # noqa: E402

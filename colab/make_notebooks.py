@@ -108,7 +108,9 @@ def finetune() -> nbformat.NotebookNode:
             "from IPython.display import clear_output, display\n"
             "import mobilebert_jax as mbj\n"
             "from mobilebert_jax.training import optim, sharding as shd\n"
-            "from mobilebert_jax.jobs.finetune import PACKAGE_DATA, evaluate_task, model_arrays\n"
+            "from mobilebert_jax.jobs.config import PACKAGE_DATA\n"
+            "from mobilebert_jax.jobs.data import model_arrays\n"
+            "from mobilebert_jax.jobs.evaluate import evaluate_task\n"
             "from mobilebert_jax.training.objectives import loss_fn_for\n"
             "from mobilebert_jax.tasks import get_task\n"
             "from mobilebert_jax.text.tokenizer import MobileBertTokenizer\n"
@@ -247,8 +249,8 @@ def convert() -> nbformat.NotebookNode:
 
 def export_litert() -> nbformat.NotebookNode:
     install = INSTALL.replace(
-        'os.environ.get("MOBILEBERT_JAX_PIP", "git+{REPO}")'.format(REPO=REPO),
-        'os.environ.get("MOBILEBERT_JAX_PIP", "mobilebert-jax[export] @ git+{REPO}")'.format(REPO=REPO),
+        f'os.environ.get("MOBILEBERT_JAX_PIP", "git+{REPO}")',
+        f'os.environ.get("MOBILEBERT_JAX_PIP", "mobilebert-jax[export] @ git+{REPO}")',
     )
     cells = [
         new_markdown_cell(
@@ -266,8 +268,8 @@ def export_litert() -> nbformat.NotebookNode:
             "from mobilebert_jax import export\n"
             "from mobilebert_jax.export.common import make_forward\n"
             "from mobilebert_jax.tasks import get_task\n"
-            "from mobilebert_jax.jobs.finetune import PACKAGE_DATA, run_finetune\n"
-            "from mobilebert_jax.jobs.config import JobConfig\n"
+            "from mobilebert_jax.jobs.config import PACKAGE_DATA, JobConfig\n"
+            "from mobilebert_jax.jobs.finetune import run_finetune\n"
             "from mobilebert_jax.text.tokenizer import MobileBertTokenizer\n\n"
             "MODEL = os.environ.get('MOBILEBERT_JAX_MODEL', '')  # e.g. 'google/mobilebert-uncased'\n"
             "TRAIN = os.path.join(PACKAGE_DATA, 'qnli_demo', 'train.tsv')\n"

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from mobilebert_jax import MobileBertConfig, MobileBertForSequenceClassification, init_params, save_pretrained
+from mobilebert_jax.jobs.config import JobConfig
+from mobilebert_jax.jobs.evaluate import run_evaluate
 from mobilebert_jax.tasks import get_task
 from mobilebert_jax.tasks import metrics as M
-from mobilebert_jax.jobs.finetune import JobConfig, run_evaluate
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 STSB = (

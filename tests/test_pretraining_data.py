@@ -20,7 +20,8 @@ import pytest
 
 pytest.importorskip("grain", reason="grain is a dependency (pip install -e .)")
 
-from mobilebert_jax.jobs import finetune  # noqa: E402
+from mobilebert_jax.jobs.config import JobConfig  # noqa: E402
+from mobilebert_jax.jobs.finetune import run_finetune  # noqa: E402
 from mobilebert_jax.tasks import pretraining_data as PD  # noqa: E402
 from mobilebert_jax.tasks.pretraining import PretrainingTask, documents_from_lines, read_documents  # noqa: E402
 from mobilebert_jax.training.grain_data import GrainIterator  # noqa: E402
@@ -188,14 +189,14 @@ def test_finetune_pretraining_reads_a_prepared_folder(tmp_path, vocab_dir):
     PD.prepare_pretraining_data(
         [text], str(tmp_path / "out"), max_seq_length=32, num_workers=0, progress=False
     )
-    job = finetune.JobConfig(task="pretraining", model="mobilebert-test", model_config={"vocab_size": 30522},
-                             train_file=str(tmp_path / "out"), validation_file=text, max_seq_length=64,
-                             output_dir=str(tmp_path / "run"), progress=False, mesh_data=1)  # fmt: skip
+    job = JobConfig(task="pretraining", model="mobilebert-test", model_config={"vocab_size": 30522},
+                    train_file=str(tmp_path / "out"), validation_file=text, max_seq_length=64,
+                    output_dir=str(tmp_path / "run"), progress=False, mesh_data=1)  # fmt: skip
     with pytest.raises(ValueError, match="max_seq_length 32; the job asks for 64"):
-        finetune.run_finetune(job)
+        run_finetune(job)
     job.max_seq_length, job.max_train_samples = 32, 5
     with pytest.raises(ValueError, match="--max_train_samples does not apply"):
-        finetune.run_finetune(job)
+        run_finetune(job)
 
 
 def _committed(ckpt_dir: str) -> list[int]:

@@ -6,7 +6,7 @@ prepare-pretraining-data.
     mobilebert-jax finetune --config-file job.json --learning-rate 3e-5   # flags override the file
     mobilebert-jax demo                                                  # the README's main job
 
-Job flags are the fields of `mobilebert_jax.jobs.finetune.JobConfig`, spelled with dashes (HF's names).
+Job flags are the fields of `mobilebert_jax.jobs.config.JobConfig`, spelled with dashes (HF's names).
 """
 
 from __future__ import annotations
@@ -116,46 +116,6 @@ def _job_from_args(args: argparse.Namespace, **defaults: Any):
     return job
 
 
-def _demo_job(smoke: bool) -> dict[str, Any]:
-    """The main job: QNLI-derived data shipped in the package, a small model from random init."""
-    from mobilebert_jax.jobs.finetune import PACKAGE_DATA
-
-    data = os.path.join(PACKAGE_DATA, "qnli_demo")
-    job = dict(
-        task="qnli",
-        model="mobilebert-uncased",
-        # 2 layers of the real MobileBERT block (vocab, widths, trigram, bottlenecks, 4 FFNs).
-        model_config=dict(num_hidden_layers=2, attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1),
-        train_file=os.path.join(data, "train.tsv"),
-        validation_file=os.path.join(data, "dev.tsv"),
-        output_dir="runs/main",
-        max_seq_length=96,  # covers 96% of the pairs whole
-        per_device_train_batch_size=32,
-        learning_rate=5e-4,
-        num_train_epochs=3.0,
-        warmup_ratio=0.1,
-        logging_steps=10,
-        save_steps=100,
-        scan_layers=True,
-        mesh_data=-1,
-    )
-    if smoke:
-        job.update(
-            model="mobilebert-test",
-            model_config=dict(vocab_size=30522),
-            max_seq_length=64,
-            max_train_samples=256,
-            max_eval_samples=64,
-            max_steps=8,
-            per_device_train_batch_size=16,
-            logging_steps=2,
-            save_steps=4,
-            output_dir="runs/smoke",
-            progress=False,
-        )
-    return job
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(
         prog="mobilebert-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -231,6 +191,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(e, UsageError) else 1
 
 
+def _run_job(args: argparse.Namespace) -> int:
+    """finetune, evaluate, predict, pretrain, demo: flags -> `JobConfig` -> the job; the exit status."""
+    from mobilebert_jax.cli.distributed import initialize_distributed
+    from mobilebert_jax.jobs.config import command_defaults
+    from mobilebert_jax.jobs.evaluate import run_evaluate, run_predict
+    from mobilebert_jax.jobs.finetune import run_finetune
+
+    initialize_distributed(args)
+    job = _job_from_args(args, **command_defaults(args.command, smoke=getattr(args, "smoke", False)))
+    if args.command == "evaluate":
+        run_evaluate(job)
+        return 0
+    if args.command == "predict":
+        run_predict(job)
+        return 0
+    report = run_finetune(job, args.command)
+    if report.get("stopped") == "preempted":
+        return 130 if report.get("signal") == "SIGINT" else 143
+    if args.command == "demo" and not args.skip_export:
+        from mobilebert_jax.cli.export import deploy_check
+
+        deploy_check(job.output_dir, job.validation_file, job.max_seq_length, limit=job.max_eval_samples)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from mobilebert_jax.jobs.config import UsageError
     from mobilebert_jax.training.host_allocator import tune_host_allocator
@@ -240,30 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.command in (*_JOBS, "demo"):
-        from mobilebert_jax.cli.distributed import initialize_distributed
-        from mobilebert_jax.jobs import finetune
-
-        initialize_distributed(args)
-        if args.command == "demo":
-            job = _job_from_args(args, **_demo_job(args.smoke))
-        elif args.command == "pretrain":
-            job = _job_from_args(args, task="pretraining", optimizer="lamb", learning_rate=1e-3)
-        else:
-            job = _job_from_args(args)
-        if args.command == "evaluate":
-            finetune.run_evaluate(job)
-            return 0
-        if args.command == "predict":
-            finetune.run_predict(job)
-            return 0
-        report = finetune.run_finetune(job, "finetune" if args.command == "finetune" else args.command)
-        if report.get("stopped") == "preempted":
-            return 130 if report.get("signal") == "SIGINT" else 143
-        if args.command == "demo" and not args.skip_export:
-            from mobilebert_jax.cli.export import deploy_check
-
-            deploy_check(job.output_dir, job.validation_file, job.max_seq_length, limit=job.max_eval_samples)
-        return 0
+        return _run_job(args)
     if args.command == "convert":
         from mobilebert_jax.cli.convert import run_convert
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
 from typing import Any
 
@@ -29,6 +30,8 @@ TASK_OPTION_FLAGS: dict[str, tuple[type, str]] = {
     "version_2_with_negative": (bool, "SQuAD: the file has unanswerable questions (as task squad_v2)"),
 }
 ALIASES = {"task_name": "task", "model_name_or_path": "model"}  # HF names of our fields
+# The data shipped in the package (the demo job's QNLI-derived files).
+PACKAGE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
 
 class UsageError(ValueError):
@@ -260,3 +263,48 @@ def check_type(name: str, value: Any, hint: Any, source: str) -> None:
 
 def field_default(f: dataclasses.Field) -> Any:
     return {} if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def command_defaults(command: str, smoke: bool = False) -> dict[str, Any]:
+    """The job fields a command starts from (flags and a --config_file override them).
+
+    `pretrain` is MLM + NSP with LAMB; `demo` is the README's main job: QNLI-derived data shipped in
+    the package, a small model from random init (`smoke`: a few steps on a tiny config, for CI)."""
+    if command == "pretrain":
+        return dict(task="pretraining", optimizer="lamb", learning_rate=1e-3)
+    if command != "demo":
+        return {}
+    data = os.path.join(PACKAGE_DATA, "qnli_demo")
+    job = dict(
+        task="qnli",
+        model="mobilebert-uncased",
+        # 2 layers of the real MobileBERT block (vocab, widths, trigram, bottlenecks, 4 FFNs).
+        model_config=dict(num_hidden_layers=2, attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1),
+        train_file=os.path.join(data, "train.tsv"),
+        validation_file=os.path.join(data, "dev.tsv"),
+        output_dir="runs/main",
+        max_seq_length=96,  # covers 96% of the pairs whole
+        per_device_train_batch_size=32,
+        learning_rate=5e-4,
+        num_train_epochs=3.0,
+        warmup_ratio=0.1,
+        logging_steps=10,
+        save_steps=100,
+        scan_layers=True,
+        mesh_data=-1,
+    )
+    if smoke:
+        job.update(
+            model="mobilebert-test",
+            model_config=dict(vocab_size=30522),
+            max_seq_length=64,
+            max_train_samples=256,
+            max_eval_samples=64,
+            max_steps=8,
+            per_device_train_batch_size=16,
+            logging_steps=2,
+            save_steps=4,
+            output_dir="runs/smoke",
+            progress=False,
+        )
+    return job

@@ -1,4 +1,5 @@
-"""A fine-tune's output directory: its run identity (`run.json`), and where evaluate/predict write.
+"""A fine-tune's output directory: its run identity (`run.json`), where evaluate/predict write, and
+how a job writes its files and messages.
 
 `run.json` records what defines a run: the task and its label set, the model source and config, the
 hyperparameters that change the result, and the training file's size and SHA-256. A rerun with the
@@ -15,6 +16,8 @@ import os
 import shutil
 from typing import Any
 
+import jax
+
 from mobilebert_jax.jobs.config import UsageError
 
 RUN_FILE = "run.json"
@@ -27,6 +30,23 @@ RESULT_FIELDS = ("max_seq_length", "per_device_train_batch_size", "gradient_accu
                  "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "lr_scheduler_type",
                  "weight_decay", "optimizer", "adam_epsilon", "max_grad_norm", "seed", "bf16", "scan_layers",
                  "max_train_samples")  # fmt: skip
+
+
+def say(msg: str) -> None:
+    """A job's progress line (process 0 prints it)."""
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def write_json(path: str, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def predictions_path(task: Any, output_dir: str) -> str:
+    """`predictions` plus the task's suffix (.tsv, .json, .txt) in `output_dir`."""
+    return os.path.join(output_dir, "predictions" + task.predictions_suffix)
 
 
 def file_fingerprint(path: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,7 +57,13 @@ class Task:
         label_keys: feature keys fed to the model / loss as labels.
         output_keys: model output fields `postprocess` needs.
         main_metric: the key of `metric(...)` to select checkpoints by (higher is better).
+        predictions_suffix: file suffix of what `write_predictions` writes (class attribute).
+        evaluate_by_loss: evaluated by its training loss and accuracies, not by `postprocess` and
+            `metric` (class attribute; pretraining, whose logits are [N, T, vocab]).
     """
+
+    predictions_suffix: ClassVar[str] = ".tsv"
+    evaluate_by_loss: ClassVar[bool] = False
 
     name: str = ""
     model_class: str = ""
@@ -97,6 +103,44 @@ class Task:
         label the task can add (a new NER entity type) is not an error here."""
         examples = self.read(path)
         return self.adapt(examples), examples
+
+    def default_file(self, split: str) -> str | None:
+        """The file of `split` ("train", "validation", "test") when none is given; None: one must be."""
+        return None
+
+    def is_prepared(self, path: PathLike | None) -> bool:
+        """True where `path` is a folder of ready-made training instances to stream (pretraining)."""
+        return False
+
+    def check_labelled(self, examples: Sequence[Any], path: PathLike) -> None:
+        """Raises `DataError` (the reason) where `examples`, read from `path`, lack the labels to score."""
+        self.references(examples, None)
+
+    def with_model_labels(self, names: Sequence[str]) -> Task | None:
+        """The task for a model whose head has the labels `names` (its `id2label`); None where the
+        model cannot be this task's (another number of labels)."""
+        return self if self.labels is None or len(names) == self.num_labels else None
+
+    def references_as_predictions(self, references: Any) -> Any:
+        """The predictions that match `references` exactly (to learn `metric`'s keys)."""
+        return references
+
+    def metric_names(self, examples: Sequence[Any], features: Mapping[str, np.ndarray]) -> list[str] | None:
+        """The keys `metric` returns, scored on the references themselves; None where unknown."""
+        try:
+            refs = self.references(examples, features)
+            return sorted(self.metric(self.references_as_predictions(refs), refs))
+        except Exception:
+            return None
+
+    def majority_baseline(
+        self,
+        train_examples: Sequence[Any],
+        eval_examples: Sequence[Any],
+        eval_features: Mapping[str, np.ndarray],
+    ) -> dict[str, float] | None:
+        """The metrics of always predicting the most frequent training label; None where it means nothing."""
+        return None
 
     # --- to be provided by subclasses -------------------------------------------------------------
     def read(self, path: PathLike) -> list[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -230,6 +231,31 @@ class GlueTask(Task):
     def default_file(self, split: str) -> str:
         """File name of `split` ("train", "validation", "test") in the GLUE task folder."""
         return dict(self.layout.files)[split]
+
+    def check_labelled(self, examples: Sequence[GlueExample], path: PathLike) -> None:
+        try:
+            super().check_labelled(examples, path)
+        except DataError as e:
+            if not os.fspath(path).lower().endswith(".tsv"):
+                raise
+            raise DataError(
+                f"{e}; a GLUE {self.name} TSV has its label in the {self.layout.tsv[2]!r} column"
+            ) from None
+
+    def majority_baseline(
+        self,
+        train_examples: Sequence[GlueExample],
+        eval_examples: Sequence[GlueExample],
+        eval_features: Mapping[str, np.ndarray],
+    ) -> dict[str, float] | None:
+        if self.is_regression:
+            return None
+        labels = [e.label for e in train_examples if e.label is not None]
+        if not labels:
+            return None
+        top = Counter(labels).most_common(1)[0][0]
+        preds = np.full(len(eval_examples), int(top))
+        return self.metric(preds, self.references(eval_examples, eval_features))
 
     def read(self, path: PathLike) -> list[GlueExample]:
         """GLUE `.tsv` (the official layout of the task) or `.csv` / `.jsonl` / `.json` with HF column names."""

@@ -227,6 +227,13 @@ class NerTask(Task):
     labels: tuple[str, ...] | None = bio2_labels(CONLL2003_TYPES)
     main_metric: str = "f1"
     input_keys: tuple[str, ...] = ("input_ids", "token_type_ids", "attention_mask")
+    predictions_suffix = ".txt"
+
+    def with_model_labels(self, names: Sequence[str]) -> NerTask | None:
+        """The model's own label set where it names its labels (not HF's generic `LABEL_i`)."""
+        if any(n != f"LABEL_{i}" for i, n in enumerate(names)):
+            return dataclasses.replace(self, labels=tuple(names))
+        return super().with_model_labels(names)
 
     def adapt(self, examples: Sequence[NerExample]) -> NerTask:
         """The task with any entity types of `examples` missing from `labels` appended."""

@@ -277,9 +277,23 @@ class PretrainingTask(Task):
     masked_lm_prob: float = 0.15
     max_predictions_per_seq: int = 20
     whole_word_mask: bool = False
+    predictions_suffix = ".json"
+    evaluate_by_loss = True
 
     def config_overrides(self) -> dict[str, Any]:
         return {}
+
+    def is_prepared(self, path: PathLike | None) -> bool:
+        """A `prepare-pretraining-data` folder (streamed through Grain) rather than a text file."""
+        from mobilebert_jax.tasks import pretraining_data  # it imports this module
+
+        return pretraining_data.is_prepared(path)
+
+    def check_labelled(self, examples: Any, path: PathLike) -> None:
+        """Nothing to check: the labels are made from the text."""
+
+    def metric_names(self, examples: Any, features: Mapping[str, np.ndarray]) -> list[str] | None:
+        return None  # its evaluation reports the losses and accuracies of `finalize_eval`
 
     def read(self, path: PathLike) -> list[list[str]]:
         return read_documents(path)

@@ -342,10 +342,14 @@ class SquadTask(Task):
     n_best_size: int = 20
     max_answer_length: int = 30
     null_score_diff_threshold: float = 0.0
+    predictions_suffix = ".json"
 
     @property
     def num_labels(self) -> int:
         return 2
+
+    def references_as_predictions(self, references: Sequence[squad_metric.Reference]) -> dict[str, str]:
+        return {qid: (answers[0] if answers else "") for qid, answers in references}
 
     def config_overrides(self) -> dict[str, Any]:
         return {"num_labels": 2}
