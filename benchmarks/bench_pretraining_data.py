@@ -132,9 +132,9 @@ def prepare_cmd(text: str, out: str, workers: int, shard_mb: float) -> list[str]
 
 
 def loader_rate(folder: str, batch: int, workers: int, seconds: float = 10.0) -> float:
-    from mobilebert_jax.tasks import pretraining_data as PD
+    from mobilebert_jax.training.grain_data import prepared_iterator
 
-    it = PD.prepared_iterator(folder, batch, seed=0, num_workers=workers, process_index=0, process_count=1)
+    it = prepared_iterator(folder, batch, seed=0, num_workers=workers, process_index=0, process_count=1)
     next(it)  # start-up (worker processes) not counted
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

@@ -2,7 +2,7 @@
 
     python tests/grain_resume_job.py --data DIR --workdir WD [--workers 2] [--sleep 0.3]
 
-`tasks.pretraining_data.prepared_iterator` (global shuffle, per-host rows, `--workers` reading processes)
+`training.grain_data.prepared_iterator` (global shuffle, per-host rows, `--workers` reading processes)
 feeds `trainer.fit` (orbax checkpoints every 10 steps, with the iterator's position); the model is the
 2-layer `mobilebert-test` MobileBertForPreTraining with dropout, LAMB with warmup and decay. Running the
 same command again resumes from the last committed checkpoint. At the end it writes WD/final_params.npz
@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax
 
 from mobilebert_jax import MobileBertConfig, MobileBertForPreTraining
-from mobilebert_jax.tasks import pretraining_data as PD
 from mobilebert_jax.training import objectives, optim, trainer
 from mobilebert_jax.training import state as ts
+from mobilebert_jax.training.grain_data import prepared_iterator
 from mobilebert_jax.training.optim import path_str
 
 FAST = {"xla_backend_optimization_level": 0}  # compile time matters more than CPU step time here
@@ -57,7 +57,7 @@ def build(data_dir: str, workdir: str | None, workers: int = 0, sleep: float = 0
         "mobilebert-test", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
     )
     model = MobileBertForPreTraining(cfg)
-    data = PD.prepared_iterator(
+    data = prepared_iterator(
         data_dir, BATCH, seed=1, num_workers=workers, max_seq_length=MAX_LEN, keys=KEYS
     )
     sched = optim.warmup_linear_decay(2e-3, NUM_STEPS, 3, decay_from_zero=True)

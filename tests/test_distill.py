@@ -387,6 +387,7 @@ def test_distills_from_a_prepared_folder(models, full_run, tmp_path):
     import random
 
     from mobilebert_jax.tasks import pretraining_data as PD
+    from mobilebert_jax.training.grain_data import prepared_iterator
 
     words = "the a of to and in film river city music game war king queen team school water light".split()
     (tmp_path / "tok").mkdir()
@@ -410,7 +411,7 @@ def test_distills_from_a_prepared_folder(models, full_run, tmp_path):
     keys = ("input_ids", "attention_mask", "token_type_ids", "labels", "next_sentence_label")
 
     def grain_data():
-        return PD.prepared_iterator(data, cfg.batch_size, seed=1, max_seq_length=cfg.max_seq_length,
+        return prepared_iterator(data, cfg.batch_size, seed=1, max_seq_length=cfg.max_seq_length,
                                     max_predictions_per_seq=cfg.max_predictions_per_seq, keys=keys)  # fmt: skip
 
     s, t, tp = models

@@ -24,7 +24,7 @@ from mobilebert_jax.jobs.config import JobConfig  # noqa: E402
 from mobilebert_jax.jobs.finetune import run_finetune  # noqa: E402
 from mobilebert_jax.tasks import pretraining_data as PD  # noqa: E402
 from mobilebert_jax.tasks.pretraining import PretrainingTask, documents_from_lines, read_documents  # noqa: E402
-from mobilebert_jax.training.grain_data import GrainIterator  # noqa: E402
+from mobilebert_jax.training.grain_data import GrainIterator, prepared_iterator  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORDS = ("the a of to and in film river city music game war king queen team school water light year people "
@@ -68,16 +68,16 @@ def test_one_shard_equals_in_memory_instances(tmp_path, vocab_dir):
         np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
     assert ref["next_sentence_label"].min() == 0 and ref["next_sentence_label"].max() == 1
     # the loader's decoding (in order) gives the same rows
-    it = PD.prepared_iterator(str(tmp_path / "out"), 8, shuffle=False, max_seq_length=48, tokenizer=tok,
+    it = prepared_iterator(str(tmp_path / "out"), 8, shuffle=False, max_seq_length=48, tokenizer=tok,
                               process_index=0, process_count=1)  # fmt: skip
     n = len(ref["input_ids"]) // 8
     rows = [next(it) for _ in range(n)]
     for k in ref:
         np.testing.assert_array_equal(np.concatenate([b[k] for b in rows]), ref[k][: 8 * n], err_msg=k)
     with pytest.raises(ValueError, match="max_seq_length 48; the job asks for 64"):
-        PD.prepared_iterator(str(tmp_path / "out"), 8, max_seq_length=64)
+        prepared_iterator(str(tmp_path / "out"), 8, max_seq_length=64)
     with pytest.raises(ValueError, match=r"dupe_factor=2 \(the job asks for 1\)"):
-        PD.prepared_iterator(str(tmp_path / "out"), 8, task_options={"dupe_factor": 1})
+        prepared_iterator(str(tmp_path / "out"), 8, task_options={"dupe_factor": 1})
 
 
 def test_shards_workers_restart_and_errors(tmp_path, vocab_dir):
@@ -119,7 +119,7 @@ def test_shards_workers_restart_and_errors(tmp_path, vocab_dir):
     m3 = json.load(open(os.path.join(out, "dataset.json")))
     json.dump({**m3, "complete": False}, open(os.path.join(out, "dataset.json"), "w"))
     with pytest.raises(ValueError, match="preparation did not finish"):
-        PD.prepared_iterator(out, 8)
+        prepared_iterator(out, 8)
 
 
 def _records(folder, name):

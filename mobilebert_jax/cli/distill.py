@@ -205,8 +205,10 @@ def _run(args: argparse.Namespace) -> int:
     task = PretrainingTask(dupe_factor=args.dupe_factor, max_predictions_per_seq=cfg.max_predictions_per_seq or 20,
                            seed=cfg.seed)  # fmt: skip
     from mobilebert_jax.tasks import pretraining_data as PD
+    from mobilebert_jax.tasks.pretraining import is_prepared
+    from mobilebert_jax.training.grain_data import prepared_iterator
 
-    prepared = PD.is_prepared(args.train_file)  # ArrayRecord shards, streamed by Grain
+    prepared = is_prepared(args.train_file)  # ArrayRecord shards, streamed by Grain
     if prepared:
         n = PD.num_instances(args.train_file)
     else:
@@ -216,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
     def data(seed: int):
         if not prepared:
             return ArrayIterator(arrays, cfg.batch_size, seed=seed)
-        return PD.prepared_iterator(args.train_file, cfg.batch_size, seed=seed, tokenizer=tok,
+        return prepared_iterator(args.train_file, cfg.batch_size, seed=seed, tokenizer=tok,
                                     num_workers=args.dataloader_num_workers, max_seq_length=cfg.max_seq_length,
                                     max_predictions_per_seq=task.max_predictions_per_seq)  # fmt: skip
 

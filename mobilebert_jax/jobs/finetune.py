@@ -38,6 +38,7 @@ from mobilebert_jax.tasks import pretraining_data as prepared_data
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 from mobilebert_jax.training import host_allocator, optim
 from mobilebert_jax.training import sharding as shd
+from mobilebert_jax.training.grain_data import prepared_iterator
 from mobilebert_jax.training.objectives import loss_fn_for
 from mobilebert_jax.training.state import create_train_state, model_init_fn
 from mobilebert_jax.training.trainer import ArrayIterator, FitConfig, fit, make_train_step, to_host
@@ -323,7 +324,7 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
     """(training data iterator, sharded train state, train step)."""
     job, data, batch = plan.job, plan.data, plan.batch
     if data.prepared:
-        train_data = prepared_data.prepared_iterator(
+        train_data = prepared_iterator(
             data.train_path,
             batch,
             seed=job.seed,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -32,6 +33,20 @@ from mobilebert_jax.tasks.base import (
     special_token_id,
     vocab_tokens,
 )
+
+# The manifest `prepare-pretraining-data` writes last (tasks/pretraining_data.py): its presence marks a
+# prepared folder of ArrayRecord shards.
+PREPARED_MANIFEST = "dataset.json"
+
+
+def is_prepared(path: PathLike | None) -> bool:
+    """True for a folder written by `prepare_pretraining_data` (or its dataset.json)."""
+    if not path:
+        return False
+    path = os.fspath(path)
+    return os.path.isfile(os.path.join(path, PREPARED_MANIFEST)) or (
+        os.path.basename(path) == PREPARED_MANIFEST and os.path.isfile(path)
+    )
 
 
 def read_documents(path: PathLike) -> list[list[str]]:
@@ -285,9 +300,7 @@ class PretrainingTask(Task):
 
     def is_prepared(self, path: PathLike | None) -> bool:
         """A `prepare-pretraining-data` folder (streamed through Grain) rather than a text file."""
-        from mobilebert_jax.tasks import pretraining_data  # it imports this module
-
-        return pretraining_data.is_prepared(path)
+        return is_prepared(path)
 
     def check_labelled(self, examples: Any, path: PathLike) -> None:
         """Nothing to check: the labels are made from the text."""

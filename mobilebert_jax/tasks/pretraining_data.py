@@ -13,7 +13,7 @@ command after a crash builds only the missing shards.
 Output folder: `dataset.json` (options, tokenizer vocabulary hash, inputs, the shard plan, counts)
 and `pretraining-KKKKK-of-NNNNN.arrayrecord`, one record per instance (int32: length, number of
 segment-A tokens incl. [CLS]/[SEP], NSP label, number of masked positions, ids, positions, original
-ids). `prepared_iterator` reads such a folder through `training.grain_data.GrainIterator` and pads
+ids). `training.grain_data.prepared_iterator` reads such a folder through `GrainIterator` and pads
 each instance to the arrays of `instances_to_arrays`.
 """
 
@@ -32,13 +32,14 @@ import numpy as np
 
 from mobilebert_jax.tasks.base import DataError, vocab_tokens
 from mobilebert_jax.tasks.pretraining import (
+    PREPARED_MANIFEST,
     Instance,
     PretrainingTask,
     documents_from_lines,
     instances_to_arrays,
 )
 
-MANIFEST = "dataset.json"
+MANIFEST = PREPARED_MANIFEST
 FORMAT = "mobilebert-jax-pretraining-instances/1"
 _OPTION_FIELDS = ("seed", "dupe_factor", "short_seq_prob", "masked_lm_prob", "max_predictions_per_seq",
                   "whole_word_mask")  # fmt: skip
@@ -167,7 +168,7 @@ def load_tokenizer(spec: str | None) -> Any:
     return MobileBertTokenizer.default() if spec is None else MobileBertTokenizer.from_pretrained(spec)
 
 
-def _vocab_sha256(tok: Any) -> str:
+def vocab_sha256(tok: Any) -> str:
     return hashlib.sha256("\n".join(vocab_tokens(tok)).encode("utf-8")).hexdigest()
 
 
@@ -323,7 +324,7 @@ def prepare_pretraining_data(
         "tokenizer": {
             "spec": tokenizer,
             "vocab_size": len(vocab_tokens(tok)),
-            "vocab_sha256": _vocab_sha256(tok),
+            "vocab_sha256": vocab_sha256(tok),
         },
         "inputs": [{"path": f, "bytes": os.path.getsize(f)} for f in files],
         "shard_size_mb": shard_size_mb,
@@ -359,15 +360,6 @@ def prepare_pretraining_data(
 # ---------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------
-def is_prepared(path: str | None) -> bool:
-    """True for a folder written by `prepare_pretraining_data` (or its dataset.json)."""
-    if not path:
-        return False
-    return os.path.isfile(os.path.join(path, MANIFEST)) or (
-        os.path.basename(path) == MANIFEST and os.path.isfile(path)
-    )
-
-
 def read_manifest(path: str) -> tuple[dict, list[str]]:
     """(manifest, shard paths) of a prepared folder; an unfinished one is an error."""
     folder = os.path.dirname(path) if os.path.basename(path) == MANIFEST else path
@@ -385,49 +377,6 @@ def read_manifest(path: str) -> tuple[dict, list[str]]:
     if missing:
         raise DataError(f"{len(missing)} shard file(s) missing, e.g. {os.path.basename(missing[0])}", folder)
     return m, [p for p, c in zip(paths, m["shard_instances"]) if c > 0]
-
-
-def prepared_iterator(
-    path: str,
-    batch_size: int,
-    *,
-    seed: int = 0,
-    num_workers: int = 0,
-    max_seq_length: int | None = None,
-    max_predictions_per_seq: int | None = None,
-    keys: Sequence[str] | None = None,
-    tokenizer: Any = None,
-    task_options: dict | None = None,
-    shuffle: bool = True,
-    **kw: Any,
-):
-    """A `GrainIterator` of padded pretraining batches from a prepared folder.
-
-    `max_seq_length` / `max_predictions_per_seq`, when given, must be the folder's (the instances were
-    cut for them); `tokenizer`, when given, must have the folder's vocabulary; `task_options` (the
-    job's explicit `PretrainingTask` fields) must agree with the folder's.
-    """
-    from mobilebert_jax.training.grain_data import GrainIterator, _grain
-
-    m, paths = read_manifest(path)
-    bad = {
-        k: (v, m["task"][k]) for k, v in (task_options or {}).items() if k in m["task"] and m["task"][k] != v
-    }
-    if bad:
-        raise ValueError(
-            f"{path} was prepared with other options: "
-            + ", ".join(f"{k}={have!r} (the job asks for {want!r})" for k, (want, have) in bad.items())
-        )
-    L, P = m["max_seq_length"], m["task"]["max_predictions_per_seq"]
-    for name, want, have in (("max_seq_length", max_seq_length, L), ("max_predictions_per_seq",
-                             max_predictions_per_seq, P)):  # fmt: skip
-        if want is not None and want != have:
-            raise ValueError(f"{path} holds instances with {name} {have}; the job asks for {want}")
-    if tokenizer is not None and _vocab_sha256(tokenizer) != m["tokenizer"]["vocab_sha256"]:
-        raise ValueError(f"{path} was tokenized with another vocabulary than the job's tokenizer")
-    source = _grain().sources.ArrayRecordDataSource(paths)
-    feats = InstanceFeatures(L, P, tuple(keys) if keys is not None else None)
-    return GrainIterator(source, feats, batch_size, seed=seed, num_workers=num_workers, shuffle=shuffle, **kw)
 
 
 def num_instances(path: str) -> int:

@@ -14,10 +14,12 @@ host exactly, also with another `num_workers`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from mobilebert_jax.tasks import pretraining_data
 
 
 def _grain():
@@ -141,3 +143,44 @@ class GrainIterator:
         it, self._it = self._it, None
         if it is not None and hasattr(it, "close"):
             it.close()
+
+
+def prepared_iterator(
+    path: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    num_workers: int = 0,
+    max_seq_length: int | None = None,
+    max_predictions_per_seq: int | None = None,
+    keys: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    task_options: dict | None = None,
+    shuffle: bool = True,
+    **kw: Any,
+):
+    """A `GrainIterator` of padded pretraining batches from a prepared folder.
+
+    `max_seq_length` / `max_predictions_per_seq`, when given, must be the folder's (the instances were
+    cut for them); `tokenizer`, when given, must have the folder's vocabulary; `task_options` (the
+    job's explicit `PretrainingTask` fields) must agree with the folder's.
+    """
+    m, paths = pretraining_data.read_manifest(path)
+    bad = {
+        k: (v, m["task"][k]) for k, v in (task_options or {}).items() if k in m["task"] and m["task"][k] != v
+    }
+    if bad:
+        raise ValueError(
+            f"{path} was prepared with other options: "
+            + ", ".join(f"{k}={have!r} (the job asks for {want!r})" for k, (want, have) in bad.items())
+        )
+    L, P = m["max_seq_length"], m["task"]["max_predictions_per_seq"]
+    for name, want, have in (("max_seq_length", max_seq_length, L), ("max_predictions_per_seq",
+                             max_predictions_per_seq, P)):  # fmt: skip
+        if want is not None and want != have:
+            raise ValueError(f"{path} holds instances with {name} {have}; the job asks for {want}")
+    if tokenizer is not None and pretraining_data.vocab_sha256(tokenizer) != m["tokenizer"]["vocab_sha256"]:
+        raise ValueError(f"{path} was tokenized with another vocabulary than the job's tokenizer")
+    source = _grain().sources.ArrayRecordDataSource(paths)
+    feats = pretraining_data.InstanceFeatures(L, P, tuple(keys) if keys is not None else None)
+    return GrainIterator(source, feats, batch_size, seed=seed, num_workers=num_workers, shuffle=shuffle, **kw)
