@@ -48,7 +48,7 @@ from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.heads import MobileBertLMPredictionHead, MobileBertModel
 from mobilebert_jax.model.losses import IGNORE_INDEX, SumCount
 from mobilebert_jax.training import sharding as shd
-from mobilebert_jax.training.objectives import model_inputs
+from mobilebert_jax.training.objectives import model_inputs, split_terms
 from mobilebert_jax.training.optim import FROZEN, Schedule, path_str
 from mobilebert_jax.training.state import TrainState
 from mobilebert_jax.training.trainer import apply_update, jit_step
@@ -458,8 +458,8 @@ def pretraining_distill_loss(
             "mlm_accuracy": losses.accuracy_sum_and_count(s_mlm, labels),
             "nsp_accuracy": losses.accuracy_sum_and_count(s_nsp, nsp_labels),
         }
-        sums = {k: s for k, (s, _) in terms.items()}
-        return sums, ({k: n for k, (_, n) in terms.items()}, aux)
+        sums, counts = split_terms(terms)
+        return sums, (counts, aux)
 
     return loss_fn
 

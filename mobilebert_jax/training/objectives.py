@@ -68,7 +68,7 @@ def _need(batch: dict, *keys: str) -> None:
         raise KeyError(f"batch is missing {missing}; it has {sorted(batch)}")
 
 
-def _split(terms: dict[str, losses.SumCount]) -> tuple[dict, dict]:
+def split_terms(terms: dict[str, losses.SumCount]) -> tuple[dict, dict]:
     """`{term: (sum, count)}` as the trainer's (sums, counts) dicts."""
     return {k: s for k, (s, _) in terms.items()}, {k: n for k, (_, n) in terms.items()}
 
@@ -88,7 +88,7 @@ def pretraining_loss(model: MobileBertForPreTraining) -> LossFn:
             "mlm_accuracy": losses.accuracy_sum_and_count(out.prediction_logits, labels),
             "nsp_accuracy": losses.accuracy_sum_and_count(out.seq_relationship_logits, nsp_labels),
         }
-        sums, counts = _split(terms)
+        sums, counts = split_terms(terms)
         return sums, (counts, aux)
 
     return loss_fn
@@ -187,7 +187,7 @@ def question_answering_loss(model: MobileBertForQuestionAnswering) -> LossFn:
             pos = losses.span_positions(logits, batch[f"{name}_positions"], mask)
             t = logits.shape[-1]
             aux[f"{name}_accuracy"] = losses.accuracy_sum_and_count(logits, pos, ignore_index=t)
-        sums, counts = _split(terms)
+        sums, counts = split_terms(terms)
         return sums, (counts, aux)
 
     return loss_fn
