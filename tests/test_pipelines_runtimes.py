@@ -16,6 +16,7 @@ from conftest import SHARED_DATA, TINY, perturbed_hf_model
 from test_pipelines import _same, _tsv_column
 
 import mobilebert_jax as mbj
+from mobilebert_jax.export.runtime import Runtime
 from mobilebert_jax.pipelines import backends as bk
 from mobilebert_jax.tasks import get_task
 from mobilebert_jax.tasks.ner import CONLL2003_TYPES, bio2_labels, read_conll
@@ -103,28 +104,19 @@ def test_onnx_question_answering_equals_jax_on_long_contexts(tmp_path_factory):
     _same(onnx_ans, jax_ans)
 
 
-class FixedJax(bk.Backend):
+class FixedJax(Runtime):
     """A JAX model behind fixed `seq_N` shapes and a fixed batch, run the way `LiteRtBackend` runs them."""
 
-    name = "fixed"
+    format = "fixed"
 
     def __init__(self, inner, lengths, batch):
-        self.inner, self.lengths, self.fixed_batch, self.max_length = (
-            inner,
-            tuple(lengths),
-            batch,
-            max(lengths),
-        )
+        super().__init__(lengths, fixed_batch=batch)
+        self.inner = inner
         self.shapes = set()
 
-    def _run(self, n, feeds):
-        self.shapes.add(feeds["input_ids"].shape)
-        return self.inner(feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"])
-
-    def __call__(self, input_ids, attention_mask, token_type_ids):
-        return bk._run_fixed(
-            self._run, self.lengths, self.fixed_batch, input_ids, attention_mask, token_type_ids, 0
-        )
+    def run_padded(self, batch):
+        self.shapes.add(batch["input_ids"].shape)
+        return self.inner(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
 
 def test_fixed_signature_padding_equals_jax():
@@ -145,7 +137,7 @@ def test_fixed_signature_padding_equals_jax():
     assert ours.buckets == (64,)  # the signatures are the buckets
     _same(ours(texts, ignore_labels=[]), ref(texts, ignore_labels=[]))
     assert fixed.shapes == {(3, 64)}  # 7 rows run as 3 + 3 + 1 (padded to 3)
-    with pytest.raises(ValueError, match="longest signature"):
+    with pytest.raises(ValueError, match="exceeds the largest exported length 64"):
         fixed(*(np.ones((1, 65), np.int32),) * 3)
 
 

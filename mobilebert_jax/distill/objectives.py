@@ -43,17 +43,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mobilebert_jax.model import losses
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.heads import MobileBertLMPredictionHead, MobileBertModel
-from mobilebert_jax.model.losses import IGNORE_INDEX
+from mobilebert_jax.model.losses import IGNORE_INDEX, SumCount
 from mobilebert_jax.training import sharding as shd
-from mobilebert_jax.training.objectives import model_inputs
+from mobilebert_jax.training.objectives import model_inputs, split_terms
 from mobilebert_jax.training.optim import FROZEN, Schedule, path_str
 from mobilebert_jax.training.state import TrainState
 from mobilebert_jax.training.trainer import apply_update, jit_step
 
 Array = jax.Array
-SumCount = tuple[Array, Array]
 # (student params, teacher params, batch, rng, deterministic) -> (sums, (counts, aux))
 DistillLossFn = Callable[[Any, Any, dict, Any, bool], tuple[Any, tuple[Any, dict]]]
 
@@ -177,17 +177,17 @@ def distill_mlm(
     Returns:
         (Σ over counted positions of −Σ_v target_v log p_v, counted positions).
     """
-    logp = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
-    valid = labels != IGNORE_INDEX
-    hard = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None].astype(jnp.int32), axis=-1)[
-        ..., 0
-    ]
-    per = hard
-    if teacher_logits is not None and ground_truth_ratio != 1.0:
-        q = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
-        soft = -jnp.sum(q * logp, axis=-1)
-        per = ground_truth_ratio * hard + (1.0 - ground_truth_ratio) * soft
-    return jnp.sum(jnp.where(valid, per, 0.0)), jnp.sum(valid).astype(jnp.float32)
+    q = teacher_targets(teacher_logits, temperature)
+    return losses.cross_entropy_sum_and_count(
+        student_logits, labels, soft_targets=q, label_weight=ground_truth_ratio
+    )
+
+
+def teacher_targets(teacher_logits: Array | None, temperature: float = 1.0) -> Array | None:
+    """softmax(teacher_logits / T) in float32, without gradient (None without a teacher)."""
+    if teacher_logits is None:
+        return None
+    return jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -417,15 +417,6 @@ def _mlm_nsp_logits(model: nn.Module, enc: MobileBertModel, params: Any, batch: 
     return mlm, nsp
 
 
-def _accuracy(logits: Array, labels: Array) -> SumCount:
-    """(hits, counted): a hit when the label's logit is the row maximum. Same as argmax == label up to
-    exact ties, and a plain max: XLA's CPU argmax (a variadic reduce) costs ~40x more over 30k logits."""
-    valid = labels != IGNORE_INDEX
-    picked = jnp.take_along_axis(logits, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
-    hit = (picked >= jnp.max(logits, axis=-1)) & valid
-    return hit.sum().astype(jnp.float32), valid.sum().astype(jnp.float32)
-
-
 def pretraining_distill_loss(
     student_model: nn.Module,
     teacher_model: nn.Module | None = None,
@@ -456,15 +447,19 @@ def pretraining_distill_loss(
         t_mlm = None
         if t_enc is not None:
             t_mlm, _ = _mlm_nsp_logits(teacher_model, t_enc, teacher_params, batch, positions, True, None)
-        mlm = distill_mlm(s_mlm, labels, t_mlm, ground_truth_ratio, temperature)
-        nsp_labels = jnp.reshape(jnp.asarray(batch["next_sentence_label"], jnp.int32), (-1,))
-        nsp = distill_mlm(s_nsp, nsp_labels)
+        q = teacher_targets(t_mlm, temperature)
+        nsp_labels = batch["next_sentence_label"]
+        terms = losses.pretraining_terms(
+            s_mlm, s_nsp, labels, nsp_labels, mlm_soft_targets=q, label_weight=ground_truth_ratio
+        )
+        nsp_labels = jnp.reshape(jnp.asarray(nsp_labels, jnp.int32), (-1,))
         aux = {
-            "mlm_true": distill_mlm(s_mlm, labels),
-            "mlm_accuracy": _accuracy(s_mlm, labels),
-            "nsp_accuracy": _accuracy(s_nsp, nsp_labels),
+            "mlm_true": losses.cross_entropy_sum_and_count(s_mlm, labels),
+            "mlm_accuracy": losses.accuracy_sum_and_count(s_mlm, labels),
+            "nsp_accuracy": losses.accuracy_sum_and_count(s_nsp, nsp_labels),
         }
-        return {"mlm": mlm[0], "nsp": nsp[0]}, ({"mlm": mlm[1], "nsp": nsp[1]}, aux)
+        sums, counts = split_terms(terms)
+        return sums, (counts, aux)
 
     return loss_fn
 

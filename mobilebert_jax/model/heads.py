@@ -63,9 +63,9 @@ class MobileBertLMPredictionHead(_Base):
         t = t.astype(self.dtype)
         if self.single_gemm and jnp.dtype(self.dtype) == jnp.float32:
             # One GEMM [t, 1] @ [decᵀ; extra; bias] writes the [B, T, V] logits once. Two GEMMs plus
-            # the bias add wrote three such buffers (125 MB each at B=8, T=128), and on CPU each fresh
-            # buffer costs about as much in page faults as the GEMM spends writing it: the head took
-            # 250 ms, now 160 ms. The (H+1, V) weight copy costs less than one logits buffer.
+            # the bias add write three such buffers, and on CPU each fresh buffer costs about as much in
+            # page faults as the GEMM spends writing it. The (H+1, V) weight copy costs less than one
+            # logits buffer.
             # As a 2-D [B·T, H+1] operand, like the dense layers (`token_major_dot_general`).
             t1 = jnp.concatenate([t, jnp.ones(t.shape[:-1] + (1,), t.dtype)], axis=-1).reshape(-1, H + 1)
             w = jnp.concatenate([dec, extra, bias[None, :]], axis=0)  # extra is (0, V) when H == E
@@ -200,9 +200,7 @@ class MobileBertForPreTraining(_HeadBase):
         )
         loss = None
         if labels is not None and next_sentence_label is not None:
-            loss = losses.cross_entropy(mlm, labels) + losses.cross_entropy(
-                nsp, jnp.reshape(next_sentence_label, (-1,))
-            )
+            loss = losses.mean_of_terms(losses.pretraining_terms(mlm, nsp, labels, next_sentence_label))
         return MobileBertForPreTrainingOutput(
             loss=loss, prediction_logits=mlm, seq_relationship_logits=nsp, **_extras(out)
         )
@@ -275,23 +273,10 @@ class MobileBertForNextSentencePrediction(_HeadBase):
 
 
 def sequence_classification_loss(config: MobileBertConfig, logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """HF's `problem_type` rules; an unset problem_type is inferred (not written back) from
-    num_labels and the label dtype: 1 → regression, integer labels → single-label, else multi-label."""
-    problem = config.problem_type
-    if problem is None:
-        if config.num_labels == 1:
-            problem = "regression"
-        elif jnp.issubdtype(labels.dtype, jnp.integer):
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
-    if problem == "regression":
-        if config.num_labels == 1:
-            return losses.mse(jnp.squeeze(logits), jnp.squeeze(labels))
-        return losses.mse(logits, labels)
-    if problem == "single_label_classification":
-        return losses.cross_entropy(logits.reshape(-1, config.num_labels), labels.reshape(-1))
-    return losses.bce_with_logits(logits, labels)
+    """HF's loss for `config.problem_type` (inferred from num_labels and the label dtype when unset)."""
+    kind = losses.problem_type_of(config, labels)
+    s, n = losses.sequence_classification_sum_and_count(kind, logits, labels)
+    return s / n
 
 
 class MobileBertForSequenceClassification(_HeadBase):
@@ -409,16 +394,9 @@ class MobileBertForTokenClassification(_HeadBase):
 
 def question_answering_loss(start_logits, end_logits, start_positions, end_positions) -> jax.Array:
     """HF's QA loss: positions [B] (or [B, 1]) clamped to [0, T]; position T is ignored."""
-    t = start_logits.shape[1]
-
-    def one(logits, pos):
-        pos = jnp.asarray(pos)
-        if pos.ndim > 1:
-            pos = jnp.squeeze(pos, -1)
-        pos = jnp.clip(pos, 0, t)
-        return losses.cross_entropy(logits, pos, ignore_index=t)
-
-    return (one(start_logits, start_positions) + one(end_logits, end_positions)) / 2
+    return losses.mean_of_terms(
+        losses.question_answering_terms(start_logits, end_logits, start_positions, end_positions)
+    )
 
 
 class MobileBertForQuestionAnswering(_HeadBase):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax.export.runtime import Runtime
 from mobilebert_jax.pipelines.backends import Backend
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 384, 512)
@@ -65,7 +66,7 @@ class Pipeline:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Backend | Runtime,
         tokenizer: Any,
         config: Any,
         *,

@@ -295,10 +295,7 @@ class GlueTask(Task):
         logits = output(outputs, "logits")
         labels = jnp.asarray(batch["labels"])
         if self.is_regression:
-            d = jnp.reshape(logits, (-1,)).astype(jnp.float32) - jnp.reshape(labels, (-1,)).astype(
-                jnp.float32
-            )
-            return {"mse": ((d * d).sum(), jnp.float32(d.shape[0]))}
+            return {"mse": losses.sequence_classification_sum_and_count("regression", logits, labels)}
         return {"cls": losses.cross_entropy_sum_and_count(logits, labels)}
 
     def postprocess(

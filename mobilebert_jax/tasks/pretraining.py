@@ -336,17 +336,14 @@ class PretrainingTask(Task):
 
     def loss_terms(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
         """MLM cross-entropy over labels != -100 and NSP cross-entropy; HF's loss is their sum of means."""
-        import jax.numpy as jnp
-
         from mobilebert_jax.model import losses
 
-        mlm = losses.cross_entropy_sum_and_count(
-            output(outputs, "prediction_logits"), jnp.asarray(batch["labels"])
+        return losses.pretraining_terms(
+            output(outputs, "prediction_logits"),
+            output(outputs, "seq_relationship_logits"),
+            batch["labels"],
+            batch["next_sentence_label"],
         )
-        nsp = losses.cross_entropy_sum_and_count(
-            output(outputs, "seq_relationship_logits"), jnp.asarray(batch["next_sentence_label"])
-        )
-        return {"mlm": mlm, "nsp": nsp}
 
     def postprocess(
         self, examples: Any, features: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]

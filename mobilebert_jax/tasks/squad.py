@@ -370,22 +370,15 @@ class SquadTask(Task):
         return prepare_features(examples, tokenizer, max_len, self.doc_stride, self.max_query_length)
 
     def loss_terms(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-        """Start and end cross-entropy; positions are clamped to [0, T] and T is ignored (as HF)."""
-        import jax.numpy as jnp
-
+        """Start and end cross-entropy, sums halved; positions clamped to [0, T], T ignored (as HF)."""
         from mobilebert_jax.model import losses
 
-        out = {}
-        for key, pos_key in (("start", "start_positions"), ("end", "end_positions")):
-            logits = output(outputs, f"{key}_logits")
-            t = logits.shape[-1]
-            pos = jnp.clip(jnp.reshape(jnp.asarray(batch[pos_key]), (-1,)), 0, t)
-            out[key] = losses.cross_entropy_sum_and_count(logits, pos, ignore_index=t)
-        return out
-
-    def combine_loss(self, terms: Mapping[str, tuple[Any, Any]]) -> Any:
-        (s, ns), (e, ne) = terms["start"], terms["end"]
-        return (s / ns + e / ne) / 2
+        return losses.question_answering_terms(
+            output(outputs, "start_logits"),
+            output(outputs, "end_logits"),
+            batch["start_positions"],
+            batch["end_positions"],
+        )
 
     def postprocess(
         self,

@@ -38,7 +38,6 @@ from mobilebert_jax.model.heads import (
 
 LossFn = Callable[[Any, dict, jax.Array | None, bool], tuple[Any, tuple[Any, dict]]]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-IGNORE = losses.IGNORE_INDEX
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
@@ -69,18 +68,9 @@ def _need(batch: dict, *keys: str) -> None:
         raise KeyError(f"batch is missing {missing}; it has {sorted(batch)}")
 
 
-def _accuracy(logits: jax.Array, labels: jax.Array, ignore: int = IGNORE) -> tuple[jax.Array, jax.Array]:
-    valid = labels != ignore
-    hit = (jnp.argmax(logits, -1) == labels) & valid
-    return hit.sum().astype(jnp.float32), valid.sum().astype(jnp.float32)
-
-
-def _masked_labels(batch: dict, labels: jax.Array) -> jax.Array:
-    """Class labels with padded examples (`example_mask` == 0) set to the ignore index."""
-    if "example_mask" not in batch:
-        return labels
-    m = jnp.reshape(batch["example_mask"], (-1,) + (1,) * (labels.ndim - 1)) > 0
-    return jnp.where(m, labels, IGNORE)
+def split_terms(terms: dict[str, losses.SumCount]) -> tuple[dict, dict]:
+    """`{term: (sum, count)}` as the trainer's (sums, counts) dicts."""
+    return {k: s for k, (s, _) in terms.items()}, {k: n for k, (_, n) in terms.items()}
 
 
 def pretraining_loss(model: MobileBertForPreTraining) -> LossFn:
@@ -89,14 +79,17 @@ def pretraining_loss(model: MobileBertForPreTraining) -> LossFn:
     def loss_fn(params, batch, rng, deterministic):
         _need(batch, "labels", "next_sentence_label")
         out = apply_model(model, params, batch, rng, deterministic)
-        nsp_labels = _masked_labels(batch, jnp.reshape(batch["next_sentence_label"], (-1,)))
-        mlm_sum, mlm_n = losses.cross_entropy_sum_and_count(out.prediction_logits, batch["labels"])
-        nsp_sum, nsp_n = losses.cross_entropy_sum_and_count(out.seq_relationship_logits, nsp_labels)
+        mask, labels = batch.get("example_mask"), batch["labels"]
+        terms = losses.pretraining_terms(
+            out.prediction_logits, out.seq_relationship_logits, labels, batch["next_sentence_label"], mask
+        )
+        nsp_labels = losses.mask_examples(jnp.reshape(batch["next_sentence_label"], (-1,)), mask)
         aux = {
-            "mlm_accuracy": _accuracy(out.prediction_logits, batch["labels"]),
-            "nsp_accuracy": _accuracy(out.seq_relationship_logits, nsp_labels),
+            "mlm_accuracy": losses.accuracy_sum_and_count(out.prediction_logits, labels),
+            "nsp_accuracy": losses.accuracy_sum_and_count(out.seq_relationship_logits, nsp_labels),
         }
-        return {"mlm": mlm_sum, "nsp": nsp_sum}, ({"mlm": mlm_n, "nsp": nsp_n}, aux)
+        sums, counts = split_terms(terms)
+        return sums, (counts, aux)
 
     return loss_fn
 
@@ -108,15 +101,15 @@ def masked_lm_loss(model: MobileBertForMaskedLM) -> LossFn:
         _need(batch, "labels")
         out = apply_model(model, params, batch, rng, deterministic)
         s, n = losses.cross_entropy_sum_and_count(out.logits, batch["labels"])
-        return s, (n, {"accuracy": _accuracy(out.logits, batch["labels"])})
+        return s, (n, {"accuracy": losses.accuracy_sum_and_count(out.logits, batch["labels"])})
 
     return loss_fn
 
 
 def _classification(logits: jax.Array, labels: jax.Array, batch: dict) -> tuple[Any, tuple[Any, dict]]:
-    labels = _masked_labels(batch, labels)
+    labels = losses.mask_examples(labels, batch.get("example_mask"))
     s, n = losses.cross_entropy_sum_and_count(logits, labels)
-    return s, (n, {"accuracy": _accuracy(logits, labels)})
+    return s, (n, {"accuracy": losses.accuracy_sum_and_count(logits, labels)})
 
 
 def next_sentence_loss(model: MobileBertForNextSentencePrediction) -> LossFn:
@@ -128,17 +121,6 @@ def next_sentence_loss(model: MobileBertForNextSentencePrediction) -> LossFn:
         return _classification(out.logits, jnp.reshape(batch["labels"], (-1,)), batch)
 
     return loss_fn
-
-
-def problem_type_of(config: Any, labels: jax.Array) -> str:
-    """HF's rule: config.problem_type, else 1 label → regression, int labels → single-label, else multi."""
-    if config.problem_type is not None:
-        return config.problem_type
-    if config.num_labels == 1:
-        return "regression"
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        return "single_label_classification"
-    return "multi_label_classification"
 
 
 def sequence_classification_loss(model: MobileBertForSequenceClassification) -> LossFn:
@@ -153,29 +135,13 @@ def sequence_classification_loss(model: MobileBertForSequenceClassification) -> 
     def loss_fn(params, batch, rng, deterministic):
         _need(batch, "labels")
         out = apply_model(model, params, batch, rng, deterministic)
-        logits, labels = out.logits, jnp.asarray(batch["labels"])
-        kind = problem_type_of(cfg, labels)
+        labels = jnp.asarray(batch["labels"])
+        kind = losses.problem_type_of(cfg, labels)
         if kind == "single_label_classification":
-            return _classification(logits, jnp.reshape(labels, (-1,)), batch)
-        b = logits.shape[0]
-        y = jnp.reshape(labels, (b, -1)).astype(jnp.float32)
-        x = logits.astype(jnp.float32)
-        if y.shape != x.shape:
-            raise ValueError(
-                f"{kind} labels must have shape [batch, num_labels={cfg.num_labels}] "
-                f"(or [batch] for one label), got {labels.shape}"
-            )
-        w = jnp.ones((b, 1), jnp.float32)
-        if "example_mask" in batch:
-            w = jnp.reshape(batch["example_mask"], (b, 1)).astype(jnp.float32)
-        if kind == "regression":
-            per = (x - y) ** 2
-        elif kind == "multi_label_classification":
-            per = jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
-        else:
-            raise ValueError(f"unknown problem_type {kind!r}")
-        n = (w * jnp.ones_like(per)).sum()
-        return (per * w).sum(), (n, {})
+            return _classification(out.logits, jnp.reshape(labels, (-1,)), batch)
+        mask = batch.get("example_mask")
+        s, n = losses.sequence_classification_sum_and_count(kind, out.logits, labels, mask)
+        return s, (n, {})
 
     return loss_fn
 
@@ -212,15 +178,16 @@ def question_answering_loss(model: MobileBertForQuestionAnswering) -> LossFn:
     def loss_fn(params, batch, rng, deterministic):
         _need(batch, "start_positions", "end_positions")
         out = apply_model(model, params, batch, rng, deterministic)
-        t = out.start_logits.shape[1]
-        sums, counts, aux = {}, {}, {}
+        mask = batch.get("example_mask")
+        terms = losses.question_answering_terms(
+            out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"], mask
+        )
+        aux = {}
         for name, logits in (("start", out.start_logits), ("end", out.end_logits)):
-            pos = jnp.clip(jnp.reshape(batch[f"{name}_positions"], (-1,)), 0, t)
-            if "example_mask" in batch:
-                pos = jnp.where(jnp.reshape(batch["example_mask"], (-1,)) > 0, pos, t)
-            s, n = losses.cross_entropy_sum_and_count(logits, pos, ignore_index=t)
-            sums[name], counts[name] = 0.5 * s, n
-            aux[f"{name}_accuracy"] = _accuracy(logits, pos, ignore=t)
+            pos = losses.span_positions(logits, batch[f"{name}_positions"], mask)
+            t = logits.shape[-1]
+            aux[f"{name}_accuracy"] = losses.accuracy_sum_and_count(logits, pos, ignore_index=t)
+        sums, counts = split_terms(terms)
         return sums, (counts, aux)
 
     return loss_fn
