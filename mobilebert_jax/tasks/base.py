@@ -157,7 +157,9 @@ class Task:
 
     def combine_loss(self, terms: Mapping[str, tuple[Any, Any]]) -> Any:
         """The loss from (accumulated) terms: sum over terms of sum / count (HF's value)."""
-        return sum(s / n for s, n in terms.values())
+        from mobilebert_jax.model import losses
+
+        return losses.mean_of_terms(terms)
 
     def loss(self, outputs: Any, batch: Mapping[str, Any]) -> Any:
         """HF's loss for one batch: `combine_loss(loss_terms(outputs, batch))`."""
