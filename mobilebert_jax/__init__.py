@@ -15,7 +15,6 @@ from mobilebert_jax.model.heads import (
     init_params,
 )
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
-from mobilebert_jax.training.host_allocator import tune_host_allocator
 
 
 def pipeline(task: str, model, tokenizer=None, **kwargs):
@@ -23,6 +22,15 @@ def pipeline(task: str, model, tokenizer=None, **kwargs):
     from mobilebert_jax.pipelines import pipeline as _pipeline
 
     return _pipeline(task, model, tokenizer, **kwargs)
+
+
+def __getattr__(name: str):
+    # The training engine loads on first use, so `import mobilebert_jax.pipelines` stays free of it.
+    if name == "tune_host_allocator":
+        from mobilebert_jax.training.host_allocator import tune_host_allocator
+
+        return tune_host_allocator
+    raise AttributeError(f"module 'mobilebert_jax' has no attribute {name!r}")
 
 
 __version__ = "0.1.0"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -208,6 +210,19 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
             elif child in on_stack:
                 low[node] = min(low[node], index[child])
     return comps
+
+
+def test_pipelines_load_neither_jobs_nor_training():
+    """At run time too (the package root and lazy imports included): what `import mobilebert_jax.pipelines`
+    and building a pipeline module pull in, in a fresh interpreter."""
+    code = (
+        "import sys, mobilebert_jax.pipelines, mobilebert_jax.tasks\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('mobilebert_jax.jobs', 'mobilebert_jax.training',"
+        " 'mobilebert_jax.cli')))\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"importing pipelines loaded: {out.stdout.strip()}"
 
 
 def test_no_import_cycle():
