@@ -5,7 +5,9 @@ MobileBERT's trigram embedding puts the [PAD] row next to a text's last real tok
 With `model.clone(pad_invariant=True)` the word embeddings at padded positions are zeroed before the
 trigram. The reference is HF PyTorch run on each text alone, unpadded; with the option off our padded
 outputs equal HF's padded outputs (today's parity) and differ from the unpadded ones. Weights are
-perturbed (the [PAD] row too); tolerance 1e-5 relative, per text, in float32 on CPU.
+perturbed (the [PAD] row too); tolerance 1e-5 relative, per text, in float32 on CPU (measured: option on
+vs HF unpadded <= 4.8e-7, option off vs HF padded <= 6.6e-7; off vs HF unpadded >= 4.0e-3 for every
+class and field).
 """
 
 from __future__ import annotations
