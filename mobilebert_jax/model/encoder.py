@@ -188,7 +188,11 @@ class _ModelBase(_Base):
     `scan_layers`: stacked `[L, ...]` layer params instead of HF's `layer/{i}` tree. `remat`:
     recompute each layer in the backward pass. `unroll_layers`: run the `layer/{i}` tree as L separate
     layers (True), as one scan over its stacked params (False), or by the input size (None, the default:
-    unrolled up to `AUTO_UNROLL_MAX_TOKENS` tokens); see `MobileBertEncoder`.
+    unrolled up to `AUTO_UNROLL_MAX_TOKENS` tokens); see `MobileBertEncoder`. `pad_invariant` (a field of
+    every module, set with `model.clone(pad_invariant=True)`): zero the word embeddings where
+    `attention_mask` is 0 before the trigram, so each text's outputs at its real positions equal HF
+    PyTorch's on that text unpadded, whatever the batch and padding (off: equal to HF on the padded batch;
+    see `MobileBertEmbeddings`).
     """
 
     scan_layers: bool = False
@@ -249,10 +253,16 @@ class MobileBertModel(_ModelBase):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         input_ids = None if input_ids is None else jnp.asarray(input_ids)
-        mask_bias = attention_bias(None if attention_mask is None else jnp.asarray(attention_mask))
+        attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
+        mask_bias = attention_bias(attention_mask)
 
         h = MobileBertEmbeddings(**self.kw, name="embeddings")(
-            input_ids, jnp.asarray(token_type_ids), jnp.asarray(position_ids), inputs_embeds, deterministic
+            input_ids,
+            jnp.asarray(token_type_ids),
+            jnp.asarray(position_ids),
+            inputs_embeds,
+            deterministic,
+            attention_mask,
         )
         h, all_h, attn = MobileBertEncoder(
             **self.kw,

@@ -79,6 +79,9 @@ class _Base(nn.Module):
     # attention kernel: "auto" | "default" | "blockwise" | "cudnn" | "xla" (model/attention.py says
     # which runs when)
     attention_implementation: str = "auto"
+    # zero the word embeddings where attention_mask == 0 before the trigram concat, so that padding
+    # changes no real position's output (HF PyTorch, and this option off, let the [PAD] row leak in)
+    pad_invariant: bool = False
 
     def dense(self, features: int, axes: tuple[str | None, str | None], name: str, use_bias: bool = True):
         """A Dense with params `name/kernel` (in, out) = PT weight.T and `name/bias`."""
@@ -116,6 +119,7 @@ class _Base(nn.Module):
             param_dtype=self.param_dtype,
             precision=self.precision,
             attention_implementation=self.attention_implementation,
+            pad_invariant=self.pad_invariant,
         )
 
 
@@ -138,11 +142,26 @@ class NoNorm(nn.Module):
 
 
 class MobileBertEmbeddings(_Base):
-    """Word (E) → trigram [t+1, t, t-1] (3E) → projection (H) + position + token type → norm."""
+    """Word (E) → trigram [t+1, t, t-1] (3E) → projection (H) + position + token type → norm.
+
+    With `pad_invariant`, the [B, T, E] word embeddings at positions where `attention_mask` is 0 are
+    zeroed before the trigram: the last real token then sees the zero that ends an unpadded text
+    instead of the [PAD] row, so each real position equals the text run alone, unpadded (attention
+    already hides padded keys; position and type embeddings at padded positions reach no real one).
+    """
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, position_ids, inputs_embeds=None, deterministic=True):
-        """Returns [B, T, H]. `inputs_embeds` is the pre-trigram [B, T, E] tensor, as in HF."""
+    def __call__(
+        self,
+        input_ids,
+        token_type_ids,
+        position_ids,
+        inputs_embeds=None,
+        deterministic=True,
+        attention_mask=None,
+    ):
+        """Returns [B, T, H]. `inputs_embeds` is the pre-trigram [B, T, E] tensor, as in HF;
+        `attention_mask` [B, T] is read only with `pad_invariant`."""
         cfg = self.config
         word = nn.Embed(
             cfg.vocab_size,
@@ -162,6 +181,8 @@ class MobileBertEmbeddings(_Base):
             x = inputs_embeds.astype(self.dtype)
             if self.is_initializing():
                 word(jnp.zeros((1, 1), jnp.int32))  # the table must exist: the MLM decoder is tied to it
+        if self.pad_invariant and attention_mask is not None:
+            x = jnp.where((jnp.asarray(attention_mask) > 0)[..., None], x, jnp.zeros((), x.dtype))
         if cfg.trigram_input:
             zero = jnp.zeros_like(x[:, :1])
             nxt = jnp.concatenate([x[:, 1:], zero], axis=1)
