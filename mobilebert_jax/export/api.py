@@ -114,7 +114,7 @@ def export(
 
     `device_ready` (LiteRT, one length, batch 1, an uncased `tokenizer`): the `.tflite` that MediaPipe
     Tasks and the TFLite Task Library load as is (`litert.py`): TFLite Metadata with the vocab and
-    labels, and a sequence classifier's output as `probabilities`. It is asked for, not inferred from
+    labels, and a sequence classifier's output as `probability`. It is asked for, not inferred from
     one length at batch 1, because it changes the classifier's output (probabilities, not logits) that
     the default export's readers expect. `model_info`: the metadata's `name`, `description`, `version`,
     `license`, `author` (defaults: the class, its shapes, the mobilebert-jax version, Apache 2.0).

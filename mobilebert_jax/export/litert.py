@@ -16,7 +16,7 @@ hence a fixed batch size and one signature per length. Quantization:
 
 `device_ready=True` (one length, batch 1) writes the file MediaPipe Tasks and the TFLite Task Library
 load as is: TFLite Metadata with the vocab and labels (`export/metadata.py`), weights inline, and a
-sequence classifier's `probabilities` (softmax; sigmoid for `multi_label_classification`) as its one
+sequence classifier's `probability` (softmax; sigmoid for `multi_label_classification`) as its one
 output instead of `logits`, since those clients pass the model's scores to the app unchanged.
 """
 
@@ -79,16 +79,17 @@ def _out_keys(exp: Any) -> list[str]:
 
 
 def device_forward(model: Any, forward: Any) -> Any:
-    """`forward` as the device clients want it: a sequence classifier returns `probabilities`."""
+    """`forward` as the device clients want it: a sequence classifier returns `probability`."""
     import jax
 
     if common.class_name(model) != "MobileBertForSequenceClassification":
         return forward
     multi = model.config.problem_type == "multi_label_classification"
 
+    # "probability": the output name the Task Library's BertNLClassifier looks up (Model Maker's)
     def probabilities(input_ids, attention_mask, token_type_ids):
         logits = forward(input_ids, attention_mask, token_type_ids)["logits"]
-        return {"probabilities": jax.nn.sigmoid(logits) if multi else jax.nn.softmax(logits, axis=-1)}
+        return {"probability": jax.nn.sigmoid(logits) if multi else jax.nn.softmax(logits, axis=-1)}
 
     return probabilities
 
@@ -102,7 +103,7 @@ def _device_metadata(model: Any, path: str, length: int, info: dict[str, str]) -
     inputs, outputs = subgraph_io(path)
     name = common.class_name(model)
     labelled = (
-        ("probabilities", "logits")
+        ("probability", "logits")
         if name.endswith(("SequenceClassification", "TokenClassification"))
         else ()
     )
@@ -117,7 +118,7 @@ def _device_metadata(model: Any, path: str, length: int, info: dict[str, str]) -
         input_names=inputs,
         output_names=outputs,
         labelled_outputs=[o for o in outputs if o in labelled],
-        probability_outputs=[o for o in outputs if o == "probabilities"],
+        probability_outputs=[o for o in outputs if o == "probability"],
         **fields,
     )
 

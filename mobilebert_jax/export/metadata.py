@@ -37,7 +37,7 @@ _INPUT_DESCRIPTIONS = {
     "segment_ids": "0 for the first sequence, 1 for the second sequence if exists.",
 }
 _OUTPUT_DESCRIPTIONS = {
-    "probabilities": "Class probabilities [1, num_labels].",
+    "probability": "Class probabilities [1, num_labels].",
     "logits": "Unnormalized scores.",
     "start_logits": "Answer start scores [1, length].",
     "end_logits": "Answer end scores [1, length].",
