@@ -204,7 +204,9 @@ def export(
         ),
         "tokenizer_files": [os.path.basename(p) for p in tokenizer_files],
         "clients": {
-            body["file"]: common.clients(format, name, body.get("seq_lengths", seq_lengths), device_ready)
+            body["file"]: common.clients(
+                format, name, body.get("seq_lengths", seq_lengths), device_ready, quantize
+            )
         },
         "total_seconds": round(time.perf_counter() - t0, 2),
     }

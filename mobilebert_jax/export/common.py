@@ -200,13 +200,23 @@ def device_graph(model: Any) -> Any:
     return model
 
 
-def clients(format: str, model_class: str, lengths: Sequence[int], device_ready: bool = False) -> list[str]:
+def clients(
+    format: str, model_class: str, lengths: Sequence[int], device_ready: bool = False, quantize: str = "none"
+) -> list[str]:
     """The runtimes that load a file of this export as is (export.json's "clients"). A device-ready
     LiteRT file (TFLite Metadata, one length, batch 1) adds the app clients of its task; other LiteRT
-    files have no metadata and are for signature runners only."""
+    files have no metadata and are for signature runners only. The Task Library (tflite-support 0.4.4)
+    is listed for fp32 files only: its older TFLite runs our int8 files' per-channel hybrid
+    FULLY_CONNECTED kernels wrongly (docs/deploy_clients.md)."""
     out = [OUR_RUNTIME, *_FORMAT_CLIENTS[format]]
     if format == "litert" and device_ready:
-        out += _DEVICE_CLIENTS.get(model_class, ())
-        if model_class == "MobileBertForQuestionAnswering" and list(lengths) == [QA_TASK_LIBRARY_LENGTH]:
+        out += [
+            c for c in _DEVICE_CLIENTS.get(model_class, ()) if quantize == "none" or "Task Library" not in c
+        ]
+        if (
+            model_class == "MobileBertForQuestionAnswering"
+            and list(lengths) == [QA_TASK_LIBRARY_LENGTH]
+            and quantize == "none"
+        ):
             out.append("TFLite Task Library BertQuestionAnswerer")
     return out

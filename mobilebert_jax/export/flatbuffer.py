@@ -59,7 +59,7 @@ def _sharing_builder(size: int, align_bytes: bool) -> Any:
             return self._seen[key]
 
         def _aligned(self, blob: bytes) -> int:
-            """A byte vector whose data starts 16-byte aligned (inline weights, as TFLite's writer aligns them)."""
+            """A byte vector whose data starts 16-byte aligned (inline weights, as TFLite writes them)."""
             self.StartVector(1, len(blob), ALIGN)
             self.head = self.Head() - len(blob)
             self.Bytes[self.Head() : self.Head() + len(blob)] = blob

@@ -94,8 +94,20 @@ def device_forward(model: Any, forward: Any) -> Any:
     return probabilities
 
 
-def _device_metadata(model: Any, path: str, length: int, info: dict[str, str]) -> bytes:
-    """The TFLite Metadata of the device-ready file at `path` (its one subgraph's inputs and outputs)."""
+def _check_device_ready(lengths: Sequence[int], batch_size: int, vocab: Sequence[str] | None) -> None:
+    if len(lengths) != 1 or batch_size != 1 or not vocab:
+        raise common.ExportError(
+            "a device-ready LiteRT export needs one --seq-lengths at --batch-size 1 and a tokenizer "
+            "(MediaPipe and the Task Library feed [1, L] and tokenize with its vocab); got lengths "
+            f"{list(lengths)}, batch size {batch_size}, {'a' if vocab else 'no'} tokenizer"
+        )
+
+
+def _device_metadata(
+    model: Any, path: str, length: int, vocab: Sequence[str], info: dict[str, str]
+) -> dict[str, Any]:
+    """`compact`'s `metadata` (the TFLite Metadata of the device-ready file at `path`: its one subgraph's
+    inputs and outputs) and `associated_files` (the vocab; a classifier's labels)."""
     import mobilebert_jax
     from mobilebert_jax.export import metadata
     from mobilebert_jax.export.flatbuffer import subgraph_io
@@ -103,9 +115,7 @@ def _device_metadata(model: Any, path: str, length: int, info: dict[str, str]) -
     inputs, outputs = subgraph_io(path)
     name = common.class_name(model)
     labelled = (
-        ("probability", "logits")
-        if name.endswith(("SequenceClassification", "TokenClassification"))
-        else ()
+        ("probability", "logits") if name.endswith(("SequenceClassification", "TokenClassification")) else ()
     )
     fields = {
         "name": name,
@@ -114,13 +124,15 @@ def _device_metadata(model: Any, path: str, length: int, info: dict[str, str]) -
         "license": "Apache License 2.0",
         **info,
     }
-    return metadata.metadata_buffer(
+    buffer = metadata.metadata_buffer(
         input_names=inputs,
         output_names=outputs,
         labelled_outputs=[o for o in outputs if o in labelled],
         probability_outputs=[o for o in outputs if o == "probability"],
         **fields,
     )
+    id2label = model.config.id2label if labelled else None
+    return {"metadata": buffer, "associated_files": metadata.associated_files(vocab, id2label)}
 
 
 def _dynamic_int8(src: str, dst: str) -> None:
@@ -167,12 +179,8 @@ def write_litert(
         raise common.ExportError(f"--batch-size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
     path = os.path.join(out_dir, MODEL_FILE)
-    if device_ready and (len(lengths) != 1 or batch_size != 1 or not vocab):
-        raise common.ExportError(
-            "a device-ready LiteRT export needs one --seq-lengths at --batch-size 1 and a tokenizer "
-            f"(MediaPipe and the Task Library feed [1, L] and tokenize with its vocab); got lengths {lengths}, "
-            f"batch size {batch_size}, {'a' if vocab else 'no'} tokenizer"
-        )
+    if device_ready:
+        _check_device_ready(lengths, batch_size, vocab)
     forward = common.make_forward(model, params)
     graph_fn, qdq = forward, False
     if quantize == "int8":
@@ -196,15 +204,7 @@ def write_litert(
         os.remove(float_path)
     from mobilebert_jax.export.flatbuffer import compact
 
-    meta: dict[str, Any] = {}
-    if device_ready:
-        from mobilebert_jax.export.metadata import associated_files
-
-        id2label = model.config.id2label if "Classification" in common.class_name(model) else None
-        meta = {
-            "metadata": _device_metadata(model, path, lengths[0], model_info or {}),
-            "associated_files": associated_files(vocab, id2label),
-        }
+    meta = _device_metadata(model, path, lengths[0], vocab, model_info or {}) if device_ready else {}
     compaction = compact(path, keep_names=keep_tensor_names, **meta)
     compaction["tensor_names"] = "all" if keep_tensor_names else "signature inputs and outputs"
     seconds = time.perf_counter() - t0
