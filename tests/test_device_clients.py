@@ -157,12 +157,12 @@ def _read_metadata(path):
 
 
 def test_metadata_reads_back_with_the_schema_classes(classifier):
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as mfb
-
     from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
     _, _, out = classifier
     model, meta, zf = _read_metadata(out / "model.tflite")
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as mfb
+
     assert len(model.subgraphs) == 1 and all(b.offset == 0 for b in model.buffers)  # weights inline
     assert meta.name and meta.version and meta.license and meta.description
     assert meta.minParserVersion == b"1.1.0"
