@@ -55,6 +55,24 @@ def read_calibration_file(path: str) -> list[str]:
     return [ln for ln in lines if ln.strip()]
 
 
+def device_vocab(tokenizer: Any) -> list[str]:
+    """The tokens by id that a device-ready export packs as its vocab; raises for a cased tokenizer (the
+    clients' on-device BERT tokenizer lowercases) or none."""
+    if tokenizer is None:
+        raise common.ExportError("a device-ready export needs the tokenizer (its vocab goes into the file)")
+    normalizer = json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer") or {}
+    if not normalizer.get("lowercase", False):
+        raise common.ExportError(
+            "a device-ready export needs an uncased (lowercasing) tokenizer: MediaPipe's and the Task "
+            f"Library's BERT tokenizers lowercase the text; this one's normalizer is {normalizer or None}"
+        )
+    vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=False)
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise common.ExportError("the tokenizer's vocabulary ids are not 0..n-1; cannot pack its vocab")
+    return tokens
+
+
 def _prepare(out_dir: str, overwrite: bool) -> None:
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise common.ExportError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite)")
@@ -89,8 +107,17 @@ def export(
     num_threads: int | None = None,
     overwrite: bool = False,
     keep_tensor_names: bool = False,
+    device_ready: bool = False,
+    model_info: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Writes and verifies an export; returns the manifest written to OUT_DIR/export.json.
+
+    `device_ready` (LiteRT, one length, batch 1, an uncased `tokenizer`): the `.tflite` that MediaPipe
+    Tasks and the TFLite Task Library load as is (`litert.py`): TFLite Metadata with the vocab and
+    labels, and a sequence classifier's output as `probability`. It is asked for, not inferred from
+    one length at batch 1, because it changes the classifier's output (probabilities, not logits) that
+    the default export's readers expect. `model_info`: the metadata's `name`, `description`, `version`,
+    `license`, `author` (defaults: the class, its shapes, the mobilebert-jax version, Apache 2.0).
 
     `quant_stats`: static int8 ranges saved by `finetune --qat` (`quantize.load_quant_stats`), used by
     LiteRT `int8` instead of calibrating on `calibration` (which then only measures the error).
@@ -108,6 +135,9 @@ def export(
         raise common.ExportError("QAT quant stats apply to --format litert --quantize int8 only")
     if keep_tensor_names and format != "litert":
         raise common.ExportError("--keep-tensor-names applies to --format litert only")
+    if (device_ready or model_info) and format != "litert":
+        raise common.ExportError("a device-ready export (TFLite Metadata) applies to --format litert only")
+    vocab = device_vocab(tokenizer) if device_ready else None
     if format in ("litert", "onnx"):
         model, params = flat_layers(model, params)
     if format == "stablehlo":
@@ -135,6 +165,9 @@ def export(
             quant_stats=quant_stats,
             num_threads=num_threads,
             keep_tensor_names=keep_tensor_names,
+            device_ready=device_ready,
+            vocab=vocab,
+            model_info=model_info,
         )
     else:
         from mobilebert_jax.export.onnx import write_onnx
@@ -170,6 +203,11 @@ def export(
             os.path.getsize(os.path.join(out_dir, f)) for f in body.get("files", [body["file"]])
         ),
         "tokenizer_files": [os.path.basename(p) for p in tokenizer_files],
+        "clients": {
+            body["file"]: common.clients(
+                format, name, body.get("seq_lengths", seq_lengths), device_ready, quantize
+            )
+        },
         "total_seconds": round(time.perf_counter() - t0, 2),
     }
     common.write_manifest(out_dir, manifest)

@@ -32,6 +32,23 @@ OUTPUT_FIELDS = {
 }
 
 
+# Who loads each kind of file as is (export.json's "clients"). Every file also runs in our own
+# `export.load_runtime` and the pipelines' backends.
+OUR_RUNTIME = "mobilebert_jax (export.load_runtime, pipelines)"
+_FORMAT_CLIENTS = {
+    "stablehlo": ("jax.export.deserialize",),
+    "litert": ("ai-edge-litert Interpreter / CompiledModel (signature runners)",),
+    "onnx": ("onnxruntime InferenceSession",),
+}
+_DEVICE_CLIENTS = {
+    "MobileBertForSequenceClassification": (
+        "MediaPipe Tasks TextClassifier",
+        "TFLite Task Library BertNLClassifier",
+    ),
+}
+QA_TASK_LIBRARY_LENGTH = 384  # BertQuestionAnswerer feeds [1, 384]
+
+
 class ExportError(RuntimeError):
     """An export that could not be written, or whose artifact does not compute what the JAX model does."""
 
@@ -181,3 +198,25 @@ def device_graph(model: Any) -> Any:
     if getattr(model, "single_gemm_lm_head", False):
         model = model.clone(single_gemm_lm_head=False)
     return model
+
+
+def clients(
+    format: str, model_class: str, lengths: Sequence[int], device_ready: bool = False, quantize: str = "none"
+) -> list[str]:
+    """The runtimes that load a file of this export as is (export.json's "clients"). A device-ready
+    LiteRT file (TFLite Metadata, one length, batch 1) adds the app clients of its task; other LiteRT
+    files have no metadata and are for signature runners only. The Task Library (tflite-support 0.4.4)
+    is listed for fp32 files only: its older TFLite runs our int8 files' per-channel hybrid
+    FULLY_CONNECTED kernels wrongly (docs/deploy_clients.md)."""
+    out = [OUR_RUNTIME, *_FORMAT_CLIENTS[format]]
+    if format == "litert" and device_ready:
+        out += [
+            c for c in _DEVICE_CLIENTS.get(model_class, ()) if quantize == "none" or "Task Library" not in c
+        ]
+        if (
+            model_class == "MobileBertForQuestionAnswering"
+            and list(lengths) == [QA_TASK_LIBRARY_LENGTH]
+            and quantize == "none"
+        ):
+            out.append("TFLite Task Library BertQuestionAnswerer")
+    return out

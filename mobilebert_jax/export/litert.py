@@ -13,6 +13,11 @@ hence a fixed batch size and one signature per length. Quantization:
   int8 rows (`quantize.int8_embeddings`; the quantizer leaves GATHER tables float, 15.6 MB at full size);
 - every file is compacted losslessly (`flatbuffer.compact`: quantization vectors shared, tensor names
   only on the signatures' inputs and outputs): -1.9 MB on the full-size int8 file.
+
+`device_ready=True` (one length, batch 1) writes the file MediaPipe Tasks and the TFLite Task Library
+load as is: TFLite Metadata with the vocab and labels (`export/metadata.py`), weights inline, and a
+sequence classifier's `probability` (softmax; sigmoid for `multi_label_classification`) as its one
+output instead of `logits`, since those clients pass the model's scores to the app unchanged.
 """
 
 from __future__ import annotations
@@ -73,6 +78,63 @@ def _out_keys(exp: Any) -> list[str]:
     return sorted(idx, key=lambda k: idx[k])
 
 
+def device_forward(model: Any, forward: Any) -> Any:
+    """`forward` as the device clients want it: a sequence classifier returns `probability`."""
+    import jax
+
+    if common.class_name(model) != "MobileBertForSequenceClassification":
+        return forward
+    multi = model.config.problem_type == "multi_label_classification"
+
+    # "probability": the output name the Task Library's BertNLClassifier looks up (Model Maker's)
+    def probabilities(input_ids, attention_mask, token_type_ids):
+        logits = forward(input_ids, attention_mask, token_type_ids)["logits"]
+        return {"probability": jax.nn.sigmoid(logits) if multi else jax.nn.softmax(logits, axis=-1)}
+
+    return probabilities
+
+
+def _check_device_ready(lengths: Sequence[int], batch_size: int, vocab: Sequence[str] | None) -> None:
+    if len(lengths) != 1 or batch_size != 1 or not vocab:
+        raise common.ExportError(
+            "a device-ready LiteRT export needs one --seq-lengths at --batch-size 1 and a tokenizer "
+            "(MediaPipe and the Task Library feed [1, L] and tokenize with its vocab); got lengths "
+            f"{list(lengths)}, batch size {batch_size}, {'a' if vocab else 'no'} tokenizer"
+        )
+
+
+def _device_metadata(
+    model: Any, path: str, length: int, vocab: Sequence[str], info: dict[str, str]
+) -> dict[str, Any]:
+    """`compact`'s `metadata` (the TFLite Metadata of the device-ready file at `path`: its one subgraph's
+    inputs and outputs) and `associated_files` (the vocab; a classifier's labels)."""
+    import mobilebert_jax
+    from mobilebert_jax.export import metadata
+    from mobilebert_jax.export.flatbuffer import subgraph_io
+
+    inputs, outputs = subgraph_io(path)
+    name = common.class_name(model)
+    labelled = (
+        ("probability", "logits") if name.endswith(("SequenceClassification", "TokenClassification")) else ()
+    )
+    fields = {
+        "name": name,
+        "description": f"{name}, int32 inputs [1, {length}] (ids, mask, segment_ids); outputs {outputs}.",
+        "version": f"mobilebert-jax {mobilebert_jax.__version__}",
+        "license": "Apache License 2.0",
+        **info,
+    }
+    buffer = metadata.metadata_buffer(
+        input_names=inputs,
+        output_names=outputs,
+        labelled_outputs=[o for o in outputs if o in labelled],
+        probability_outputs=[o for o in outputs if o == "probability"],
+        **fields,
+    )
+    id2label = model.config.id2label if labelled else None
+    return {"metadata": buffer, "associated_files": metadata.associated_files(vocab, id2label)}
+
+
 def _dynamic_int8(src: str, dst: str) -> None:
     from litert_quantizer import Quantizer
 
@@ -96,12 +158,17 @@ def write_litert(
     quant_stats: Any = None,
     num_threads: int | None = None,
     keep_tensor_names: bool = False,
+    device_ready: bool = False,
+    vocab: Sequence[str] | None = None,
+    model_info: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Writes OUT_DIR/model.tflite, runs every signature in LiteRT against the JAX forward; returns the
     manifest entries. `calibration`: int32 inputs `[n, length]` of real text, required for `int8` unless
     `quant_stats` (the ranges `finetune --qat` saved) are given, which are then used instead. The file is
     compacted losslessly (`flatbuffer.compact`: shared quantization vectors, and tensor names only on the
-    signatures' inputs and outputs unless `keep_tensor_names`)."""
+    signatures' inputs and outputs unless `keep_tensor_names`). `device_ready`: the file for MediaPipe and
+    the Task Library (module docstring), with `vocab` (tokens by id) and `model_info` (metadata `name`,
+    `description`, `version`, `license`, `author` overriding the defaults)."""
     import jax
 
     from mobilebert_jax.export.runtime import LiteRTRuntime
@@ -112,6 +179,8 @@ def write_litert(
         raise common.ExportError(f"--batch-size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
     path = os.path.join(out_dir, MODEL_FILE)
+    if device_ready:
+        _check_device_ready(lengths, batch_size, vocab)
     forward = common.make_forward(model, params)
     graph_fn, qdq = forward, False
     if quantize == "int8":
@@ -124,6 +193,8 @@ def write_litert(
         from mobilebert_jax.export.quantize import with_int8_lookup
 
         graph_fn = with_int8_lookup(graph_fn, params)
+    if device_ready:
+        forward, graph_fn = device_forward(model, forward), device_forward(model, graph_fn)
     exported = [(signature_name(t), _export_fixed(graph_fn, batch_size, t)) for t in lengths]
     names = _out_keys(exported[0][1])
     float_path = path + ".fp32.tmp" if quantize == "dynamic-int8" else path
@@ -133,7 +204,8 @@ def write_litert(
         os.remove(float_path)
     from mobilebert_jax.export.flatbuffer import compact
 
-    compaction = compact(path, keep_names=keep_tensor_names)
+    meta = _device_metadata(model, path, lengths[0], vocab, model_info or {}) if device_ready else {}
+    compaction = compact(path, keep_names=keep_tensor_names, **meta)
     compaction["tensor_names"] = "all" if keep_tensor_names else "signature inputs and outputs"
     seconds = time.perf_counter() - t0
     signatures = [
@@ -158,6 +230,8 @@ def write_litert(
         checks.append(_calibration_check(rt, jitted, calibration, lengths, batch_size))
     return {
         "file": MODEL_FILE,
+        "device_ready": device_ready,
+        **({"metadata_files": sorted(meta["associated_files"])} if device_ready else {}),
         "signatures": signatures,
         "batch_size": batch_size,
         "seq_lengths": lengths,
