@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from mobilebert_jax import MobileBertConfig, from_pretrained, save_pretrained
-from mobilebert_jax.checkpoints.hub import resolve_model
-from mobilebert_jax.checkpoints.state_dict import CheckpointError
-from mobilebert_jax.tasks import get_task
+from mobilebert_jax.checkpoints.errors import CheckpointError
+from mobilebert_jax.checkpoints.loader import resolve_model
 from mobilebert_jax.jobs.finetune import JobConfig, load_model
+from mobilebert_jax.tasks import get_task
 
 
 def test_preset_builds_the_preset_with_random_init_and_says_so(caplog):
