@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
-from mobilebert_jax.jobs import export as export_job
-from mobilebert_jax.jobs.export import ExportConfig
 from mobilebert_jax.model.heads import MODEL_CLASSES
 
 
@@ -72,8 +71,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> ExportConfig:
-    """The export job's config from the parsed flags."""
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The export job's `ExportConfig` from the parsed flags."""
+    from mobilebert_jax.jobs.export import ExportConfig
+
     return ExportConfig(
         model=args.model,
         out_dir=args.out_dir,
@@ -94,10 +95,11 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
 def run_export(args: argparse.Namespace) -> int:
     """Runs `export` with parsed `args`; prints what was written. Exit status 1 when the export fails."""
     from mobilebert_jax.export import ExportError
+    from mobilebert_jax.jobs.export import run_export as export
 
     config = config_from_args(args)
     try:
-        m = export_job.run_export(config)
+        m = export(config)
     except ExportError as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
