@@ -34,6 +34,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "resolve_model",
+    "tokenizer_folder",
 ]
 
 logger = logging.getLogger("mobilebert_jax")
@@ -118,17 +119,25 @@ def check_vocab(tokenizer: MobileBertTokenizer, config: MobileBertConfig) -> Non
         )
 
 
+def tokenizer_folder(path: str | None) -> str | None:
+    """The folder whose `tokenizer.json` / `vocab.txt` go with the model at `path` (a directory, or the
+    folder of a checkpoint file or TF1 prefix); None when there are none."""
+    if path is None:
+        return None
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return folder if any(os.path.isfile(os.path.join(folder, f)) for f in _TOKENIZER_FILES) else None
+
+
 def load_tokenizer(folder: str | None, config: MobileBertConfig | None = None) -> MobileBertTokenizer:
     """The one tokenizer rule: `tokenizer.json` / `vocab.txt` in `folder`, else the packaged uncased vocab.
 
     With `config`, a tokenizer read from `folder` must fit the model (`check_vocab`). The packaged vocab
     is a stand-in, not part of the checkpoint: whoever feeds its ids to a model checks them.
     """
-    if folder is not None and not os.path.isdir(folder):  # a checkpoint file or TF1 prefix
-        folder = os.path.dirname(os.path.abspath(folder))
-    if folder is None or not any(os.path.isfile(os.path.join(folder, f)) for f in _TOKENIZER_FILES):
+    found = tokenizer_folder(folder)
+    if found is None:
         return MobileBertTokenizer.default()
-    tok = MobileBertTokenizer.from_pretrained(folder)
+    tok = MobileBertTokenizer.from_pretrained(found)
     if config is not None:
         check_vocab(tok, config)
     return tok

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from mobilebert_jax.checkpoints.loader import LoadedModel, load_model
+from mobilebert_jax.checkpoints.loader import LoadedModel, load_model, tokenizer_folder
 from mobilebert_jax.jobs.config import UsageError
 
 
@@ -56,11 +56,13 @@ def _say(msg: str) -> None:
 
 def _load(config: ExportConfig) -> LoadedModel:
     loaded = load_model(config.model, config.model_class, config_file=config.config_file)
-    tok, vocab = loaded.tokenizer, loaded.config.vocab_size
-    if tok.vocab_size > vocab:  # the packaged stand-in: a checkpoint's own tokenizer files were checked
+    if tokenizer_folder(loaded.path) is None:  # the packaged stand-in (own tokenizer files: checked on load)
+        tok, vocab = loaded.tokenizer, loaded.config.vocab_size
+        fits = (
+            "" if tok.vocab_size <= vocab else f" ({tok.vocab_size} ids; the model's vocab_size is {vocab})"
+        )
         print(
-            f"export: {loaded.path} has no tokenizer files; the packaged uncased vocab ({tok.vocab_size} "
-            f"ids) written beside the model does not fit its vocab_size {vocab}",
+            f"export: no tokenizer files in {loaded.path}; writing the packaged uncased vocab{fits}",
             file=sys.stderr,
         )
     return loaded
