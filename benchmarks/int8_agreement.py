@@ -80,10 +80,10 @@ def read_heldout(path: str) -> tuple[list[str], np.ndarray]:
 def jax_logits(run: str, enc: dict[str, np.ndarray], batch: int = 16) -> np.ndarray:
     import jax
 
-    from mobilebert_jax.cli.export import load_model
+    from mobilebert_jax.checkpoints.loader import load_model
     from mobilebert_jax.export.common import make_forward
 
-    model, params, _ = load_model(run)
+    model, params = load_model(run).build()
     fwd = jax.jit(make_forward(model, params))
     n = len(enc["input_ids"])
     out = []
@@ -141,11 +141,11 @@ def main() -> int:
     KEEP_FOLDING = args.keep_constant_folding
 
     from mobilebert_jax import export as ex
-    from mobilebert_jax.cli.export import load_model
+    from mobilebert_jax.checkpoints.loader import load_model
 
     texts, labels = read_heldout(args.heldout)
     print(f"{len(texts)} held-out sentences from {args.heldout}", flush=True)
-    _, _, tok = load_model(args.run)
+    tok = load_model(args.run).tokenizer
     enc = ex.calibration_batch(texts, tok, args.length, limit=len(texts))
     truncated = int(np.sum(enc["attention_mask"][:, -1] == 1))
     ref = jax_logits(args.run, enc)

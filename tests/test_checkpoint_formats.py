@@ -20,7 +20,8 @@ from conftest import TINY, perturbed_hf_model, rel_err
 from test_parity import make_inputs
 
 from mobilebert_jax import MobileBertConfig, from_pretrained
-from mobilebert_jax.checkpoints.state_dict import CheckpointError, load_pytorch_bin
+from mobilebert_jax.checkpoints.errors import CheckpointError
+from mobilebert_jax.checkpoints.torch_pickle import load_pytorch_bin
 
 torch = pytest.importorskip("torch", reason="torch is the test reference")
 transformers = pytest.importorskip("transformers", reason="transformers (5.x) is the test reference")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mobilebert_jax import MobileBertConfig, from_pretrained, save_pretrained
-from mobilebert_jax.checkpoints.hub import resolve_model
-from mobilebert_jax.checkpoints.state_dict import CheckpointError
+from mobilebert_jax.checkpoints.errors import CheckpointError
+from mobilebert_jax.checkpoints.loader import resolve_model
 from mobilebert_jax.jobs.config import JobConfig
 from mobilebert_jax.jobs.model_io import load_model
 from mobilebert_jax.tasks import get_task

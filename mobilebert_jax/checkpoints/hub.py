@@ -1,104 +1,22 @@
 """Loading and saving HF-format model directories, without torch or transformers.
 
-`resolve_model` is the one rule from a model name (preset, local directory, hub id) to its files;
-`from_pretrained` and the CLI's `--model` both use it. `from_pretrained` reads `config.json` plus
-`model.safetensors`, a sharded safetensors index, `pytorch_model.bin` (zip or legacy format) or
-`tf_model.h5` (the readers are in `state_dict.py` and `torch_pickle.py`).
+`from_pretrained` is the `(model, params)` face of the one loader (`loader.load_model`): it reads
+whatever `load_model` reads (HF directory, checkpoint file, TF1, orbax, training output dir, preset,
+hub id) and builds the module. `save_pretrained` writes what transformers loads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import os
-import re
 from typing import Any
 
 import numpy as np
 
-from mobilebert_jax.checkpoints.pytorch import LoadReport, from_pytorch, to_pytorch
-from mobilebert_jax.checkpoints.state_dict import (
-    SAFE_WEIGHTS,
-    CheckpointError,
-    load_state_dict,
-)
-from mobilebert_jax.model.config import PRESETS, MobileBertConfig
-from mobilebert_jax.model.heads import MODEL_CLASSES, MobileBertForPreTraining, init_params
-
-logger = logging.getLogger("mobilebert_jax")
-
-
-# A Hugging Face Hub repo id: "name" or "owner/name" (what huggingface_hub's validator accepts).
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_HUB_FILES = ["config.json", "*.safetensors", "*.json", "pytorch_model.bin", "tf_model.h5"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """Where a model name points: `kind` is "preset", "local" or "hub"; `folder` holds its files."""
-
-    kind: str
-    name: str
-    folder: str | None = None  # None for a preset
-
-
-def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
-    """The one rule that turns a model name into a source, for the Python API and the CLI alike.
-
-    In order: an existing directory (so a clone named like a preset loads its weights); a preset name
-    from `PRESETS` (random init, no files); anything that looks like a path (absolute, `./`, `~`,
-    two or more `/`, a backslash) or names an existing file: an error that there is no such directory;
-    else a Hugging Face Hub id, fetched with huggingface_hub. Every error names what was tried.
-    """
-    name = os.fspath(name_or_path)
-    if os.path.isdir(name):
-        return ModelSource("local", name, name)
-    if name in PRESETS:
-        return ModelSource("preset", name)
-    if os.path.exists(name):
-        raise CheckpointError(
-            f"{name} is a file; pass the model directory that holds it (config.json + weights)"
-        )
-    expanded = os.path.expanduser(name)
-    if expanded != name and os.path.isdir(expanded):
-        return ModelSource("local", name, expanded)
-    if not _HUB_ID.match(name):
-        raise CheckpointError(
-            f"{name}: no such directory (read as a local path: it is not a preset, {sorted(PRESETS)}, "
-            "and not a hub id of the form owner/name)"
-        )
-    tried = f"{name!r} is not a local directory nor a preset ({', '.join(sorted(PRESETS))}); as a hub id"
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(
-            f"{tried} it needs huggingface_hub, which is not installed (pip install huggingface_hub)"
-        ) from None
-    try:
-        return ModelSource("hub", name, snapshot_download(name, allow_patterns=_HUB_FILES))
-    except Exception as e:
-        raise CheckpointError(f"{tried} it could not be fetched: {type(e).__name__}: {e}") from None
-
-
-def _model_class(model_class: Any, config: MobileBertConfig) -> type:
-    if model_class is None:
-        arch = (config.extra.get("architectures") or ["MobileBertForPreTraining"])[0]
-        return MODEL_CLASSES.get(arch, MobileBertForPreTraining)
-    if isinstance(model_class, str):
-        if model_class not in MODEL_CLASSES:
-            raise ValueError(f"unknown model class {model_class!r}; known: {sorted(MODEL_CLASSES)}")
-        return MODEL_CLASSES[model_class]
-    return model_class
-
-
-def _float_dtype(state_dict: dict[str, np.ndarray]) -> np.dtype:
-    """The float dtype holding most of a state dict's elements (what "checkpoint" precision means)."""
-    counts: dict[np.dtype, int] = {}
-    for v in state_dict.values():
-        if np.issubdtype(v.dtype, np.floating) or v.dtype.name == "bfloat16":
-            counts[v.dtype] = counts.get(v.dtype, 0) + v.size
-    return max(counts, key=counts.get) if counts else np.dtype(np.float32)
+from mobilebert_jax.checkpoints.loader import all_initialised, load_model
+from mobilebert_jax.checkpoints.pytorch import to_pytorch
+from mobilebert_jax.checkpoints.state_dict import SAFE_WEIGHTS
+from mobilebert_jax.model.config import MobileBertConfig
 
 
 def from_pretrained(
@@ -117,15 +35,16 @@ def from_pretrained(
 ):
     """Loads a model by name → `(model, params)`: an HF-format directory, a hub id or a preset.
 
-    The name is resolved by `resolve_model` (the same rule as the CLI's `--model`): a preset
-    (`mobilebert-uncased`, `mobilebert-tiny`, ...) builds that architecture with random params and
-    logs a warning saying so; a directory or hub id reads `config.json` and its weights.
+    The name is resolved by `resolve_model` (the same rule as the CLI's `--model`) and read by
+    `load_model`: a preset (`mobilebert-uncased`, `mobilebert-tiny`, ...) builds that architecture
+    with random params and logs a warning saying so; a directory or hub id reads `config.json` and
+    its weights (any format `load_model` reads).
 
     Args:
         name_or_path: a directory with `config.json` and weights, a hub id (needs huggingface_hub
             and a reachable hub), or a preset name.
         model_class: one of the eight classes or its name; default: the config's `architectures[0]`,
-            else `MobileBertForPreTraining`.
+            else inferred from the checkpoint's heads (a preset: `MobileBertForPreTraining`).
         dtype: compute dtype (default float32).
         param_dtype: storage dtype of the returned params. Default (None): float32 master params,
             whatever the file holds (an fp16/bf16 checkpoint is cast up exactly, as training needs).
@@ -139,51 +58,20 @@ def from_pretrained(
         return_report: also return a `LoadReport` (for a preset: every param initialised).
         **config_overrides: config fields to change (e.g. `num_labels=3`).
     """
-    import jax.numpy as jnp
-
-    source = resolve_model(name_or_path)
-    if source.kind == "preset":
-        config = MobileBertConfig.from_preset(source.name, **config_overrides)
-    else:
-        config = MobileBertConfig.from_json_file(
-            os.path.join(source.folder, "config.json"), **config_overrides
-        )
-    model_class = _model_class(model_class, config)
-    state_dict = load_state_dict(source.folder) if source.kind != "preset" else {}
-    if param_dtype is None:
-        param_dtype = jnp.float32
-    elif isinstance(param_dtype, str) and param_dtype == "checkpoint":
-        param_dtype = _float_dtype(state_dict)
-    model = model_class(
-        config,
-        dtype=dtype or jnp.float32,
-        param_dtype=param_dtype,
+    kw = dict(strict=strict, param_dtype=param_dtype, rng=rng, init=False)
+    loaded = load_model(name_or_path, model_class, **kw, **config_overrides)
+    model, params = loaded.build(
+        dtype=dtype,
+        param_dtype=None if isinstance(param_dtype, str) else param_dtype,
         scan_layers=scan_layers,
         remat=remat,
         unroll_layers=unroll_layers,
-    )
-    if source.kind == "preset":
-        if strict:
-            raise CheckpointError(f"{source.name!r} is a preset: it has no weights to load (strict=True)")
-        logger.warning(
-            "%s is a preset, not a checkpoint: %s params are randomly initialised",
-            source.name,
-            model_class.__name__,
-        )
-        params = init_params(model, rng)
-        report = LoadReport(initialised=sorted(to_pytorch(params, config, include_tied=False)))
-        return (model, params, report) if return_report else (model, params)
-    params, report = from_pytorch(
-        state_dict,
-        config,
-        model_class,
-        scan_layers=scan_layers,
         rng=rng,
-        strict=strict,
-        return_report=True,
-        dtype=param_dtype,
     )
-    return (model, params, report) if return_report else (model, params)
+    if not return_report:
+        return model, params
+    report = loaded.report.load if loaded.report is not None else all_initialised(params, loaded.config)
+    return model, params, report
 
 
 def save_pretrained(path: str, params: Any, config: MobileBertConfig, model_class: Any = None) -> None:

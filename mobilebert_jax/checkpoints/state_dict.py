@@ -12,25 +12,13 @@ import os
 
 import numpy as np
 
+from mobilebert_jax.checkpoints.errors import CheckpointError
+from mobilebert_jax.checkpoints.torch_pickle import load_pytorch_bin
+
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PT_WEIGHTS = "pytorch_model.bin"
 TF_WEIGHTS = "tf_model.h5"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupted or unsafe."""
-
-
-# -------------------------------------------------------------------------------- pytorch_model.bin
-def load_pytorch_bin(path: str) -> dict[str, np.ndarray]:
-    """A `pytorch_model.bin` (zip or legacy pre-1.6 format) → {name: array}, executing nothing.
-
-    The reader is `torch_pickle.py`, an allow-list unpickler.
-    """
-    from mobilebert_jax.checkpoints.torch_pickle import load_pytorch_bin as load
-
-    return load(path)
 
 
 # -------------------------------------------------------------------------------- safetensors

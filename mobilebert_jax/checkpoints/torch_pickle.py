@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from mobilebert_jax.checkpoints.state_dict import CheckpointError
+from mobilebert_jax.checkpoints.errors import CheckpointError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001

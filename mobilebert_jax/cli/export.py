@@ -4,6 +4,7 @@ MODEL: an HF directory (class from config.json's `architectures` unless `--model
 checkpoints (`convert --to orbax` output, a trainer checkpoint folder, TF2 h5 or TF1), or a training
 output directory (its `hf_model/`). OUT_DIR gets `model.tflite` / `model.onnx` / `model.stablehlo`,
 `config.json`, the tokenizer files and `export.json` (signatures, runtime versions, measured error, size).
+The job is `jobs/export.py:run_export`; this module turns the flags into its `ExportConfig`.
 
     mobilebert-jax export runs/sst2 out/sst2-litert --format litert --seq-lengths 128,384
     mobilebert-jax export runs/sst2 out/sst2-int8 --format litert --quantize int8 \\
@@ -70,84 +71,36 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_path(path: str) -> str:
-    """MODEL as given, or a finetune output dir's `hf_model/`."""
-    if os.path.isdir(os.path.join(path, "hf_model")) and not os.path.exists(
-        os.path.join(path, "config.json")
-    ):
-        return os.path.join(path, "hf_model")
-    return path
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The export job's `ExportConfig` from the parsed flags."""
+    from mobilebert_jax.jobs.export import ExportConfig
 
-
-def load_model(path: str, model_class: str | None = None, config: str | None = None) -> tuple[Any, Any, Any]:
-    """(model, params, tokenizer) from an HF dir, our checkpoint or a training output dir."""
-    from mobilebert_jax.cli.convert import _READERS, detect_source
-    from mobilebert_jax.text.tokenizer import MobileBertTokenizer
-
-    path = model_path(path)
-    kind = detect_source(path)
-    ns = argparse.Namespace(src=path, config=config, model_class=model_class, teacher=False, strict=False)
-    params, cfg, cls, _ = _READERS[kind](ns)
-    model = MODEL_CLASSES[cls](cfg)
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    if any(os.path.exists(os.path.join(folder, f)) for f in ("vocab.txt", "tokenizer.json")):
-        tok = MobileBertTokenizer.from_pretrained(folder)
-    else:
-        tok = MobileBertTokenizer.default()
-        print(f"export: no tokenizer files in {folder}; writing the packaged uncased vocab", file=sys.stderr)
-    if tok.vocab_size != cfg.vocab_size:
-        print(
-            f"export: the tokenizer has {tok.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}",
-            file=sys.stderr,
-        )
-    return model, params, tok
+    return ExportConfig(
+        model=args.model,
+        out_dir=args.out_dir,
+        format=args.format,
+        quantize=args.quantize,
+        seq_lengths=tuple(args.seq_lengths),
+        batch_size=args.batch_size,
+        calibration_file=args.calibration_file,
+        calibration_samples=args.calibration_samples,
+        model_class=args.model_class,
+        config_file=args.config,
+        num_threads=args.num_threads,
+        overwrite=args.overwrite,
+        keep_tensor_names=args.keep_tensor_names,
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from mobilebert_jax import export as ex
+    """Runs `export` with parsed `args`; prints what was written. Exit status 1 when the export fails."""
+    from mobilebert_jax.export import ExportError
+    from mobilebert_jax.jobs.export import run_export as export
 
-    model, params, tok = load_model(args.model, args.model_class, args.config)
-    stats = None
-    if args.quantize == "int8" and args.format == "litert":
-        from mobilebert_jax.export.quantize import load_quant_stats
-
-        folder = model_path(args.model)
-        try:
-            found = load_quant_stats(folder if os.path.isdir(folder) else os.path.dirname(folder))
-        except ex.ExportError as e:
-            print(f"export failed: {e}", file=sys.stderr)
-            return 1
-        if found is not None:
-            stats = found[0]
-            print("export: int8 ranges from the QAT run (quant_stats.msgpack), not recalibrated", flush=True)
-    calibration = None
-    if args.calibration_file:
-        texts = ex.read_calibration_file(args.calibration_file)
-        calibration = ex.calibration_batch(texts, tok, max(args.seq_lengths), limit=args.calibration_samples)
-    elif args.quantize == "int8" and stats is None:
-        raise SystemExit("export: --quantize int8 needs --calibration-file (real text to calibrate on)")
-    print(
-        f"export: {type(model).__name__} → {args.format} ({args.quantize}), lengths {args.seq_lengths}, "
-        f"batch {args.batch_size}",
-        flush=True,
-    )
+    config = config_from_args(args)
     try:
-        m = ex.export(
-            model,
-            params,
-            args.out_dir,
-            format=args.format,
-            quantize=args.quantize,
-            seq_lengths=args.seq_lengths,
-            batch_size=args.batch_size,
-            tokenizer=tok,
-            calibration=calibration,
-            quant_stats=stats,
-            num_threads=args.num_threads,
-            overwrite=args.overwrite,
-            keep_tensor_names=args.keep_tensor_names,
-        )
-    except ex.ExportError as e:
+        m = export(config)
+    except ExportError as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
     v = m["verification"]
@@ -158,7 +111,7 @@ def run_export(args: argparse.Namespace) -> int:
     )
     extra = [f for f in m.get("files", []) if f != m["file"]]  # ONNX's external data (model.onnx.data)
     print(
-        f"wrote {os.path.join(args.out_dir, m['file'])}{' + ' + ', '.join(extra) if extra else ''} "
+        f"wrote {os.path.join(config.out_dir, m['file'])}{' + ' + ', '.join(extra) if extra else ''} "
         f"({m['size_bytes'] / 1e6:.1f} MB), signatures "
         f"{[s['name'] for s in m['signatures']]}; max relative error vs JAX {v['max_rel_error']:.2e} "
         f"({v['how']}){on_text}; export.json, config.json, tokenizer files"
@@ -174,94 +127,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _read_pairs(path: str, limit: int | None) -> tuple[list, list[str]]:
-    """(texts or (a, b) pairs, labels) from a GLUE-style TSV with a header."""
-    with open(path, encoding="utf-8") as f:
-        rows = [ln.rstrip("\n").split("\t") for ln in f if ln.strip()]
-    header, rows = rows[0], rows[1 : limit + 1 if limit else None]
-    for a, b in (("question", "sentence"), ("sentence1", "sentence2"), ("sentence", None)):
-        if a in header and (b is None or b in header):
-            ia, ib = header.index(a), (header.index(b) if b else None)
-            texts = [(r[ia], r[ib]) if ib is not None else r[ia] for r in rows]
-            return texts, [r[header.index("label")] if "label" in header else "" for r in rows]
-    raise ValueError(f"{path}: no question/sentence, sentence1/sentence2 or sentence columns in {header}")
-
-
-def deploy_check(
-    output_dir: str, eval_file: str, max_seq_length: int, limit: int | None = None, latency_rows: int = 100
-) -> dict[str, Any] | None:
-    """The user's last step: OUT/hf_model → LiteRT fp32 and dynamic-int8 (OUT/litert-*), run in LiteRT on
-    the held-out pairs at batch 1; prints argmax agreement with JAX, logit error and latency beside JAX."""
-    import importlib.util
-    import json
-    import statistics
-    import time
-
-    import numpy as np
-
-    missing = [
-        m
-        for m in ("litert_converter", "ai_edge_litert", "litert_quantizer")
-        if importlib.util.find_spec(m) is None
-    ]
-    if missing:
-        print(
-            f"deploy: skipped, the export extra is not installed (missing {missing}); "
-            "pip install 'mobilebert-jax[export]' (scripts/setup.sh does)",
-            flush=True,
-        )
-        return None
-    import jax
-
-    from mobilebert_jax import export as ex
-    from mobilebert_jax.export.common import make_forward, rel_err
-
-    model, params, tok = load_model(os.path.join(output_dir, "hf_model"))
-    texts, _ = _read_pairs(eval_file, limit)
-    batch = ex.calibration_batch(texts, tok, max_seq_length, limit=len(texts))  # the same tokenization
-    n = len(batch["input_ids"])
-    fwd = jax.jit(make_forward(model, params))
-
-    def rows(fn) -> tuple[np.ndarray, float]:
-        out, ts = [], []
-        for i in range(n):
-            one = {k: v[i : i + 1] for k, v in batch.items()}
-            t0 = time.perf_counter()
-            out.append(np.asarray(fn(one)["logits"]))
-            if i < latency_rows:
-                ts.append(time.perf_counter() - t0)
-        return np.concatenate(out), statistics.median(ts[1:] or ts) * 1e3
-
-    jax_logits, jax_ms = rows(lambda b: fwd(**b))
-    results: dict[str, Any] = {"pairs": n, "max_seq_length": max_seq_length, "jax": {"ms": jax_ms}}
-    print(
-        f"deploy: exporting {output_dir}/hf_model to LiteRT (fp32, dynamic-int8), {n} held-out pairs",
-        flush=True,
-    )
-    for q in ("none", "dynamic-int8"):
-        name = "litert-" + ("fp32" if q == "none" else q)
-        out_dir = os.path.join(output_dir, name)
-        m = ex.to_litert(
-            model, params, out_dir, seq_lengths=(max_seq_length,), quantize=q, tokenizer=tok, overwrite=True
-        )
-        rt = ex.load_runtime(out_dir, num_threads=os.cpu_count())
-        logits, ms = rows(lambda b, rt=rt: rt(**b))
-        results[name] = {
-            "ms": ms,
-            "agreement_with_jax": float(np.mean(logits.argmax(-1) == jax_logits.argmax(-1))),
-            "rel_logit_error": rel_err(logits, jax_logits),
-            "size_mb": m["size_bytes"] / 1e6,
-        }
-    print(f"{'':22s} {'ms (B=1)':>9s} {'agrees w/ JAX':>14s} {'logit err':>10s} {'size MB':>8s}")
-    print(f"{'JAX jit':22s} {jax_ms:9.2f} {'-':>14s} {'-':>10s} {'-':>8s}")
-    for name in ("litert-fp32", "litert-dynamic-int8"):
-        r = results[name]
-        print(
-            f"{name:22s} {r['ms']:9.2f} {100 * r['agreement_with_jax']:13.1f}% {r['rel_logit_error']:10.1e} "
-            f"{r['size_mb']:8.1f}"
-        )
-    with open(os.path.join(output_dir, "deploy_results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    return results

@@ -210,7 +210,7 @@ def _run_job(args: argparse.Namespace) -> int:
     if report.get("stopped") == "preempted":
         return 130 if report.get("signal") == "SIGINT" else 143
     if args.command == "demo" and not args.skip_export:
-        from mobilebert_jax.cli.export import deploy_check
+        from mobilebert_jax.jobs.export import deploy_check
 
         deploy_check(job.output_dir, job.validation_file, job.max_seq_length, limit=job.max_eval_samples)
     return 0

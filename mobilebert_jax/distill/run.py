@@ -44,7 +44,7 @@ from mobilebert_jax.training.state import (
     model_init_fn,
     restore_checkpoint,
 )
-from mobilebert_jax.training.trainer import FitConfig, fit, make_train_step, to_host
+from mobilebert_jax.training.trainer import FitConfig, FitResult, fit, make_train_step, to_host
 
 log = logging.getLogger(__name__)
 
@@ -310,72 +310,39 @@ def run_distillation(
         say: progress messages.
         compiler_options: XLA options for the step compiles (e.g. {"xla_backend_optimization_level": 0}).
     """
-    sc, tc = student_model.config, teacher_model.config
-    D.check_compatible(sc, tc)
-    if getattr(student_model, "scan_layers", False):
-        raise ValueError(
-            "the student needs unrolled layers (scan_layers=False) for the per-layer gate and LAMB"
-        )
+    sc, tc = _check_models(student_model, teacher_model)
     plan = stage_plan(cfg, sc.num_hidden_layers)
     _check_run_file(output_dir, {"distill": cfg.to_dict(), "student": sc.to_dict(), "teacher": tc.to_dict(),
                                  "stages": [dataclasses.asdict(s) for s in plan]})  # fmt: skip
-    rng = jax.random.key(cfg.seed)
     teacher_params, t_shard = place_params(teacher_model, teacher_params, mesh, rules)
-    init_fn = model_init_fn(student_model, example_batch())
-    b_shard = shd.batch_sharding(mesh)
-
-    def initial_params():
-        p = student_params
-        if p is None:
-            with shd.mesh_context(mesh, rules):
-                p = nn.meta.unbox(jax.jit(init_fn)(rng))["params"]
-        p, rep = D.copy_non_encoder(p, teacher_params, sc, tc)
-        say(
-            f"copied {len(rep.copied)} embedding/head params from the teacher; kept the student's "
-            f"{rep.kept or 'none'}"
-        )
-        return p
-
-    def restore_final(stage: Stage):
-        abstract_p = nn.meta.unbox(jax.eval_shape(init_fn, rng))["params"]
-        tx, _, _ = stage_setup(stage, student_model, teacher_model, abstract_p, cfg)
-        target, _, _ = abstract_train_state(init_fn, tx, rng, mesh, rules)
-        state, data_state, _ = restore_checkpoint(os.path.join(output_dir, stage.name, "checkpoints"), target,
-                                                  step=stage.steps)  # fmt: skip
-        return state.params, data_state
-
+    init_fn, rng = model_init_fn(student_model, example_batch()), jax.random.key(cfg.seed)
+    run = _Run(
+        student_model,
+        teacher_model,
+        teacher_params,
+        t_shard,
+        cfg,
+        output_dir,
+        init_fn,
+        rng,
+        mesh,
+        rules,
+        compiler_options,
+    )
     params, histories, g0, stopped = None, {}, 0, "done"
     for i, stage in enumerate(plan):
-        wd = os.path.join(output_dir, stage.name)
-        if _latest_step(wd) == stage.steps:
+        if _latest_step(os.path.join(output_dir, stage.name)) == stage.steps:
             say(f"{stage.name}: finished earlier ({stage.steps} steps)")
             params, g0 = None, g0 + stage.steps
             continue
         if stop_at_step is not None and stop_at_step <= g0:
             stopped = "stopped"
             break
-        if params is None:
-            if i == 0:
-                params = initial_params()
-            else:
-                params, data_state = restore_final(plan[i - 1])
-                if data_state and hasattr(data, "set_state"):
-                    data.set_state(data_state)
-                say(f"restored the end of {plan[i - 1].name}")
-        tx, schedule, loss = stage_setup(stage, student_model, teacher_model, params, cfg)
-        sharded = create_train_state(init_fn, tx, rng, mesh, rules, params=params)
-        step = D.make_distill_step(loss, state_shardings=sharded.shardings, teacher_shardings=t_shard, mesh=mesh,
-                                   rules=rules, num_micro_batches=cfg.num_micro_batches, learning_rate=schedule,
-                                   compiler_options=compiler_options)  # fmt: skip
+        params = _start_params(run, plan, i, params, student_params, data, say)
         n = stage.steps if stop_at_step is None else min(stage.steps, stop_at_step - g0)
         what = f"layer {stage.layer}" if stage.layer is not None else "pre-training distillation"
         say(f"{stage.name}: {what}, {stage.steps} steps" + (f" (running to {n})" if n < stage.steps else ""))
-        res = fit(
-            FitConfig(num_steps=n, workdir=wd, log_every=min(cfg.log_every, n), checkpoint_every=cfg.checkpoint_every,
-                      max_to_keep=cfg.max_to_keep, progress=progress, plot=plot),
-            sharded.state, functools.partial(_with_teacher, step, teacher_params), data, jax.random.fold_in(rng, i),
-            batch_sharding=b_shard,
-        )  # fmt: skip
+        res = _fit_stage(run, i, stage, params, data, n, progress=progress, plot=plot)
         params, histories[stage.name] = res.state.params, res.history
         if res.history:
             say(f"{stage.name}: " + _summary(res.history))
@@ -385,14 +352,121 @@ def run_distillation(
             break
         g0 += stage.steps
     else:
-        if params is None:
-            params, _ = restore_final(plan[-1])
-        host_params = to_host(params)  # every process: gathers FSDP/tensor shards
-        if jax.process_index() == 0:
-            final = os.path.join(output_dir, "final_model")
-            save_pretrained(final, host_params, sc, "MobileBertForPreTraining")
-            say(f"wrote {final}")
+        params = params if params is not None else _restore_final(run, plan[-1])[0]
+        _save_final(params, sc, output_dir, say)
     return DistillResult(params=params, stopped=stopped, step=g0, histories=histories)
+
+
+def _check_models(
+    student_model: nn.Module, teacher_model: nn.Module
+) -> tuple[MobileBertConfig, MobileBertConfig]:
+    sc, tc = student_model.config, teacher_model.config
+    D.check_compatible(sc, tc)
+    if getattr(student_model, "scan_layers", False):
+        raise ValueError(
+            "the student needs unrolled layers (scan_layers=False) for the per-layer gate and LAMB"
+        )
+    return sc, tc
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every stage of one distillation run shares."""
+
+    student_model: nn.Module
+    teacher_model: nn.Module
+    teacher_params: Any  # on their shards
+    teacher_shardings: Any
+    cfg: DistillConfig
+    output_dir: str
+    init_fn: Callable
+    rng: jax.Array
+    mesh: jax.sharding.Mesh | None
+    rules: shd.Rules | None
+    compiler_options: dict[str, Any] | None
+
+
+def _initial_params(run: _Run, student_params: Any, say: Callable[[str], None]) -> Any:
+    """The first stage's student: given or random params, embeddings and heads copied from the teacher."""
+    p = student_params
+    if p is None:
+        with shd.mesh_context(run.mesh, run.rules):
+            p = nn.meta.unbox(jax.jit(run.init_fn)(run.rng))["params"]
+    sc, tc = run.student_model.config, run.teacher_model.config
+    p, rep = D.copy_non_encoder(p, run.teacher_params, sc, tc)
+    kept = rep.kept or "none"
+    say(f"copied {len(rep.copied)} embedding/head params from the teacher; kept the student's {kept}")
+    return p
+
+
+def _restore_final(run: _Run, stage: Stage) -> tuple[Any, Any]:
+    """(params, data state) at the end of a finished `stage`."""
+    abstract_p = nn.meta.unbox(jax.eval_shape(run.init_fn, run.rng))["params"]
+    tx, _, _ = stage_setup(stage, run.student_model, run.teacher_model, abstract_p, run.cfg)
+    target, _, _ = abstract_train_state(run.init_fn, tx, run.rng, run.mesh, run.rules)
+    workdir = os.path.join(run.output_dir, stage.name, "checkpoints")
+    state, data_state, _ = restore_checkpoint(workdir, target, step=stage.steps)
+    return state.params, data_state
+
+
+def _start_params(
+    run: _Run,
+    plan: list[Stage],
+    i: int,
+    params: Any,
+    student_params: Any,
+    data: Any,
+    say: Callable[[str], None],
+) -> Any:
+    """The params stage `i` starts from: those in hand, the first stage's initial ones, or the end of stage i-1."""
+    if params is not None:
+        return params
+    if i == 0:
+        return _initial_params(run, student_params, say)
+    params, data_state = _restore_final(run, plan[i - 1])
+    if data_state and hasattr(data, "set_state"):
+        data.set_state(data_state)
+    say(f"restored the end of {plan[i - 1].name}")
+    return params
+
+
+def _fit_stage(
+    run: _Run, i: int, stage: Stage, params: Any, data: Any, n: int, *, progress: bool, plot: bool
+) -> FitResult:
+    """Trains stage `i` from `params` up to step `n` (resuming its checkpoint if any); fit's result."""
+    cfg = run.cfg
+    fit_config = FitConfig(
+        num_steps=n,
+        workdir=os.path.join(run.output_dir, stage.name),
+        log_every=min(cfg.log_every, n),
+        checkpoint_every=cfg.checkpoint_every,
+        max_to_keep=cfg.max_to_keep,
+        progress=progress,
+        plot=plot,
+    )
+    tx, schedule, loss = stage_setup(stage, run.student_model, run.teacher_model, params, cfg)
+    sharded = create_train_state(run.init_fn, tx, run.rng, run.mesh, run.rules, params=params)
+    step = D.make_distill_step(
+        loss,
+        state_shardings=sharded.shardings,
+        teacher_shardings=run.teacher_shardings,
+        mesh=run.mesh,
+        rules=run.rules,
+        num_micro_batches=cfg.num_micro_batches,
+        learning_rate=schedule,
+        compiler_options=run.compiler_options,
+    )
+    step = functools.partial(_with_teacher, step, run.teacher_params)
+    rng = jax.random.fold_in(run.rng, i)
+    return fit(fit_config, sharded.state, step, data, rng, batch_sharding=shd.batch_sharding(run.mesh))
+
+
+def _save_final(params: Any, config: MobileBertConfig, output_dir: str, say: Callable[[str], None]) -> None:
+    host_params = to_host(params)  # every process: gathers FSDP/tensor shards
+    if jax.process_index() == 0:
+        final = os.path.join(output_dir, "final_model")
+        save_pretrained(final, host_params, config, "MobileBertForPreTraining")
+        say(f"wrote {final}")
 
 
 def _with_teacher(step: Callable, teacher_params: Any, state: Any, batch: dict, rng: Any):

@@ -2,7 +2,7 @@
 
 The one module of the jobs that reads models: `load_model`, `load_tokenizer` and `check_compatible`
 are the rule the jobs apply (a preset is random init sized to the tokenizer; a directory or hub id is
-read by `from_pretrained`; a tokenizer's ids must fit the embedding table).
+read by `checkpoints.loader.load_model`; a tokenizer's ids must fit the embedding table).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mobilebert_jax.checkpoints.hub import from_pretrained, resolve_model, save_pretrained
+from mobilebert_jax.checkpoints import loader
+from mobilebert_jax.checkpoints.errors import CheckpointError
+from mobilebert_jax.checkpoints.hub import save_pretrained
 from mobilebert_jax.jobs.config import JobConfig, UsageError
 from mobilebert_jax.jobs.run_dir import say
 from mobilebert_jax.model.config import PRESETS, MobileBertConfig
-from mobilebert_jax.model.heads import MODEL_CLASSES
 from mobilebert_jax.tasks import Task
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
@@ -30,17 +31,13 @@ def saved_model_config(model: str) -> MobileBertConfig | None:
 
 
 def load_tokenizer(model: str) -> MobileBertTokenizer:
-    """The vocabulary of a model directory (vocab.txt / tokenizer.json), else the packaged uncased one."""
-    if (
-        os.path.isdir(model)  # a directory wins over a preset name, as in resolve_model
-        and any(os.path.exists(os.path.join(model, f)) for f in ("vocab.txt", "tokenizer.json"))
-    ):
-        return MobileBertTokenizer.from_pretrained(model)
-    return MobileBertTokenizer.default()
+    """The model's tokenizer by the loader's one rule (its files, else the packaged uncased vocab)."""
+    return loader.load_tokenizer(loader.resolve_model(model).folder)
 
 
 def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokenizer | None = None):
-    """(config, model, params or None): a preset gives random init (params created sharded later).
+    """(config, model, params or None) through `checkpoints.loader`: a preset gives random init (params
+    created sharded later).
 
     A preset's vocab_size follows the tokenizer unless `model_config` sets it (random init: the
     embedding table is sized for the ids the tokenizer makes)."""
@@ -48,34 +45,32 @@ def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokeni
     overrides = {**task.config_overrides(), **job.model_config}
     kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat, unroll_layers=job.unroll_layers)
     attn = dict(attention_implementation=job.attention_implementation)
-    source = resolve_model(job.model)  # the rule from_pretrained uses: preset, local directory, hub id
-    if source.kind == "preset":
+    if loader.resolve_model(job.model).kind == "preset":
         preset_vocab = PRESETS[job.model].get("vocab_size", MobileBertConfig.vocab_size)
         if tok is not None and "vocab_size" not in job.model_config and tok.vocab_size != preset_vocab:
             overrides["vocab_size"] = tok.vocab_size
             say(f"{job.model}: vocab_size {preset_vocab} -> {tok.vocab_size} (the tokenizer's; random init)")
         try:
-            config = MobileBertConfig.from_preset(job.model, **overrides)
+            loaded = loader.load_model(job.model, task.model_class, init=False, **overrides)
         except (TypeError, ValueError) as e:
             raise UsageError(f"--model_config: {e}") from None
-        return config, MODEL_CLASSES[task.model_class](config, **kw, **attn), None
-    model, params = from_pretrained(source.folder, task.model_class, rng=rng, **kw, **overrides)
-    return model.config, model.clone(**attn), params
+        return loaded.config, loaded.model_class(loaded.config, **kw, **attn), None
+    loaded = loader.load_model(job.model, task.model_class, rng=rng, **overrides)
+    model, params = loaded.build(**kw, rng=rng)
+    return loaded.config, model.clone(**attn), params
 
 
 def load_params(folder: str, task: Task, scan_layers: bool) -> Any:
     """The params of an HF directory this job wrote (the best model, reloaded for the end)."""
-    _, params = from_pretrained(folder, task.model_class, scan_layers=scan_layers)
-    return params
+    return loader.load_model(folder, task.model_class).build(scan_layers=scan_layers)[1]
 
 
 def check_compatible(config: MobileBertConfig, tok: MobileBertTokenizer, max_seq_length: int) -> None:
     """Ids past the embedding table would be silently filled inside jit: refuse them up front."""
-    if tok.vocab_size > config.vocab_size:
-        raise UsageError(
-            f"the tokenizer has {tok.vocab_size} ids but the model's vocab_size is {config.vocab_size}; "
-            "use a matching model config (e.g. --model_config '{\"vocab_size\": 30522}')"
-        )
+    try:
+        loader.check_vocab(tok, config)
+    except CheckpointError as e:
+        raise UsageError(f"{e} (e.g. --model_config '{{\"vocab_size\": {tok.vocab_size}}}')") from None
     if max_seq_length > config.max_position_embeddings:
         raise UsageError(
             f"--max_seq_length {max_seq_length} > the model's max_position_embeddings "

@@ -13,7 +13,6 @@ runs the model; see `base.py` for batching and `backends.py` for the backends.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,25 +36,19 @@ ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classifica
 BACKENDS = ("jax", "litert", "onnx")
 
 
-def _tokenizer(tokenizer: Any, folder: str | None):
+def _user_tokenizer(tokenizer: Any):
+    """The `tokenizer=` argument: a tokenizer object as given, a directory or hub id read; None stays None."""
     from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
-    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+    if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
-    if tokenizer is not None:
-        return MobileBertTokenizer.from_pretrained(os.fspath(tokenizer))
-    if folder is not None and any(
-        os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "vocab.txt")
-    ):
-        return MobileBertTokenizer.from_pretrained(folder)
-    return MobileBertTokenizer.default()
+    return MobileBertTokenizer.from_pretrained(os.fspath(tokenizer))
 
 
 def _jax_model(model: Any, model_class: str, dtype: Any, scan_layers: bool, config_overrides: dict[str, Any]):
-    """(model, params, folder or None) from a (model, params) pair, a preset, an HF directory or a hub id."""
-    from mobilebert_jax.checkpoints.hub import from_pretrained
-    from mobilebert_jax.model.config import PRESETS, MobileBertConfig
-    from mobilebert_jax.model.heads import MODEL_CLASSES, init_params
+    """(model, params, tokenizer or None) from a (model, params) pair, or anything `load_model` reads
+    (a preset, an HF directory, a checkpoint, a hub id)."""
+    from mobilebert_jax.checkpoints.loader import load_model
 
     if isinstance(model, (tuple, list)) and len(model) == 2:
         module, params = model
@@ -66,17 +59,9 @@ def _jax_model(model: Any, model_class: str, dtype: Any, scan_layers: bool, conf
         raise TypeError(
             f"model must be an HF directory, a preset, a hub id or a (model, params) pair, got {type(model).__name__}"
         )
-    name = os.fspath(model)
-    kw: dict[str, Any] = {"scan_layers": scan_layers}
-    if dtype is not None:
-        kw["dtype"] = dtype
-    if name in PRESETS:
-        warnings.warn(f"pipeline: {name} is a preset: the model has random weights", stacklevel=3)
-        config = MobileBertConfig.from_preset(name, **config_overrides)
-        module = MODEL_CLASSES[model_class](config, **kw)
-        return module, init_params(module), None
-    module, params = from_pretrained(name, model_class, **kw, **config_overrides)
-    return module, params, name if os.path.isdir(name) else None
+    loaded = load_model(model, model_class, init=False, **config_overrides)
+    module, params = loaded.build(dtype=dtype, scan_layers=scan_layers)
+    return module, params, loaded.tokenizer
 
 
 def pipeline(
@@ -115,6 +100,7 @@ def pipeline(
         config_overrides: config fields for a preset or directory (e.g. {"vocab_size": 30522}).
         **defaults: default call parameters of the task (top_k, aggregation_strategy, ...).
     """
+    from mobilebert_jax.checkpoints.loader import check_vocab, load_tokenizer
     from mobilebert_jax.model.config import MobileBertConfig
 
     task = ALIASES.get(task, task)
@@ -123,12 +109,15 @@ def pipeline(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     cls, model_class = TASKS[task]
+    tok = _user_tokenizer(tokenizer)
     if backend == "jax":
-        module, params, folder = _jax_model(
+        module, params, model_tok = _jax_model(
             model, model_class, dtype, scan_layers, dict(config_overrides or {})
         )
         runner: Backend = JaxBackend(module, params, device=device)
         config = module.config
+        if tok is None:
+            tok = model_tok if model_tok is not None else load_tokenizer(None)
     else:
         path = os.fspath(model)
         folder = path if os.path.isdir(path) else os.path.dirname(path)
@@ -137,12 +126,9 @@ def pipeline(
         )
         runner_cls = LiteRtBackend if backend == "litert" else OnnxBackend
         runner = runner_cls(path, pad_token_id=config.pad_token_id)
-    tok = _tokenizer(tokenizer, folder)
-    if tok.vocab_size > config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tok.vocab_size} ids but the model's vocab_size is {config.vocab_size}; "
-            "pass a matching tokenizer or config_overrides={'vocab_size': ...}"
-        )
+        if tok is None:
+            tok = load_tokenizer(folder)
+    check_vocab(tok, config)  # ids past the embedding table would be filled silently inside jit
     return cls(runner, tok, config, batch_size=batch_size, buckets=buckets, progress=progress, **defaults)
 
 
