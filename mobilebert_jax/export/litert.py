@@ -108,7 +108,6 @@ def _device_metadata(
 ) -> dict[str, Any]:
     """`compact`'s `metadata` (the TFLite Metadata of the device-ready file at `path`: its one subgraph's
     inputs and outputs) and `associated_files` (the vocab; a classifier's labels)."""
-    import mobilebert_jax
     from mobilebert_jax.export import metadata
     from mobilebert_jax.export.flatbuffer import subgraph_io
 
@@ -120,7 +119,7 @@ def _device_metadata(
     fields = {
         "name": name,
         "description": f"{name}, int32 inputs [1, {length}] (ids, mask, segment_ids); outputs {outputs}.",
-        "version": f"mobilebert-jax {mobilebert_jax.__version__}",
+        "version": f"mobilebert-jax {common.versions('mobilebert-jax').get('mobilebert-jax', 'unknown')}",
         "license": "Apache License 2.0",
         **info,
     }
