@@ -65,6 +65,8 @@ def test_dynamic_export_equals_jax_at_any_batch_and_length(tmp_path, class_name)
     want_axes.update({k: BOTH if PER_TOKEN.get(class_name, True) else {"0": "batch_size"} for k in names})
     assert m["dynamic_axes"] == want_axes
     assert m["seq_lengths"] == [64] and m["signatures"][0]["name"] == "serving_default"
+    optimum = "ORTModelFor" + class_name.removeprefix("MobileBertFor")
+    assert any(optimum in c for c in m["clients"]["model.onnx"]), m["clients"]
     assert {(c["batch_size"], c["length"]) for c in m["verification"]["checks"]} == {
         (b, t) for b in (1, 2) for t in (9, 16)
     }

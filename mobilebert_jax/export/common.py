@@ -47,6 +47,13 @@ _DEVICE_CLIENTS = {
     ),
 }
 QA_TASK_LIBRARY_LENGTH = 384  # BertQuestionAnswerer feeds [1, 384]
+# The ONNX export's dynamic axes let HF optimum load it (scripts/check_optimum.sh checks these four).
+_OPTIMUM_CLASSES = {
+    "MobileBertForSequenceClassification": "ORTModelForSequenceClassification",
+    "MobileBertForQuestionAnswering": "ORTModelForQuestionAnswering",
+    "MobileBertForTokenClassification": "ORTModelForTokenClassification",
+    "MobileBertForMaskedLM": "ORTModelForMaskedLM",
+}
 
 
 class ExportError(RuntimeError):
@@ -210,6 +217,8 @@ def clients(
     is listed for fp32 files only: its older TFLite runs our int8 files' per-channel hybrid
     FULLY_CONNECTED kernels wrongly (docs/deploy_clients.md)."""
     out = [OUR_RUNTIME, *_FORMAT_CLIENTS[format]]
+    if format == "onnx" and model_class in _OPTIMUM_CLASSES:
+        out.append(f"HF optimum {_OPTIMUM_CLASSES[model_class]} (and transformers pipelines on it)")
     if format == "litert" and device_ready:
         out += [
             c for c in _DEVICE_CLIENTS.get(model_class, ()) if quantize == "none" or "Task Library" not in c
