@@ -225,5 +225,5 @@ def to_litert(model: Any, params: Any, out_dir: str, **kw: Any) -> dict[str, Any
 
 
 def to_onnx(model: Any, params: Any, out_dir: str, **kw: Any) -> dict[str, Any]:
-    """`export(..., format="onnx")`: dynamic batch, length `max(seq_lengths)`."""
+    """`export(..., format="onnx")`: dynamic batch and length (`batch_size`, `sequence_length`)."""
     return export(model, params, out_dir, format="onnx", **kw)

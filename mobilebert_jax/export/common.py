@@ -47,6 +47,13 @@ _DEVICE_CLIENTS = {
     ),
 }
 QA_TASK_LIBRARY_LENGTH = 384  # BertQuestionAnswerer feeds [1, 384]
+# The ONNX export's dynamic axes let HF optimum load it (scripts/check_optimum.sh checks these four).
+_OPTIMUM_CLASSES = {
+    "MobileBertForSequenceClassification": "ORTModelForSequenceClassification",
+    "MobileBertForQuestionAnswering": "ORTModelForQuestionAnswering",
+    "MobileBertForTokenClassification": "ORTModelForTokenClassification",
+    "MobileBertForMaskedLM": "ORTModelForMaskedLM",
+}
 
 
 class ExportError(RuntimeError):
@@ -66,16 +73,17 @@ def class_name(model: Any) -> str:
 def make_forward(model: Any, params: Any) -> Callable[..., dict[str, Any]]:
     """`fn(input_ids, attention_mask, token_type_ids) -> {output name: array}`, params closed over.
 
-    Position ids are passed explicitly (arange over the length): jax2onnx needs them to keep the batch
-    dimension dynamic, and it is what the model computes by default.
+    Position ids are passed explicitly (0..length-1, what the model computes by default) as a
+    `broadcasted_iota`: jax2onnx keeps the batch dynamic only with explicit ids, and keeps a symbolic
+    length through iota (its `jnp.arange` gives a shape that indexing then rejects).
     """
     import jax.numpy as jnp
+    from jax import lax
 
     fields = OUTPUT_FIELDS[class_name(model)]
 
     def forward(input_ids, attention_mask, token_type_ids):
-        t = input_ids.shape[1]
-        position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], input_ids.shape)
+        position_ids = lax.broadcasted_iota(jnp.int32, input_ids.shape, 1)
         out = model.apply(
             {"params": params},
             input_ids=input_ids,
@@ -209,6 +217,8 @@ def clients(
     is listed for fp32 files only: its older TFLite runs our int8 files' per-channel hybrid
     FULLY_CONNECTED kernels wrongly (docs/deploy_clients.md)."""
     out = [OUR_RUNTIME, *_FORMAT_CLIENTS[format]]
+    if format == "onnx" and model_class in _OPTIMUM_CLASSES:
+        out.append(f"HF optimum {_OPTIMUM_CLASSES[model_class]} (and transformers pipelines on it)")
     if format == "litert" and device_ready:
         out += [
             c for c in _DEVICE_CLIENTS.get(model_class, ()) if quantize == "none" or "Task Library" not in c

@@ -184,9 +184,9 @@ class MobileBertEmbeddings(_Base):
         if self.pad_invariant and attention_mask is not None:
             x = jnp.where((jnp.asarray(attention_mask) > 0)[..., None], x, jnp.zeros((), x.dtype))
         if cfg.trigram_input:
-            zero = jnp.zeros_like(x[:, :1])
-            nxt = jnp.concatenate([x[:, 1:], zero], axis=1)
-            prv = jnp.concatenate([zero, x[:, :-1]], axis=1)
+            # shifts by padding (not concatenating a zero row): jax2onnx keeps a symbolic length through pad
+            nxt = jnp.pad(x[:, 1:], ((0, 0), (0, 1), (0, 0)))
+            prv = jnp.pad(x[:, :-1], ((0, 0), (1, 0), (0, 0)))
             x = jnp.concatenate([nxt, x, prv], axis=-1)
         if cfg.trigram_input or cfg.embedding_size != cfg.hidden_size:
             x = self.dense(cfg.hidden_size, (None, "embed"), "embedding_transformation")(x)
