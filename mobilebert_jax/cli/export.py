@@ -45,8 +45,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--seq-lengths",
         type=_int_list,
         default=[128],
-        help="comma-separated lengths: one LiteRT signature seq_L each; ONNX uses the largest; "
-        "stablehlo is verified at each (default 128)",
+        help="comma-separated lengths: one LiteRT signature seq_L each; ONNX has dynamic batch and length "
+        "axes (verified at these lengths); stablehlo is verified at each (default 128)",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="LiteRT's fixed batch size (default 1)")
     parser.add_argument(
