@@ -8,13 +8,16 @@ live in `evaluate.py`; the run identity of the output dir in `run_dir.py`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -250,6 +253,9 @@ class BestModel:
         self.file, self.dir = os.path.join(out, "best.json"), os.path.join(out, "best_model")
         self.metric, self.greater, self._save = metric, greater, save
         self.best: dict[str, Any] | None = None
+
+    def load(self) -> None:
+        """Reads the best so far of the run in the output dir (call it once the dir is decided)."""
         if os.path.exists(self.file):
             with open(self.file, encoding="utf-8") as f:
                 self.best = json.load(f)
@@ -269,7 +275,7 @@ class BestModel:
         host_params = to_host(params)
         self.best = {"step": step, "metric": self.metric, "value": value}
         if jax.process_index() == 0:
-            self._save(self.dir, host_params)
+            run_dir.replace_dir(self.dir, lambda tmp: self._save(tmp, host_params))
             write_json(self.file, self.best)
             say(f"step {step}: best {self.metric} so far ({value:.4f}): saved {self.dir}")
 
@@ -307,7 +313,8 @@ class Evaluator:
 # Train
 # ---------------------------------------------------------------------------------------------------
 def start_output_dir(plan: Plan) -> None:
-    """The first write: the earlier run's files removed where decided, the run identity recorded."""
+    """The first write (once an explicit checkpoint has been restored): the earlier run's files removed
+    where decided, the run identity recorded."""
     out = plan.job.output_dir
     if jax.process_index() == 0:
         if plan.clean_first:
@@ -437,6 +444,7 @@ def finish(
     params, step = final_params(plan, result, evaluator.best, evaluator.kw["param_shardings"])
     metrics = predictions = baseline = None
     if data.eval_ex is not None:
+        say(f"final evaluation of the model of step {step}")
         metrics, predictions = evaluator.at(params, step)
         baseline = data.task.majority_baseline(data.train_ex, data.eval_ex, plan.eval_feats)
     report.update(
@@ -447,15 +455,20 @@ def finish(
         train_seconds=time.perf_counter() - t0,
     )
     host_params = to_host(params)  # every process: gathers FSDP/tensor shards
+
+    def export(folder: str) -> None:
+        save_hf_model(folder, host_params, plan.export_config, plan.model, data.tok)
+        if job.qat:
+            save_qat_stats(folder, plan.model, host_params, plan.train_arrays, step)
+
     if jax.process_index() == 0:
-        write_json(os.path.join(out, "eval_results.json"), report)
         if predictions is not None:
             data.task.write_predictions(predictions_path(data.task, out), data.eval_ex, predictions)
-        save_hf_model(os.path.join(out, "hf_model"), host_params, plan.export_config, plan.model, data.tok)
-        if job.qat:
-            save_qat_stats(os.path.join(out, "hf_model"), plan.model, host_params, plan.train_arrays, step)
+        run_dir.replace_dir(os.path.join(out, "hf_model"), export)
     if data.test_ex is not None:
         write_test_predictions(plan, params, evaluator.kw)
+    if jax.process_index() == 0:  # last: "stopped": "done" means every file above is complete
+        write_json(os.path.join(out, "eval_results.json"), report)
     if metrics is not None:
         say(f"eval: {json.dumps(metrics)}")
     if baseline is not None:
@@ -479,6 +492,32 @@ def _without_training(job: JobConfig, do_eval: bool, do_predict: bool) -> dict[s
     if not do_eval and not do_predict:
         raise UsageError("nothing to do: give --do_train, --do_eval or --do_predict")
     return report
+
+
+class _Stopped(Exception):
+    """SIGTERM/SIGINT after training (during the final evaluation or export)."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal = signal_name
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    """SIGTERM and SIGINT raise `_Stopped` in the block (single-process runs, as `fit` handles them)."""
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+        yield
+        return
+
+    def on(signum, frame):
+        raise _Stopped(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, on) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _preempted(plan: Plan, result: Any, report: dict[str, Any]) -> dict[str, Any]:
@@ -510,13 +549,24 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     job.validate(command)
     rng = jax.random.key(job.seed)
     job, data = read_inputs(job, do_eval, do_predict)
+    with run_dir.locked(job.output_dir):
+        return _train_and_finish(job, data, rng, t0)
+
+
+def _train_and_finish(job: JobConfig, data: Inputs, rng: jax.Array, t0: float) -> dict[str, Any]:
+    """The job once the output dir is locked: plan, train, finish (a signal during the finish stops it
+    as one during training does: the last step's checkpoint is saved, eval_results.json says so)."""
     plan = make_plan(job, data, rng)
-    start_output_dir(plan)  # from here on the output dir is written
     train_data, sharded, step = build_training(plan, rng)
     save = functools.partial(save_hf_model, config=plan.export_config, model=plan.model, tok=data.tok)
     best = BestModel(job.output_dir, plan.metric, plan.greater, save)
     kw = dict(mesh=plan.mesh, rules=plan.rules, param_shardings=sharded.shardings.params)
     evaluator = Evaluator(plan, best, kw)
+
+    def start() -> None:  # from here on the output dir is written
+        start_output_dir(plan)
+        best.load()
+
     result = fit(
         fit_config(plan),
         sharded.state,
@@ -525,6 +575,7 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
         rng,
         batch_sharding=shd.batch_sharding(plan.mesh),
         eval_fn=evaluator if job.eval_steps else None,
+        before_write=start,
     )
     if data.prepared:
         train_data.close()
@@ -537,4 +588,10 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     }
     if result.stopped == "preempted":
         return _preempted(plan, result, report)
-    return finish(plan, result, evaluator, report, t0)
+    try:
+        with _signals_stop():
+            return finish(plan, result, evaluator, report, t0)
+    except _Stopped as e:  # nothing of the finish is kept but complete files; eval_results.json says so
+        result.signal = e.signal
+        report = {k: report[k] for k in ("task", "model", "steps", "num_steps")} | {"stopped": "preempted"}
+        return _preempted(plan, result, report)
