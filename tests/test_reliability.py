@@ -63,7 +63,9 @@ def _copy(runs, name, to):
 def test_case1_a_finished_run_resumed_into_itself_continues_and_loses_nothing(runs, tmp_path, capsys):
     d, train, args, cache = runs
     out = _copy(runs, "half", tmp_path / "run")
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     stale = {"pid": int(gone.stdout), "host": os.uname().nodename, "started": "earlier"}
     (out / ".lock").write_text(json.dumps(stale))  # left by a killed job on this host: taken over
     rc, text, err = _cli([*args(out, 4), "--resume_from_checkpoint", str(out)], capsys)
@@ -80,7 +82,13 @@ def test_case2_a_checkpoint_of_another_model_is_an_error_that_moves_nothing(runs
     d, train, args, cache = runs
     out = _copy(runs, "full", tmp_path / "other")
     before = _snapshot(out)
-    two = [*args(out, 4), "--resume_from_checkpoint", str(d / "half"), "--model_config", '{"num_hidden_layers": 2}']
+    two = [
+        *args(out, 4),
+        "--resume_from_checkpoint",
+        str(d / "half"),
+        "--model_config",
+        '{"num_hidden_layers": 2}',
+    ]
     rc, text, err = _cli(two, capsys)
     assert rc == 1 and err.count("\n") == 1, err
     assert f"--resume_from_checkpoint {d / 'half'}" in err and "another model or optimizer" in err
@@ -111,7 +119,9 @@ def test_case3_an_unreadable_checkpoint_is_skipped_kept_and_never_a_new_run(runs
     finally:
         proc.kill()
     assert proc.returncode == 0, text[-3000:]
-    assert "checkpoint step 4" in text and "not a regular file" in text and "resuming from step 2 of 4" in text
+    assert (
+        "checkpoint step 4" in text and "not a regular file" in text and "resuming from step 2 of 4" in text
+    )
     aside = [n for n in os.listdir(out / "checkpoints") if n.startswith("4.unreadable-")]
     assert len(aside) == 1 and sorted(n for n in os.listdir(out / "checkpoints") if n.isdigit()) == ["2", "4"]
     assert _sha(out / WEIGHTS) == _sha(d / "full" / WEIGHTS)
@@ -201,3 +211,54 @@ def test_case6_sigterm_in_the_final_evaluation_ends_as_in_training_and_the_expor
     assert json.loads((out / "eval_results.json").read_text())["stopped"] == "done"
     assert _sha(out / WEIGHTS) == _sha(d / "full" / WEIGHTS)
     assert os.stat(out / "eval_results.json").st_mtime_ns >= os.stat(out / WEIGHTS).st_mtime_ns
+
+
+def test_case7_truncation_is_counted_metric_names_are_checked_and_errors_are_one_line(runs, tmp_path, capsys):
+    d, train, args, cache = runs
+    report = json.loads((d / "full" / "eval_results.json").read_text())
+    assert report["truncated"] == {
+        "training": {"examples": 0, "of": 8},
+        "evaluation": {"examples": 0, "of": 8},
+    }
+    out = tmp_path / "run"
+    # a misspelt metric is refused without --eval_steps too, after the truncation is reported
+    rc, text, err = _cli(
+        [*args(out, 2), "--max_seq_length", "8", "--metric_for_best_model", "acuracy"], capsys
+    )
+    assert rc == 2 and "'acuracy' is not a metric of task sst2: ['accuracy', 'loss']" in err, err
+    from mobilebert_jax.text.tokenizer import MobileBertTokenizer
+
+    tok = MobileBertTokenizer.default()
+    sentences = [line.split("\t")[0] for line in open(train, encoding="utf-8").read().splitlines()[1:]]
+    long = sum(len(tok.tokenize(s, add_special_tokens=True)) > 8 for s in sentences)
+    assert 0 < long < 8
+    assert f"warning: {long} of 8 training examples are longer than --max_seq_length 8 and cut" in text, text
+    assert f"warning: {long} of 8 evaluation examples are longer" in text and not out.exists()
+    # HF's eval_loss picks the best model
+    rc, text, err = _cli([*args(out, 2), "--eval_steps", "2", "--metric_for_best_model", "eval_loss"], capsys)
+    assert rc == 0, err
+    best = json.loads((out / "best.json").read_text())
+    assert best["metric"] == "loss" and best["step"] == 2 and best["value"] > 0
+    # damaged checkpoints (no manifest): orbax's warnings and tracebacks stay out of the one error line
+    out = _copy(runs, "full", tmp_path / "damaged")
+    for step in ("2", "4"):
+        os.remove(out / "checkpoints" / step / "integrity.json")
+        for root, _, files in os.walk(out / "checkpoints" / step / "state"):
+            for f in files:
+                open(os.path.join(root, f), "wb").write(b"garbage")
+    rc, text, err = _cli(args(out, 4), capsys)
+    assert rc == 1 and err.count("\n") == 1 and "no checkpoint in" in err, err
+
+
+def test_case7_ner_words_past_the_limit_are_counted():
+    from mobilebert_jax.tasks import get_task
+    from mobilebert_jax.tasks.ner import NerExample
+    from mobilebert_jax.text.tokenizer import MobileBertTokenizer
+
+    task = get_task("ner")
+    tok = MobileBertTokenizer.default()
+    words = ("John", "ate", "pasta", "in", "Rome", "with", "Mary")
+    ex = [NerExample(words, ("B-PER", "O", "O", "O", "B-LOC", "O", "B-PER"), "a:1"),
+          NerExample(words[:2], ("B-PER", "O"), "b:1")]  # fmt: skip
+    feats = task.featurise(ex, tok, 6)  # [CLS] + 4 words + [SEP]
+    assert task.truncation(ex, feats, tok, 6) == {"examples": 1, "of": 2, "words": 3}

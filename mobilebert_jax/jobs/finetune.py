@@ -25,8 +25,21 @@ import optax
 
 from mobilebert_jax.jobs import run_dir
 from mobilebert_jax.jobs.config import JobConfig, UsageError
-from mobilebert_jax.jobs.data import make_task, model_arrays, read_split, require_labels, split_path
-from mobilebert_jax.jobs.evaluate import evaluate_task, predict_outputs, run_evaluate, run_predict
+from mobilebert_jax.jobs.data import (
+    count_truncation,
+    make_task,
+    model_arrays,
+    read_split,
+    require_labels,
+    split_path,
+)
+from mobilebert_jax.jobs.evaluate import (
+    evaluate_task,
+    loss_metrics,
+    predict_outputs,
+    run_evaluate,
+    run_predict,
+)
 from mobilebert_jax.jobs.model_io import (
     check_compatible,
     load_model,
@@ -66,6 +79,18 @@ def best_metric(job: JobConfig, task: Task) -> tuple[str, bool]:
     name = name[5:] if name.startswith("eval_") else name
     greater = job.greater_is_better if job.greater_is_better is not None else "loss" not in name
     return name, greater
+
+
+def check_metric(job: JobConfig, task: Task, metric: str, eval_ex: list | None, eval_feats: Any) -> None:
+    """`--metric_for_best_model` must name a metric of the task's evaluation, or `loss` (`eval_loss`)."""
+    if job.metric_for_best_model is None or metric == "loss":
+        return
+    names = task.metric_names(eval_ex, eval_feats) if eval_ex is not None else None
+    if names is not None and metric not in names:
+        raise UsageError(
+            f"--metric_for_best_model {job.metric_for_best_model!r} is not a metric of task {task.name}: "
+            f"{[*names, 'loss']}"
+        )
 
 
 def job_mesh(job: JobConfig):
@@ -185,6 +210,7 @@ class Plan:
     test_feats: dict | None
     metric: str
     greater: bool
+    truncated: dict[str, dict]  # {split: examples cut to max_seq_length} (see Task.truncation)
     batch: int
     steps_per_epoch: int
     num_steps: int
@@ -204,16 +230,15 @@ def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
     mesh = job_mesh(job)
     identity = run_dir.run_identity(job, task, config, mesh.devices.size)
     mode, clean_first = run_dir.decide(job, identity, say)
-    train_arrays = None if data.prepared else model_arrays(task, task.featurise(data.train_ex, tok, length))
+    train_feats = None if data.prepared else task.featurise(data.train_ex, tok, length)
+    train_arrays = None if data.prepared else model_arrays(task, train_feats)
     eval_feats = task.featurise(data.eval_ex, tok, length) if data.eval_ex is not None else None
     test_feats = task.featurise(data.test_ex, tok, length) if data.test_ex is not None else None
+    splits = {"training": (data.train_ex if not data.prepared else None, train_feats),
+              "evaluation": (data.eval_ex, eval_feats), "test": (data.test_ex, test_feats)}  # fmt: skip
+    truncated = count_truncation(task, tok, length, splits)
     metric, greater = best_metric(job, task)
-    if job.eval_steps:
-        names = task.metric_names(data.eval_ex, eval_feats)
-        if names is not None and metric not in names:
-            raise UsageError(
-                f"--metric_for_best_model {metric!r} is not a metric of task {task.name}: {names}"
-            )
+    check_metric(job, task, metric, data.eval_ex, eval_feats)
     if data.prepared:
         n_train = prepared_data.num_instances(data.train_path)
     else:
@@ -236,6 +261,7 @@ def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
         test_feats,
         metric,
         greater,
+        truncated,
         *sizes,
     )
 
@@ -292,9 +318,13 @@ class Evaluator:
     def evaluate(self, params: Any) -> tuple[dict, Any]:
         p = self.plan
         batch_size = p.job.per_device_eval_batch_size * p.mesh.devices.size
-        return evaluate_task(
-            p.data.task, p.model, params, p.data.eval_ex, p.eval_feats, batch_size, **self.kw
+        task = p.data.task
+        metrics, predictions = evaluate_task(
+            task, p.model, params, p.data.eval_ex, p.eval_feats, batch_size, **self.kw
         )
+        if p.metric == "loss" and "loss" not in metrics:  # HF's eval_loss, computed where it is asked for
+            metrics["loss"] = loss_metrics(task, p.model, params, p.eval_feats, batch_size, **self.kw)["loss"]
+        return metrics, predictions
 
     def __call__(self, state: Any, step: int) -> dict[str, float]:
         metrics, predictions = self.evaluate(state.params)
@@ -585,6 +615,7 @@ def _train_and_finish(job: JobConfig, data: Inputs, rng: jax.Array, t0: float) -
         "steps": result.step,
         "num_steps": plan.num_steps,
         "stopped": result.stopped,
+        "truncated": plan.truncated,
     }
     if result.stopped == "preempted":
         return _preempted(plan, result, report)
@@ -593,5 +624,6 @@ def _train_and_finish(job: JobConfig, data: Inputs, rng: jax.Array, t0: float) -
             return finish(plan, result, evaluator, report, t0)
     except _Stopped as e:  # nothing of the finish is kept but complete files; eval_results.json says so
         result.signal = e.signal
-        report = {k: report[k] for k in ("task", "model", "steps", "num_steps")} | {"stopped": "preempted"}
+        keep = ("task", "model", "steps", "num_steps", "truncated")
+        report = {k: report[k] for k in keep} | {"stopped": "preempted"}
         return _preempted(plan, result, report)

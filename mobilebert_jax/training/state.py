@@ -417,9 +417,13 @@ def check_fits(step_dir: str, target: Any) -> None:
     except Exception as e:  # the metadata file itself is unreadable
         raise CheckpointUnreadable(f"{step_dir}: tree metadata: {_first_line(e)}") from e
     got = {_key_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(meta)}
+    if not got:  # orbax reads damaged metadata as an empty tree (with a warning)
+        raise CheckpointUnreadable(f"{step_dir}: no readable tree metadata")
     want = {_key_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
     missing, unexpected = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
-    shapes = [f"{k} {got[k]} (model {want[k]})" for k in sorted(want.keys() & got.keys()) if got[k] != want[k]]
+    shapes = [
+        f"{k} {got[k]} (model {want[k]})" for k in sorted(want.keys() & got.keys()) if got[k] != want[k]
+    ]
     if missing or unexpected or shapes:
         parts = [
             f"{name} {len(keys)}: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
@@ -474,11 +478,15 @@ def restore_latest(
         if skipped:
             names = [_set_aside(mngr, s) for s, _ in skipped]
             mngr.reload()
-            warn(f"warning: falling back to step {step}; set aside (kept) in {mngr.directory}: {', '.join(names)}")
+            warn(
+                f"warning: falling back to step {step}; set aside (kept) in {mngr.directory}: "
+                + ", ".join(names)
+            )
         return out
     if skipped:
         raise CheckpointReadError(
-            f"no checkpoint in {mngr.directory} can be read (nothing was moved; newest: {_first_line(skipped[0][1])})"
+            f"no checkpoint in {mngr.directory} can be read (nothing was moved; newest: "
+            f"{_first_line(skipped[0][1])})"
         ) from skipped[0][1]
     return None
 
