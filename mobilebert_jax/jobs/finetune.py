@@ -568,8 +568,10 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     `hf_model/` (and `best_model/` with `eval_steps`). Every file, label and flag is checked, and
     the output dir's run identity compared, before anything is written.
 
-    The report has "stopped": "done", or "preempted" (SIGTERM/SIGINT: a checkpoint at the current
-    step, no final evaluation or export, "signal" names the signal).
+    The report has "stopped": "done", or "preempted" (SIGTERM/SIGINT during training or the finish:
+    a checkpoint at the current step, no final evaluation or export, "signal" names the signal).
+    The output dir is locked for the job's life; nothing in it is removed before an explicit
+    `--resume_from_checkpoint` has been restored; eval_results.json is written last.
     """
     t0 = time.perf_counter()
     do_train, do_eval, do_predict = phases(job, command)

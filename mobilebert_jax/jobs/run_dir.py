@@ -5,6 +5,10 @@ how a job writes its files and messages.
 hyperparameters that change the result, and the training file's size and SHA-256. A rerun with the
 same identity resumes; a different one is refused before anything is written, with the differences
 listed, unless `--overwrite_output_dir` (start clean) or `--resume_from_checkpoint PATH`.
+
+A job holds `.lock` in the dir for its life (`locked`); folders it exports are written beside and
+renamed into place (`replace_dir`), JSON files through a renamed temporary file (`write_json`). These
+functions and `training/state.py`'s checkpoint code hold the file-system operations on a run dir.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Creation follows big_vision/MaxText: `jax.eval_shape(init)` gives shapes and log
 the rules turn them into `NamedSharding`s, and `jax.jit(init, out_shardings=...)` materialises every
 param and optimizer-state leaf directly on its shard (nothing is ever gathered on one device).
 Optimizer-state leaves take the sharding of the param they mirror (matched by tree path and shape).
+
+Checkpoints are never lost to a restore: each committed step gets an integrity manifest (SHA-256 of its
+files, `seal_checkpoints`), checked before it is read; an unreadable step is skipped for an older one
+and set aside (kept) only when an older one restores; a step of another model is an error naming the
+differing keys (`restore_latest`, `restore_checkpoint`).
 """
 
 from __future__ import annotations
@@ -272,7 +277,7 @@ def restore_checkpoint(
     step_dir = os.path.join(os.fspath(mngr.directory), str(step))
     verify_checkpoint(step_dir)
     target = jax.tree.map(_as_abstract, abstract_state)
-    check_fits(step_dir, target)
+    _with_timeout(lambda: check_fits(step_dir, target), step_dir, READ_TIMEOUT_S)
     try:
         out = mngr.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
