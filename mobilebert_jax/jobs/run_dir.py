@@ -33,7 +33,7 @@ RUN_FILE = "run.json"
 # What a fine-tune writes into its output dir (removed by --overwrite_output_dir).
 ARTEFACTS = ("checkpoints", "tensorboard", "hf_model", "best_model", "metrics.jsonl", "loss.png",
              "eval_results.json", "best.json", RUN_FILE)  # fmt: skip
-TMP_PREFIX = ".tmp-"  # folders being written (`replace_dir`)
+TMP_PREFIX = ".tmp-"  # folders and files being written (`replace_dir`, `write_json`)
 ARTEFACT_GLOBS = ("predictions*", "test_predictions*", "evaluate_*", "predict_*", TMP_PREFIX + "*")
 LOCK_FILE = ".lock"
 # Hyperparameters that change what training computes (logging/saving intervals do not).
@@ -51,7 +51,8 @@ def say(msg: str) -> None:
 
 def write_json(path: str, obj: Any) -> None:
     """Writes `obj` as JSON through a temporary file renamed over `path` (never half a file)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    parent, name = os.path.split(path)
+    tmp = os.path.join(parent, f"{TMP_PREFIX}{name}-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")

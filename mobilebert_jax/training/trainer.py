@@ -489,8 +489,8 @@ def _resume(
     elif mngr is not None and stored_checkpoints(mngr.directory):
         raise CheckpointReadError(
             f"{mngr.directory} holds only checkpoints set aside as unreadable "
-            f"({', '.join(stored_checkpoints(mngr.directory))}); nothing was changed: restore one by name, "
-            "or start again with --overwrite_output_dir"
+            f"({', '.join(stored_checkpoints(mngr.directory))}); nothing was changed: rename one back to its step "
+            "number to try it again, or start again with --overwrite_output_dir"
         )
     resumed_from = None
     if restored is not None:
