@@ -425,9 +425,12 @@ def check_fits(step_dir: str, target: Any) -> None:
     if not got:  # orbax reads damaged metadata as an empty tree (with a warning)
         raise CheckpointUnreadable(f"{step_dir}: no readable tree metadata")
     want = {_key_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
-    missing, unexpected = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+    order = lambda keys: sorted(keys, key=lambda k: (not k.startswith("params/"), k))  # noqa: E731
+    missing, unexpected = order(want.keys() - got.keys()), order(got.keys() - want.keys())
     shapes = [
-        f"{k} {got[k]} (model {want[k]})" for k in sorted(want.keys() & got.keys()) if got[k] != want[k]
+        f"{k} checkpoint {got[k]}, model {want[k]}"
+        for k in order(want.keys() & got.keys())
+        if got[k] != want[k]
     ]
     if missing or unexpected or shapes:
         parts = [
