@@ -186,7 +186,7 @@ def test_same_run_resumes_past_a_corrupted_checkpoint_without_duplicate_metric_r
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # rows 3-4 truncated, then rewritten
     assert [r["step"] for r in rows if "eval/accuracy" in r] == [2, 4]
     assert sorted(n for n in os.listdir(out / "checkpoints") if n.isdigit()) == ["2", "4"]
-    assert any(n.startswith("4.corrupt") for n in os.listdir(out / "checkpoints"))
+    assert any(n.startswith("4.unreadable-") for n in os.listdir(out / "checkpoints"))  # kept
 
 
 def test_evaluate_and_predict_write_their_own_dirs_from_the_model_alone(sst2_run, capsys):

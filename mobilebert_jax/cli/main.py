@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import typing
@@ -169,12 +170,29 @@ def _one_line(e: BaseException) -> str:
     return " ".join(msg.split()) or type(e).__name__
 
 
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def _quiet_third_party() -> None:
+    """Without --debug, absl's log (orbax, JAX) shows errors only, without their tracebacks: a failure
+    is the one `error:` line, its cause `--debug` shows."""
+    logger = logging.getLogger("absl")
+    logger.setLevel(logging.ERROR)
+    if not any(isinstance(f, _NoTraceback) for f in logger.filters):
+        logger.addFilter(_NoTraceback())
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line. Exit status: 0 done; 2 a usage error (a flag, flag value or output-dir
     conflict); 1 a data, model or runtime error; 143 / 130 stopped by SIGTERM / SIGINT (checkpoint
     saved). Errors print one line `error: ...`; `--debug` shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MOBILEBERT_JAX_DEBUG") == "1"
+    if not debug:
+        _quiet_third_party()
     try:
         return _run(build_parser().parse_args(argv))
     except KeyboardInterrupt:

@@ -114,8 +114,8 @@ class JobConfig:
                          metavar="N")  # fmt: skip
     save_total_limit: int | None = _f(2, "checkpoints kept on disk", _T, metavar="N")
     metric_for_best_model: str | None = _f(
-        None, "eval metric that picks the best checkpoint with --eval_steps (default: the task's main "
-        "metric)", _T, metavar="NAME")  # fmt: skip
+        None, "eval metric (or loss, eval_loss) that picks the best checkpoint with --eval_steps "
+        "(default: the task's main metric)", _T, metavar="NAME")  # fmt: skip
     greater_is_better: bool | None = _f(None, "higher --metric_for_best_model is better (default: "
                                         "true, false for a loss)", _T)  # fmt: skip
     load_best_model_at_end: bool = _f(False, "evaluate and export the best model (needs --eval_steps)", _T)

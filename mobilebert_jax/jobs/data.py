@@ -106,3 +106,21 @@ def padded_batches(
             }
         b["example_mask"] = mask
         yield b, m
+
+
+def count_truncation(task: Task, tok: Any, max_len: int, splits: dict[str, tuple]) -> dict[str, dict]:
+    """{split: what `featurise` cut} for `splits` = {name: (examples, features)}; a line for each split
+    that lost anything (silent truncation changes the task)."""
+    out = {}
+    for name, (examples, features) in splits.items():
+        cut = task.truncation(examples, features, tok, max_len) if examples is not None else None
+        if cut is None:
+            continue
+        out[name] = cut
+        if cut["examples"]:
+            words = f" ({cut['words']} words past the limit score as 'O')" if cut.get("words") else ""
+            say(
+                f"warning: {cut['examples']} of {cut['of']} {name} examples are longer than --max_seq_length "
+                f"{max_len} and cut{words}"
+            )
+    return out

@@ -12,6 +12,7 @@ import numpy as np
 from mobilebert_jax.jobs import run_dir
 from mobilebert_jax.jobs.config import JobConfig
 from mobilebert_jax.jobs.data import (
+    count_truncation,
     model_arrays,
     padded_batches,
     read_split,
@@ -103,10 +104,11 @@ def run_evaluate(job: JobConfig) -> dict[str, float]:
     out = run_dir.command_output_dir("evaluate", job.model, job.output_dir, path)
     model, params = _model(job, task, tok)
     feats = task.featurise(eval_ex, tok, job.max_seq_length)
+    cut = count_truncation(task, tok, job.max_seq_length, {"evaluation": (eval_ex, feats)})
     metrics, predictions = evaluate_task(task, model, params, eval_ex, feats, job.per_device_eval_batch_size)
     if jax.process_index() == 0:
         os.makedirs(out, exist_ok=True)
-        write_json(os.path.join(out, "eval_results.json"), metrics)
+        write_json(os.path.join(out, "eval_results.json"), metrics | ({"truncated": cut} if cut else {}))
         if predictions is not None:
             task.write_predictions(predictions_path(task, out), eval_ex, predictions)
     say(f"eval: {json.dumps(metrics)}")
@@ -123,6 +125,7 @@ def run_predict(job: JobConfig) -> str:
     out_dir = run_dir.command_output_dir("predict", job.model, job.output_dir, path)
     model, params = _model(job, task, tok)
     feats = task.featurise(examples, tok, job.max_seq_length)
+    count_truncation(task, tok, job.max_seq_length, {"test": (examples, feats)})
     outputs = predict_outputs(task, model, params, feats, job.per_device_eval_batch_size)
     predictions = task.postprocess(examples, feats, outputs)
     out = predictions_path(task, out_dir)

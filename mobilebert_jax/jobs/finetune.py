@@ -8,13 +8,16 @@ live in `evaluate.py`; the run identity of the output dir in `run_dir.py`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -22,8 +25,21 @@ import optax
 
 from mobilebert_jax.jobs import run_dir
 from mobilebert_jax.jobs.config import JobConfig, UsageError
-from mobilebert_jax.jobs.data import make_task, model_arrays, read_split, require_labels, split_path
-from mobilebert_jax.jobs.evaluate import evaluate_task, predict_outputs, run_evaluate, run_predict
+from mobilebert_jax.jobs.data import (
+    count_truncation,
+    make_task,
+    model_arrays,
+    read_split,
+    require_labels,
+    split_path,
+)
+from mobilebert_jax.jobs.evaluate import (
+    evaluate_task,
+    loss_metrics,
+    predict_outputs,
+    run_evaluate,
+    run_predict,
+)
 from mobilebert_jax.jobs.model_io import (
     check_compatible,
     load_model,
@@ -64,6 +80,18 @@ def best_metric(job: JobConfig, task: Task) -> tuple[str, bool]:
     name = name[5:] if name.startswith("eval_") else name
     greater = job.greater_is_better if job.greater_is_better is not None else "loss" not in name
     return name, greater
+
+
+def check_metric(job: JobConfig, task: Task, metric: str, eval_ex: list | None, eval_feats: Any) -> None:
+    """`--metric_for_best_model` must name a metric of the task's evaluation, or `loss` (`eval_loss`)."""
+    if job.metric_for_best_model is None or metric == "loss":
+        return
+    names = task.metric_names(eval_ex, eval_feats) if eval_ex is not None else None
+    if names is not None and metric not in names:
+        raise UsageError(
+            f"--metric_for_best_model {job.metric_for_best_model!r} is not a metric of task {task.name}: "
+            f"{[*names, 'loss']}"
+        )
 
 
 def job_mesh(job: JobConfig):
@@ -183,6 +211,7 @@ class Plan:
     test_feats: dict | None
     metric: str
     greater: bool
+    truncated: dict[str, dict]  # {split: examples cut to max_seq_length} (see Task.truncation)
     batch: int
     steps_per_epoch: int
     num_steps: int
@@ -202,16 +231,15 @@ def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
     mesh = job_mesh(job)
     identity = run_dir.run_identity(job, task, config, mesh.devices.size)
     mode, clean_first = run_dir.decide(job, identity, say)
-    train_arrays = None if data.prepared else model_arrays(task, task.featurise(data.train_ex, tok, length))
+    train_feats = None if data.prepared else task.featurise(data.train_ex, tok, length)
+    train_arrays = None if data.prepared else model_arrays(task, train_feats)
     eval_feats = task.featurise(data.eval_ex, tok, length) if data.eval_ex is not None else None
     test_feats = task.featurise(data.test_ex, tok, length) if data.test_ex is not None else None
+    splits = {"training": (data.train_ex if not data.prepared else None, train_feats),
+              "evaluation": (data.eval_ex, eval_feats), "test": (data.test_ex, test_feats)}  # fmt: skip
+    truncated = count_truncation(task, tok, length, splits)
     metric, greater = best_metric(job, task)
-    if job.eval_steps:
-        names = task.metric_names(data.eval_ex, eval_feats)
-        if names is not None and metric not in names:
-            raise UsageError(
-                f"--metric_for_best_model {metric!r} is not a metric of task {task.name}: {names}"
-            )
+    check_metric(job, task, metric, data.eval_ex, eval_feats)
     if data.prepared:
         n_train = prepared_data.num_instances(data.train_path)
     else:
@@ -234,6 +262,7 @@ def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
         test_feats,
         metric,
         greater,
+        truncated,
         *sizes,
     )
 
@@ -251,6 +280,9 @@ class BestModel:
         self.file, self.dir = os.path.join(out, "best.json"), os.path.join(out, "best_model")
         self.metric, self.greater, self._save = metric, greater, save
         self.best: dict[str, Any] | None = None
+
+    def load(self) -> None:
+        """Reads the best so far of the run in the output dir (call it once the dir is decided)."""
         if os.path.exists(self.file):
             with open(self.file, encoding="utf-8") as f:
                 self.best = json.load(f)
@@ -270,7 +302,7 @@ class BestModel:
         host_params = to_host(params)
         self.best = {"step": step, "metric": self.metric, "value": value}
         if jax.process_index() == 0:
-            self._save(self.dir, host_params)
+            run_dir.replace_dir(self.dir, lambda tmp: self._save(tmp, host_params))
             write_json(self.file, self.best)
             say(f"step {step}: best {self.metric} so far ({value:.4f}): saved {self.dir}")
 
@@ -287,9 +319,13 @@ class Evaluator:
     def evaluate(self, params: Any) -> tuple[dict, Any]:
         p = self.plan
         batch_size = p.job.per_device_eval_batch_size * p.mesh.devices.size
-        return evaluate_task(
-            p.data.task, p.model, params, p.data.eval_ex, p.eval_feats, batch_size, **self.kw
+        task = p.data.task
+        metrics, predictions = evaluate_task(
+            task, p.model, params, p.data.eval_ex, p.eval_feats, batch_size, **self.kw
         )
+        if p.metric == "loss" and "loss" not in metrics:  # HF's eval_loss, computed where it is asked for
+            metrics["loss"] = loss_metrics(task, p.model, params, p.eval_feats, batch_size, **self.kw)["loss"]
+        return metrics, predictions
 
     def __call__(self, state: Any, step: int) -> dict[str, float]:
         metrics, predictions = self.evaluate(state.params)
@@ -308,7 +344,8 @@ class Evaluator:
 # Train
 # ---------------------------------------------------------------------------------------------------
 def start_output_dir(plan: Plan) -> None:
-    """The first write: the earlier run's files removed where decided, the run identity recorded."""
+    """The first write (once an explicit checkpoint has been restored): the earlier run's files removed
+    where decided, the run identity recorded."""
     out = plan.job.output_dir
     if jax.process_index() == 0:
         if plan.clean_first:
@@ -438,6 +475,7 @@ def finish(
     params, step = final_params(plan, result, evaluator.best, evaluator.kw["param_shardings"])
     metrics = predictions = baseline = None
     if data.eval_ex is not None:
+        say(f"final evaluation of the model of step {step}")
         metrics, predictions = evaluator.at(params, step)
         baseline = data.task.majority_baseline(data.train_ex, data.eval_ex, plan.eval_feats)
     report.update(
@@ -448,15 +486,20 @@ def finish(
         train_seconds=time.perf_counter() - t0,
     )
     host_params = to_host(params)  # every process: gathers FSDP/tensor shards
+
+    def export(folder: str) -> None:
+        save_hf_model(folder, host_params, plan.export_config, plan.model, data.tok)
+        if job.qat:
+            save_qat_stats(folder, plan.model, host_params, plan.train_arrays, step)
+
     if jax.process_index() == 0:
-        write_json(os.path.join(out, "eval_results.json"), report)
         if predictions is not None:
             data.task.write_predictions(predictions_path(data.task, out), data.eval_ex, predictions)
-        save_hf_model(os.path.join(out, "hf_model"), host_params, plan.export_config, plan.model, data.tok)
-        if job.qat:
-            save_qat_stats(os.path.join(out, "hf_model"), plan.model, host_params, plan.train_arrays, step)
+        run_dir.replace_dir(os.path.join(out, "hf_model"), export)
     if data.test_ex is not None:
         write_test_predictions(plan, params, evaluator.kw)
+    if jax.process_index() == 0:  # last: "stopped": "done" means every file above is complete
+        write_json(os.path.join(out, "eval_results.json"), report)
     if metrics is not None:
         say(f"eval: {json.dumps(metrics)}")
     if baseline is not None:
@@ -482,6 +525,32 @@ def _without_training(job: JobConfig, do_eval: bool, do_predict: bool) -> dict[s
     return report
 
 
+class _Stopped(Exception):
+    """SIGTERM/SIGINT after training (during the final evaluation or export)."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal = signal_name
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    """SIGTERM and SIGINT raise `_Stopped` in the block (single-process runs, as `fit` handles them)."""
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+        yield
+        return
+
+    def on(signum, frame):
+        raise _Stopped(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, on) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _preempted(plan: Plan, result: Any, report: dict[str, Any]) -> dict[str, Any]:
     out = plan.job.output_dir
     report.update(signal=result.signal, checkpoint=os.path.join(out, "checkpoints", str(result.step)))
@@ -500,8 +569,10 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     `hf_model/` (and `best_model/` with `eval_steps`). Every file, label and flag is checked, and
     the output dir's run identity compared, before anything is written.
 
-    The report has "stopped": "done", or "preempted" (SIGTERM/SIGINT: a checkpoint at the current
-    step, no final evaluation or export, "signal" names the signal).
+    The report has "stopped": "done", or "preempted" (SIGTERM/SIGINT during training or the finish:
+    a checkpoint at the current step, no final evaluation or export, "signal" names the signal).
+    The output dir is locked for the job's life; nothing in it is removed before an explicit
+    `--resume_from_checkpoint` has been restored; eval_results.json is written last.
     """
     t0 = time.perf_counter()
     do_train, do_eval, do_predict = phases(job, command)
@@ -511,13 +582,24 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
     job.validate(command)
     rng = jax.random.key(job.seed)
     job, data = read_inputs(job, do_eval, do_predict)
+    with run_dir.locked(job.output_dir):
+        return _train_and_finish(job, data, rng, t0)
+
+
+def _train_and_finish(job: JobConfig, data: Inputs, rng: jax.Array, t0: float) -> dict[str, Any]:
+    """The job once the output dir is locked: plan, train, finish (a signal during the finish stops it
+    as one during training does: the last step's checkpoint is saved, eval_results.json says so)."""
     plan = make_plan(job, data, rng)
-    start_output_dir(plan)  # from here on the output dir is written
     train_data, sharded, step = build_training(plan, rng)
     save = functools.partial(save_hf_model, config=plan.export_config, model=plan.model, tok=data.tok)
     best = BestModel(job.output_dir, plan.metric, plan.greater, save)
     kw = dict(mesh=plan.mesh, rules=plan.rules, param_shardings=sharded.shardings.params)
     evaluator = Evaluator(plan, best, kw)
+
+    def start() -> None:  # from here on the output dir is written
+        start_output_dir(plan)
+        best.load()
+
     result = fit(
         fit_config(plan),
         sharded.state,
@@ -526,6 +608,7 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
         rng,
         batch_sharding=shd.batch_sharding(plan.mesh),
         eval_fn=evaluator if job.eval_steps else None,
+        before_write=start,
     )
     if data.prepared:
         train_data.close()
@@ -535,7 +618,15 @@ def run_finetune(job: JobConfig, command: str = "finetune") -> dict[str, Any]:
         "steps": result.step,
         "num_steps": plan.num_steps,
         "stopped": result.stopped,
+        "truncated": plan.truncated,
     }
     if result.stopped == "preempted":
         return _preempted(plan, result, report)
-    return finish(plan, result, evaluator, report, t0)
+    try:
+        with _signals_stop():
+            return finish(plan, result, evaluator, report, t0)
+    except _Stopped as e:  # nothing of the finish is kept but complete files; eval_results.json says so
+        result.signal = e.signal
+        keep = ("task", "model", "steps", "num_steps", "truncated")
+        report = {k: report[k] for k in keep} | {"stopped": "preempted"}
+        return _preempted(plan, result, report)

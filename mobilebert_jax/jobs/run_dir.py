@@ -5,26 +5,37 @@ how a job writes its files and messages.
 hyperparameters that change the result, and the training file's size and SHA-256. A rerun with the
 same identity resumes; a different one is refused before anything is written, with the differences
 listed, unless `--overwrite_output_dir` (start clean) or `--resume_from_checkpoint PATH`.
+
+A job holds `.lock` in the dir for its life (`locked`); folders it exports are written beside and
+renamed into place (`replace_dir`), JSON files through a renamed temporary file (`write_json`). These
+functions and `training/state.py`'s checkpoint code hold the file-system operations on a run dir.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 
 from mobilebert_jax.jobs.config import UsageError
+from mobilebert_jax.training.state import stored_checkpoints
 
 RUN_FILE = "run.json"
 # What a fine-tune writes into its output dir (removed by --overwrite_output_dir).
 ARTEFACTS = ("checkpoints", "tensorboard", "hf_model", "best_model", "metrics.jsonl", "loss.png",
              "eval_results.json", "best.json", RUN_FILE)  # fmt: skip
-ARTEFACT_GLOBS = ("predictions*", "test_predictions*", "evaluate_*", "predict_*")
+TMP_PREFIX = ".tmp-"  # folders and files being written (`replace_dir`, `write_json`)
+ARTEFACT_GLOBS = ("predictions*", "test_predictions*", "evaluate_*", "predict_*", TMP_PREFIX + "*")
+LOCK_FILE = ".lock"
 # Hyperparameters that change what training computes (logging/saving intervals do not).
 RESULT_FIELDS = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
                  "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "lr_scheduler_type",
@@ -39,9 +50,31 @@ def say(msg: str) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """Writes `obj` as JSON through a temporary file renamed over `path` (never half a file)."""
+    parent, name = os.path.split(path)
+    tmp = os.path.join(parent, f"{TMP_PREFIX}{name}-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+    os.replace(tmp, path)
+
+
+def replace_dir(path: str, write: Callable[[str], None]) -> None:
+    """`write(folder)` into a temporary folder beside `path`, then renamed to `path` (an earlier one is
+    removed only after): a reader sees the old folder or the new one, never half of one."""
+    parent, name = os.path.split(os.path.abspath(path))
+    tmp, old = (os.path.join(parent, f"{TMP_PREFIX}{name}-{tag}-{os.getpid()}") for tag in ("new", "old"))
+    for p in (tmp, old):
+        shutil.rmtree(p, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.lexists(path):
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def predictions_path(task: Any, output_dir: str) -> str:
@@ -119,8 +152,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def has_checkpoints(output_dir: str) -> bool:
-    d = os.path.join(output_dir, "checkpoints")
-    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+    """The dir holds checkpoint data (steps set aside as unreadable count: never a new run over them)."""
+    return bool(stored_checkpoints(os.path.join(output_dir, "checkpoints")))
 
 
 def holds_run(output_dir: str) -> bool:
@@ -146,7 +179,8 @@ def decide(job: Any, identity: dict[str, Any], say: Any) -> tuple[str, bool]:
 
     Returns (mode, clean_first): mode "new" (nothing to resume), "resume" (same identity, checkpoints
     present) or "explicit" (`--resume_from_checkpoint`); clean_first: remove the old run's files
-    (`--overwrite_output_dir`, or an explicit checkpoint from elsewhere into a dir of another run).
+    (`--overwrite_output_dir`, or an explicit checkpoint from elsewhere into a dir of another run;
+    the job removes them only once that checkpoint has been restored).
     Raises `UsageError` listing the differences when the dir holds another run.
     """
     out = job.output_dir
@@ -165,8 +199,8 @@ def decide(job: Any, identity: dict[str, Any], say: Any) -> tuple[str, bool]:
         diff = differences(old, identity) if old is not None else []
         if diff:
             say(f"warning: --resume_from_checkpoint: {out} held a run with other settings: {'; '.join(diff)}")
-        src = os.path.abspath(job.resume_from_checkpoint)
-        inside = src.startswith(os.path.abspath(out) + os.sep)
+        src, mine = os.path.abspath(job.resume_from_checkpoint), os.path.abspath(out)
+        inside = src == mine or src.startswith(mine + os.sep)
         return "explicit", started and not inside and (bool(diff) or old is None)
     if not started:
         return "new", False  # run.json without checkpoints: nothing to lose, the new identity replaces it
@@ -187,8 +221,71 @@ def decide(job: Any, identity: dict[str, Any], say: Any) -> tuple[str, bool]:
     return ("resume" if has_checkpoints(out) else "new"), False
 
 
-def write_identity(output_dir: str, identity: dict[str, Any]) -> None:
+@contextlib.contextmanager
+def locked(output_dir: str) -> Iterator[None]:
+    """Holds `output_dir/.lock` (pid, host, start time; created exclusively) for the block: a second
+    job on the dir is refused with the holder named. A lock of a dead process on this host is stale
+    and taken over. A dir created here and left empty is removed again. Process 0 locks."""
+    if jax.process_index() != 0:
+        yield
+        return
+    created = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, LOCK_FILE)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    for attempt in (0, 1):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if attempt or not _stale(holder):
+                raise UsageError(
+                    f"{output_dir} is in use by another job (pid {holder.get('pid')} on {holder.get('host')} "
+                    f"since {holder.get('started')}): wait for it, or remove {path} if that job is gone"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(me, f)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(output_dir)  # only when empty
+
+
+def _lock_holder(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}  # being written, or unreadable: not stale (its process may be starting)
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    """The lock's process is gone (only decidable on the host that holds it)."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def write_identity(output_dir: str, identity: dict[str, Any]) -> None:
+    """Records the run identity (a file that already holds it is left as it is)."""
+    os.makedirs(output_dir, exist_ok=True)
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(output_dir, RUN_FILE), encoding="utf-8") as f:
+            if json.load(f) == json.loads(json.dumps(identity)):
+                return
     tmp = os.path.join(output_dir, RUN_FILE + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(identity, f, indent=2, sort_keys=True)

@@ -133,6 +133,13 @@ class Task:
         except Exception:
             return None
 
+    def truncation(
+        self, examples: Sequence[Any], features: Mapping[str, np.ndarray], tokenizer: Any, max_len: int
+    ) -> dict[str, int] | None:
+        """What `featurise` cut to `max_len`: {"examples": examples cut, "of": examples, ...}; None where
+        the task does not cut (or keeps the rest in overflow windows)."""
+        return None
+
     def majority_baseline(
         self,
         train_examples: Sequence[Any],

@@ -286,6 +286,24 @@ class GlueTask(Task):
             raise DataError(f"unlabelled example among labelled ones ({bad})")
         return feats
 
+    def truncation(
+        self,
+        examples: Sequence[GlueExample],
+        features: Mapping[str, np.ndarray],
+        tokenizer: Any,
+        max_len: int,
+    ) -> dict[str, int]:
+        """Examples longer than `max_len` tokens (only the rows that fill `max_len` are tokenized again)."""
+        full = np.flatnonzero(np.asarray(features["attention_mask"]).sum(-1) >= max_len)
+        cut = 0
+        if len(full):
+            first = [examples[i].text_a for i in full]
+            kw = dict(truncation=False, padding=False)
+            if self.layout.hf[1] is not None:
+                kw["text_pair"] = [examples[i].text_b for i in full]
+            cut = sum(len(ids) > max_len for ids in tokenizer(first, **kw)["input_ids"])
+        return {"examples": int(cut), "of": len(examples)}
+
     def loss_terms(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Cross-entropy (MSE for STS-B) as `{"cls": (sum, count)}` over the batch."""
         import jax.numpy as jnp

@@ -302,6 +302,14 @@ class NerTask(Task):
             enc["labels"] = labels
         return enc
 
+    def truncation(
+        self, examples: Sequence[NerExample], features: Mapping[str, np.ndarray], tokenizer: Any, max_len: int
+    ) -> dict[str, int]:
+        """Examples with words past `max_len` (those words get no token: "O" in the predictions)."""
+        kept = (np.asarray(features["word_index"]) >= 0).sum(-1)
+        lost = [len(e.words) - int(k) for e, k in zip(examples, kept)]
+        return {"examples": sum(n > 0 for n in lost), "of": len(examples), "words": sum(lost)}
+
     def loss_terms(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Token cross-entropy over labels != -100."""
         import jax.numpy as jnp

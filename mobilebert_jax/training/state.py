@@ -4,11 +4,17 @@ Creation follows big_vision/MaxText: `jax.eval_shape(init)` gives shapes and log
 the rules turn them into `NamedSharding`s, and `jax.jit(init, out_shardings=...)` materialises every
 param and optimizer-state leaf directly on its shard (nothing is ever gathered on one device).
 Optimizer-state leaves take the sharding of the param they mirror (matched by tree path and shape).
+
+Checkpoints are never lost to a restore: each committed step gets an integrity manifest (SHA-256 of its
+files, `seal_checkpoints`), checked before it is read; an unreadable step is skipped for an older one
+and set aside (kept) only when an older one restores; a step of another model is an error naming the
+differing keys (`restore_latest`, `restore_checkpoint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -248,6 +254,9 @@ def restore_checkpoint(
 ) -> tuple[TrainState, dict, int]:
     """Restores onto the shardings carried by `abstract_state` (any mesh, any device count).
 
+    Before reading any array: the step's files are checked (regular files only, each against the
+    integrity manifest where there is one, with a time limit), then its tree against the target's.
+
     Args:
         mngr_or_dir: a manager or a checkpoint directory.
         abstract_state: target tree of `ShapeDtypeStruct` with `.sharding` (e.g. from
@@ -256,15 +265,25 @@ def restore_checkpoint(
 
     Returns:
         (state with the static `tx` of `abstract_state`, data-iterator state dict, step).
+
+    Raises:
+        CheckpointUnreadable: files missing, damaged, not regular, or too slow to read.
+        CheckpointMismatchError: the checkpoint holds another tree (names the differing keys).
     """
     mngr = mngr_or_dir if isinstance(mngr_or_dir, ocp.CheckpointManager) else checkpoint_manager(mngr_or_dir)
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no committed checkpoint in {mngr.directory}")
+    step_dir = os.path.join(os.fspath(mngr.directory), str(step))
+    verify_checkpoint(step_dir)
     target = jax.tree.map(_as_abstract, abstract_state)
-    out = mngr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
-    )
+    _with_timeout(lambda: check_fits(step_dir, target), step_dir, READ_TIMEOUT_S)
+    try:
+        out = mngr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+        )
+    except Exception as e:  # orbax/tensorstore raise many types for unreadable files
+        raise CheckpointUnreadable(f"{step_dir}: {_first_line(e)}") from e
     return out["state"], dict(out["data"] or {}), step
 
 
@@ -275,44 +294,209 @@ def _as_abstract(x: Any) -> Any:
     return jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, sharding=sharding)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+class CheckpointReadError(RuntimeError):
+    """No committed checkpoint of a run can be restored."""
+
+
+class CheckpointUnreadable(OSError):
+    """A checkpoint's files cannot be read back as written (missing, damaged, not regular, too slow)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint of another model or optimizer (a usage error, not damage)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Integrity and the restore policy. Every file-system operation on checkpoint directories is in the
+# few functions below (a gs:// backend replaces them).
+# ---------------------------------------------------------------------------------------------------
+MANIFEST = "integrity.json"  # {"sha256": {relative path: hex digest}} of a committed step's files
+READ_TIMEOUT_S = 600.0  # a checkpoint whose files take longer to read is treated as unreadable
+QUARANTINE = ".unreadable-"  # `<step>.unreadable-<time>`: set aside, kept in the run dir
+
+
+def _step_files(step_dir: str) -> list[str]:
+    """Relative paths of the files of a step directory; anything but regular files and directories
+    (a FIFO, a device, a link) is refused before it is opened."""
+    import stat
+
+    out = []
+    for root, dirs, files in os.walk(step_dir):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                out.append(os.path.relpath(path, step_dir))
+            elif not stat.S_ISDIR(mode):
+                raise CheckpointUnreadable(f"{path}: not a regular file")
+    return sorted(f for f in out if f != MANIFEST)
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _with_timeout(fn: Callable[[], Any], what: str, timeout: float) -> Any:
+    """`fn()` in a daemon thread; `CheckpointUnreadable` when it takes longer than `timeout` s (a
+    blocked read cannot be cancelled, only left behind)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run():
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["err"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise CheckpointUnreadable(f"{what}: reading took more than {timeout:.0f} s")
+    if "err" in box:
+        raise box["err"]
+    return box.get("out")
+
+
+def seal_checkpoints(mngr: ocp.CheckpointManager) -> None:
+    """Writes the integrity manifest (SHA-256 of every file) of each committed step that lacks one.
+
+    Call it after `wait_until_finished` (the steps are then complete); process 0 writes."""
+    if jax.process_index() != 0:
+        return
+    for step in mngr.all_steps():
+        d = os.path.join(os.fspath(mngr.directory), str(step))
+        path = os.path.join(d, MANIFEST)
+        if not os.path.isdir(d) or os.path.exists(path):
+            continue
+        digests = {f: _sha256(os.path.join(d, f)) for f in _step_files(d)}
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"sha256": digests}, f, indent=1, sort_keys=True)
+        os.replace(path + ".tmp", path)
+
+
+def verify_checkpoint(step_dir: str, timeout: float = READ_TIMEOUT_S) -> None:
+    """Raises `CheckpointUnreadable` when a step's files are not regular, differ from its manifest
+    (a step saved before manifests, or killed before its manifest was written, has none) or take
+    longer than `timeout` s to read."""
+
+    def check():
+        files = _step_files(step_dir)
+        path = os.path.join(step_dir, MANIFEST)
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            want = json.load(f)["sha256"]
+        missing = sorted(set(want) - set(files))
+        if missing:
+            raise CheckpointUnreadable(f"{step_dir}: missing {missing[:3]}")
+        bad = [f for f in sorted(want) if _sha256(os.path.join(step_dir, f)) != want[f]]
+        if bad:
+            raise CheckpointUnreadable(f"{step_dir}: {bad[:3]} differ from the checksum written at save")
+
+    _with_timeout(check, step_dir, timeout)
+
+
+def _key_str(path: tuple) -> str:
+    parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return "/".join(str(p) for p in parts)
+
+
+def check_fits(step_dir: str, target: Any) -> None:
+    """Raises `CheckpointMismatchError` naming the keys and shapes where the checkpoint's saved tree
+    differs from `target`'s (missing, unexpected, other shape)."""
+    try:
+        meta = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata
+    except Exception as e:  # the metadata file itself is unreadable
+        raise CheckpointUnreadable(f"{step_dir}: tree metadata: {_first_line(e)}") from e
+    got = {_key_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(meta)}
+    if not got:  # orbax reads damaged metadata as an empty tree (with a warning)
+        raise CheckpointUnreadable(f"{step_dir}: no readable tree metadata")
+    want = {_key_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
+    order = lambda keys: sorted(keys, key=lambda k: (not k.startswith("params/"), k))  # noqa: E731
+    missing, unexpected = order(want.keys() - got.keys()), order(got.keys() - want.keys())
+    shapes = [
+        f"{k} checkpoint {got[k]}, model {want[k]}"
+        for k in order(want.keys() & got.keys())
+        if got[k] != want[k]
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{name} {len(keys)}: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+            for name, keys in (("other shapes", shapes), ("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise CheckpointMismatchError(
+            f"{step_dir} holds another model or optimizer than this run's ({'; '.join(parts)})"
+        )
+
+
+def stored_checkpoints(directory: str | os.PathLike) -> list[str]:
+    """Names of the step directories in a checkpoints directory, the set-aside (unreadable) ones too."""
+    d = os.fspath(directory)
+    if not os.path.isdir(d):
+        return []
+    return sorted(n for n in os.listdir(d) if n.isdigit() or (QUARANTINE in n and n.split(".")[0].isdigit()))
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+    """Moves step `step` to `<step>.unreadable-<time>` beside it (orbax then no longer lists it, so the
+    continuing run can save that step again); returns the new name."""
+    bad = os.path.join(os.fspath(mngr.directory), str(step))
+    aside = f"{bad}{QUARANTINE}{time.strftime('%Y%m%d-%H%M%S')}"
+    if jax.process_index() == 0 and os.path.isdir(bad):
+        os.rename(bad, aside)
+    return os.path.basename(aside)
+
+
 def restore_latest(
     mngr: ocp.CheckpointManager, abstract_state: TrainState, warn: Callable[[str], None] | None = None
 ) -> tuple[TrainState, dict, int] | None:
     """The newest committed checkpoint that reads back, or None when there is none.
 
-    A checkpoint that fails to restore (truncated or corrupted files, a half-finished copy) is moved
-    aside to `<step>.corrupt-<time>` (orbax then no longer lists it, so the step can be saved again)
-    and the previous one is tried, with a warning naming both. If every checkpoint fails, the error
-    of the newest is raised.
+    A checkpoint that cannot be read (damaged, missing or non-regular files, a read past the time
+    limit) is skipped for the previous one with a warning; only when an older one restores are the
+    newer ones set aside to `<step>.unreadable-<time>` (kept, never deleted). When none can be read
+    nothing is moved and `CheckpointReadError` is raised. A checkpoint of another model or optimizer
+    raises `CheckpointMismatchError` (nothing moved).
     """
     warn = warn or log.warning
-    first_error: Exception | None = None
+    skipped: list[tuple[int, Exception]] = []
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
-            return restore_checkpoint(mngr, abstract_state, step)
-        except Exception as e:  # orbax/tensorstore raise many types for unreadable files
-            first_error = first_error or e
-            bad = os.path.join(os.fspath(mngr.directory), str(step))
-            aside = f"{bad}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            if jax.process_index() == 0 and os.path.isdir(bad):
-                os.rename(bad, aside)
+            out = restore_checkpoint(mngr, abstract_state, step)
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # unreadable: try the previous one
+            skipped.append((step, e))
+            warn(f"warning: checkpoint step {step} in {mngr.directory} cannot be read ({_first_line(e)})")
+            continue
+        if skipped:
+            names = [_set_aside(mngr, s) for s, _ in skipped]
             mngr.reload()
-            rest = [s for s in mngr.all_steps() if s < step]
             warn(
-                f"warning: checkpoint step {step} in {mngr.directory} cannot be read ({type(e).__name__}: "
-                f"{msg}); moved it to {os.path.basename(aside)}; "
-                + (f"falling back to step {max(rest)}" if rest else "no earlier checkpoint")
+                f"warning: falling back to step {step}; set aside (kept) in {mngr.directory}: "
+                + ", ".join(names)
             )
-    if first_error is not None:
+        return out
+    if skipped:
         raise CheckpointReadError(
-            f"no checkpoint in {mngr.directory} can be read (newest error: {first_error})"
-        ) from first_error
+            f"no checkpoint in {mngr.directory} can be read (nothing was moved; newest: "
+            f"{_first_line(skipped[0][1])})"
+        ) from skipped[0][1]
     return None
-
-
-class CheckpointReadError(RuntimeError):
-    """No committed checkpoint of a run can be restored."""
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, int | None]:

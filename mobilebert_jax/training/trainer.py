@@ -32,6 +32,7 @@ from mobilebert_jax.training.metrics import MetricsWriter, plot_loss_curve
 from mobilebert_jax.training.objectives import LossFn, objective
 from mobilebert_jax.training.optim import Schedule, learning_rate_at
 from mobilebert_jax.training.state import (
+    CheckpointMismatchError,
     CheckpointReadError,
     TrainState,
     checkpoint_manager,
@@ -39,6 +40,8 @@ from mobilebert_jax.training.state import (
     restore_checkpoint,
     restore_latest,
     save_checkpoint,
+    seal_checkpoints,
+    stored_checkpoints,
 )
 
 log = logging.getLogger(__name__)
@@ -387,7 +390,8 @@ class FitConfig:
     plot: bool = True  # loss.png at the end
     plot_metric: str | None = None  # the eval metric loss.png shows beside the loss (default: the first)
     # start from this checkpoint (a step directory, a checkpoints/ directory or a run directory) instead
-    # of the workdir's latest; later checkpoints in the workdir are deleted (the run branches here)
+    # of the workdir's latest; once it is restored, later checkpoints in the workdir are deleted (the
+    # run branches here)
     resume_from: str | None = None
 
 
@@ -427,11 +431,10 @@ def _say(msg: str) -> None:
         print(msg, flush=True)
 
 
-def _restore_from(path: str, own: Any, state: TrainState) -> tuple[TrainState, dict, int]:
+def _restore_from(path: str, state: TrainState) -> tuple[TrainState, dict, int]:
     """Restores the checkpoint `path` names (see `FitConfig.resume_from`), with an error naming it."""
     directory, step = resolve_checkpoint(path)
-    same = own is not None and os.path.abspath(os.fspath(own.directory)) == directory
-    mngr = own if same else checkpoint_manager(directory, async_save=False)
+    mngr = checkpoint_manager(directory, async_save=False)
     try:
         step = mngr.latest_step() if step is None else step
         if step is None:
@@ -440,24 +443,30 @@ def _restore_from(path: str, own: Any, state: TrainState) -> tuple[TrainState, d
             )
         try:
             return restore_checkpoint(mngr, state, step)
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"--resume_from_checkpoint {path}: {e}") from None
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise CheckpointReadError(
-                f"--resume_from_checkpoint {path}: step {step} cannot be restored into this model and "
-                f"optimizer ({type(e).__name__}: {first})"
+                f"--resume_from_checkpoint {path}: step {step} cannot be read ({type(e).__name__}: {first})"
             ) from None
     finally:
-        if not same:
-            mngr.close()
+        mngr.close()
 
 
-def _resume(config: FitConfig, state: TrainState, data: DataIterator) -> tuple[Any, TrainState, int | None]:
-    """Opens the workdir's checkpoint manager (None without a workdir) and restores per `config`.
+def _resume(
+    config: FitConfig, state: TrainState, data: DataIterator, before_write: Callable[[], None] | None = None
+) -> tuple[Any, TrainState, int | None]:
+    """Restores per `config`, then calls `before_write` and opens the workdir's checkpoint manager
+    (None without a workdir): an explicit checkpoint is read before anything is written or removed.
 
     Returns (manager, state, the step restored or None for a fresh start); the data iterator is set to
     the restored position.
     """
     wd = config.workdir
+    restored = _restore_from(config.resume_from, state) if config.resume_from else None
+    if before_write is not None:
+        before_write()
     mngr = None
     if wd is not None:
         mngr = checkpoint_manager(
@@ -466,10 +475,8 @@ def _resume(config: FitConfig, state: TrainState, data: DataIterator) -> tuple[A
             config.max_to_keep,
             config.async_checkpoint,
         )
-    restored = None
+    where = config.resume_from
     if config.resume_from:
-        restored = _restore_from(config.resume_from, mngr, state)
-        where = config.resume_from
         if mngr is not None:
             later = [t for t in mngr.all_steps() if t > restored[2]]
             for t in later:
@@ -479,6 +486,12 @@ def _resume(config: FitConfig, state: TrainState, data: DataIterator) -> tuple[A
     elif mngr is not None and mngr.all_steps():
         restored = restore_latest(mngr, state, warn=_say)
         where = wd
+    elif mngr is not None and stored_checkpoints(mngr.directory):
+        raise CheckpointReadError(
+            f"{mngr.directory} holds only checkpoints set aside as unreadable "
+            f"({', '.join(stored_checkpoints(mngr.directory))}); nothing was changed: rename one back to its step "
+            "number to try it again, or start again with --overwrite_output_dir"
+        )
     resumed_from = None
     if restored is not None:
         state, data_state, resumed_from = restored
@@ -541,6 +554,8 @@ class _StepLog:
         self.flush()  # never save a state that followed a non-finite step
         if self.mngr is None or self.last_saved == s:
             return
+        self.mngr.wait_until_finished()  # orbax waits for the previous save here anyway
+        seal_checkpoints(self.mngr)
         if save_checkpoint(self.mngr, s, state, data_state, force=force):
             self.last_saved = s
 
@@ -560,6 +575,7 @@ def fit(
     *,
     batch_sharding: Any = None,
     eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> FitResult:
     """Runs `train_step` up to `config.num_steps`, resuming from the latest checkpoint in the workdir.
 
@@ -576,9 +592,11 @@ def fit(
         rng: dropout base key; step s uses fold_in(rng, s) inside the step.
         batch_sharding: `sharding.batch_sharding(mesh)` (None: one device).
         eval_fn: optional `(state, step) -> metrics`, logged with an "eval/" prefix.
+        before_write: called once `config.resume_from` (if any) restored, before the loop writes
+            anything into the workdir (the caller then records or replaces the run there).
     """
     wd = config.workdir
-    mngr, state, resumed_from = _resume(config, state, data)
+    mngr, state, resumed_from = _resume(config, state, data, before_write)
     writer = MetricsWriter(wd)
     if resumed_from is not None:
         writer.truncate(resumed_from)  # rows past the checkpoint are recomputed: no duplicate steps
@@ -618,6 +636,7 @@ def fit(
             bar.close()
         if mngr is not None:
             mngr.wait_until_finished()
+            seal_checkpoints(mngr)
             mngr.close()
         writer.close()
     if wd is not None and main and config.plot and writer.path is not None and stopped == "done":
