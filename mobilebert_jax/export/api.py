@@ -109,6 +109,7 @@ def export(
     keep_tensor_names: bool = False,
     device_ready: bool = False,
     model_info: dict[str, str] | None = None,
+    pad_invariant: bool = True,
 ) -> dict[str, Any]:
     """Writes and verifies an export; returns the manifest written to OUT_DIR/export.json.
 
@@ -122,7 +123,12 @@ def export(
     `quant_stats`: static int8 ranges saved by `finetune --qat` (`quantize.load_quant_stats`), used by
     LiteRT `int8` instead of calibrating on `calibration` (which then only measures the error).
     `keep_tensor_names`: LiteRT keeps every tensor's name (debug information, ~0.3-0.65 MB at full size);
-    by default only the signatures' inputs and outputs keep theirs."""
+    by default only the signatures' inputs and outputs keep theirs.
+
+    `pad_invariant` (default True): the graph zeroes the word embeddings where `attention_mask` is 0
+    (`model.clone(pad_invariant=True)`), so the padding to its fixed length and batch changes no output
+    whatever the [PAD] embedding row; the self-check compares with the JAX forward built the same way.
+    False exports HF's padded computation. Recorded as `pad_invariant` in export.json and config.json."""
     if format not in FORMATS:
         raise common.ExportError(f"unknown format {format!r}; one of {FORMATS}")
     if quantize not in common.QUANTIZATIONS:
@@ -138,6 +144,7 @@ def export(
     if (device_ready or model_info) and format != "litert":
         raise common.ExportError("a device-ready export (TFLite Metadata) applies to --format litert only")
     vocab = device_vocab(tokenizer) if device_ready else None
+    model = model.clone(pad_invariant=bool(pad_invariant))
     if format in ("litert", "onnx"):
         model, params = flat_layers(model, params)
     if format == "stablehlo":
@@ -182,7 +189,7 @@ def export(
             calibration=calibration,
             num_threads=num_threads,
         )
-    d = cfg.to_dict()
+    d = {**cfg.to_dict(), "pad_invariant": bool(pad_invariant)}
     d["architectures"] = [name]
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(d, f, indent=2, sort_keys=True)
@@ -197,6 +204,7 @@ def export(
         "model_class": name,
         "max_position_embeddings": cfg.max_position_embeddings,
         "pad_token_id": cfg.pad_token_id,
+        "pad_invariant": bool(pad_invariant),
         **body,
         # the model file and any external-data file it reads (ONNX: model.onnx.data)
         "size_bytes": sum(
