@@ -32,11 +32,11 @@ def test_model_label_order_by_name():
     assert model_label_order(["LABEL_0", "LABEL_1", "LABEL_2"], MNLI) == (0, 1, 2)
     assert "LABEL_1=neutral" in generic_note(["LABEL_0", "LABEL_1", "LABEL_2"], MNLI)
     assert generic_note(["a", "b", "c"], MNLI) is None
-    with pytest.raises(DataError, match=r"\['yes', 'maybe', 'no'\] do not match .*\['entailment', 'neutral'"):
+    with pytest.raises(ValueError, match=r"\['yes', 'maybe', 'no'\] do not match .*\['entailment', 'neutral'"):
         model_label_order(["yes", "maybe", "no"], MNLI)
-    with pytest.raises(DataError, match=r"do not match"):  # two columns for one label
+    with pytest.raises(ValueError, match=r"do not match"):  # two columns for one label
         model_label_order(["entailment", "ENTAILMENT", "neutral"], MNLI)
-    with pytest.raises(DataError, match=r"2 labels \['entailment', 'neutral'\], the task has 3"):
+    with pytest.raises(ValueError, match=r"2 labels \['entailment', 'neutral'\], the task has 3"):
         model_label_order(["entailment", "neutral"], MNLI)
 
 

@@ -92,6 +92,47 @@ def flat_layers(model: Any, params: Any) -> tuple[Any, Any]:
     return common.device_graph(model), params
 
 
+def _write_artifact(
+    format: str,
+    model: Any,
+    params: Any,
+    out_dir: str,
+    seq_lengths: Sequence[int],
+    batch_size: int,
+    quantize: str,
+    calibration: dict[str, np.ndarray] | None,
+    num_threads: int | None,
+    **litert_only: Any,
+) -> dict[str, Any]:
+    """Runs the format's writer, which also checks the file in its runtime; returns its manifest entries."""
+    if format == "stablehlo":
+        from mobilebert_jax.export.stablehlo import write_stablehlo
+
+        return write_stablehlo(
+            model, params, out_dir, verify_lengths=seq_lengths, verify_batch_size=max(2, batch_size),
+            quantize=quantize,
+        )  # fmt: skip
+    if format == "litert":
+        from mobilebert_jax.export.litert import write_litert
+
+        return write_litert(
+            model, params, out_dir, seq_lengths=seq_lengths, batch_size=batch_size, quantize=quantize,
+            calibration=calibration, num_threads=num_threads, **litert_only,
+        )  # fmt: skip
+    from mobilebert_jax.export.onnx import write_onnx
+
+    return write_onnx(
+        model, params, out_dir, seq_lengths=seq_lengths, verify_batch_size=max(2, batch_size),
+        quantize=quantize, calibration=calibration, num_threads=num_threads,
+    )  # fmt: skip
+
+
+def _write_config(out_dir: str, config: dict[str, Any]) -> None:
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def export(
     model: Any,
     params: Any,
@@ -147,53 +188,12 @@ def export(
     model = model.clone(pad_invariant=bool(pad_invariant))
     if format in ("litert", "onnx"):
         model, params = flat_layers(model, params)
-    if format == "stablehlo":
-        from mobilebert_jax.export.stablehlo import write_stablehlo
-
-        body = write_stablehlo(
-            model,
-            params,
-            out_dir,
-            verify_lengths=seq_lengths,
-            verify_batch_size=max(2, batch_size),
-            quantize=quantize,
-        )
-    elif format == "litert":
-        from mobilebert_jax.export.litert import write_litert
-
-        body = write_litert(
-            model,
-            params,
-            out_dir,
-            seq_lengths=seq_lengths,
-            batch_size=batch_size,
-            quantize=quantize,
-            calibration=calibration,
-            quant_stats=quant_stats,
-            num_threads=num_threads,
-            keep_tensor_names=keep_tensor_names,
-            device_ready=device_ready,
-            vocab=vocab,
-            model_info=model_info,
-        )
-    else:
-        from mobilebert_jax.export.onnx import write_onnx
-
-        body = write_onnx(
-            model,
-            params,
-            out_dir,
-            seq_lengths=seq_lengths,
-            verify_batch_size=max(2, batch_size),
-            quantize=quantize,
-            calibration=calibration,
-            num_threads=num_threads,
-        )
-    d = {**cfg.to_dict(), "pad_invariant": bool(pad_invariant)}
-    d["architectures"] = [name]
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(d, f, indent=2, sort_keys=True)
-        f.write("\n")
+    body = _write_artifact(
+        format, model, params, out_dir, seq_lengths, batch_size, quantize, calibration, num_threads,
+        quant_stats=quant_stats, keep_tensor_names=keep_tensor_names, device_ready=device_ready, vocab=vocab,
+        model_info=model_info,
+    )  # fmt: skip
+    _write_config(out_dir, {**cfg.to_dict(), "pad_invariant": bool(pad_invariant), "architectures": [name]})
     tokenizer_files = tokenizer.save_pretrained(out_dir) if tokenizer is not None else []
     manifest = {
         "format": format,

@@ -127,7 +127,10 @@ class Task:
             return self
         from mobilebert_jax.tasks.labels import model_label_order
 
-        order = model_label_order(names, self.labels, self.label_spellings())
+        try:
+            order = model_label_order(names, self.labels, self.label_spellings())
+        except ValueError as e:
+            raise DataError(str(e)) from None
         if order == tuple(range(len(order))):
             return self
         return dataclasses.replace(self, model_label_order=order)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from mobilebert_jax.tasks.base import DataError
-
 
 def is_generic(names: Sequence[str]) -> bool:
     """True for HF's placeholder names `LABEL_0, LABEL_1, ...` in order (a config that names nothing)."""
@@ -36,12 +34,12 @@ def model_label_order(
         task_labels: the task's label names in id order.
         spellings: per task label, other names it goes by (e.g. its token in the task's files).
 
-    Returns the identity for generic `LABEL_i` names; raises `DataError` with both lists where the
-    counts differ or the names do not match one to one.
+    Returns the identity for generic `LABEL_i` names; raises `ValueError` with both lists where the
+    counts differ or the names do not match one to one (`Task.with_model_labels` makes it a `DataError`).
     """
     model_names, task_labels = list(model_names), list(task_labels)
     if len(model_names) != len(task_labels):
-        raise DataError(
+        raise ValueError(
             f"the model has {len(model_names)} labels {model_names}, the task has {len(task_labels)} "
             f"{task_labels}"
         )
@@ -56,7 +54,7 @@ def model_label_order(
             break
         order.append(hits[0])
     if len(order) != len(model_names) or len(set(order)) != len(order):
-        raise DataError(
+        raise ValueError(
             f"the model's labels {model_names} do not match the task's labels {task_labels} by name "
             "(case and _/-/space ignored); rename the model's id2label or evaluate it as another task"
         )
