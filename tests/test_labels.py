@@ -1,6 +1,7 @@
 """Evaluation reads the model's labels by name (issue 33): an MNLI model whose `id2label` is ordered
 otherwise (as many hub MNLI models: CONTRADICTION, ENTAILMENT, NEUTRAL) scores as its twin in the
-task's order; generic `LABEL_i` names are read positionally; names that do not match are refused."""
+task's order; generic `LABEL_i` names are read positionally; names that do not match are refused. And
+`predict`, which pads every row, answers as HF PyTorch on each pair alone, unpadded (`pad_invariant`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mobilebert_jax.jobs.evaluate import run_evaluate, run_predict
 from mobilebert_jax.tasks import DataError, get_task
 from mobilebert_jax.tasks.labels import generic_note, model_label_order
 
+torch = pytest.importorskip("torch", reason="torch is the test reference")
 MNLI = ("entailment", "neutral", "contradiction")
 CLASS = "MobileBertForSequenceClassification"
 
@@ -32,7 +34,9 @@ def test_model_label_order_by_name():
     assert model_label_order(["LABEL_0", "LABEL_1", "LABEL_2"], MNLI) == (0, 1, 2)
     assert "LABEL_1=neutral" in generic_note(["LABEL_0", "LABEL_1", "LABEL_2"], MNLI)
     assert generic_note(["a", "b", "c"], MNLI) is None
-    with pytest.raises(ValueError, match=r"\['yes', 'maybe', 'no'\] do not match .*\['entailment', 'neutral'"):
+    with pytest.raises(
+        ValueError, match=r"\['yes', 'maybe', 'no'\] do not match .*\['entailment', 'neutral'"
+    ):
         model_label_order(["yes", "maybe", "no"], MNLI)
     with pytest.raises(ValueError, match=r"do not match"):  # two columns for one label
         model_label_order(["entailment", "ENTAILMENT", "neutral"], MNLI)
@@ -70,14 +74,23 @@ def _job(model, data, out, **kw) -> JobConfig:
                      per_device_eval_batch_size=8, mesh_data=1, progress=False, **kw)  # fmt: skip
 
 
-def test_permuted_id2label_evaluates_as_its_twin(tmp_path):
+def _mnli_model(tmp_path):
+    """(HF model, our params, config, MNLI file): perturbed weights ([PAD] row not zero), the classifier
+    bias centred on the file."""
     config = mbj.MobileBertConfig(**{**TINY, "vocab_size": 30522, "max_position_embeddings": 64}).replace(
         id2label=dict(enumerate(MNLI)), extra={"finetuning_task": "mnli"}
     )
-    sd = {k: v.numpy() for k, v in perturbed_hf_model(config, CLASS, scale=0.2).state_dict().items()}
-    params = from_pytorch(sd, config, CLASS)
+    pt = perturbed_hf_model(config, CLASS, scale=0.2)
+    params = from_pytorch({k: v.numpy() for k, v in pt.state_dict().items()}, config, CLASS)
     data = _mnli_file(tmp_path / "dev_matched.tsv")
     params = _centred(params, config, data)
+    with torch.no_grad():
+        pt.classifier.bias.copy_(torch.from_numpy(np.asarray(params["classifier"]["bias"])))
+    return pt, params, config, data
+
+
+def test_permuted_id2label_evaluates_as_its_twin(tmp_path):
+    _, params, config, data = _mnli_model(tmp_path)
     perm = [2, 0, 1]  # the twin's column i is the original's column perm[i]
     twin = {**params, "classifier": {k: np.asarray(v)[..., perm] for k, v in params["classifier"].items()}}
     names = ["CONTRADICTION", "ENTAILMENT", "NEUTRAL"]  # as hub MNLI models name them
@@ -106,3 +119,28 @@ def test_permuted_id2label_evaluates_as_its_twin(tmp_path):
         run_evaluate(_job(other, data, tmp_path / "eval_other"))
     assert not os.path.exists(tmp_path / "eval_other" / "eval_results.json")
     assert json.loads((tmp_path / "permuted" / "config.json").read_text())["id2label"]["0"] == "CONTRADICTION"
+
+
+def test_predict_is_pad_invariant_by_default(tmp_path):
+    """`predict` pads every row to --max_seq_length; its answers are HF's on each pair alone, unpadded."""
+    pt, params, config, data = _mnli_model(tmp_path)
+    model = _save(tmp_path / "model", params, config)
+    task = get_task("mnli")
+    feats = task.featurise(task.read(data), mbj.MobileBertTokenizer.default(), 64)
+    with torch.no_grad():
+        ref = [
+            MNLI[
+                int(
+                    pt(
+                        **{k: torch.tensor(feats[k][i : i + 1, :n]).long() for k in task.input_keys}
+                    ).logits.argmax()
+                )
+            ]
+            for i, n in enumerate(feats["attention_mask"].sum(1))
+        ]
+    got = []
+    for on in (True, False):
+        written = run_predict(_job(model, data, tmp_path / f"predict_{on}", pad_invariant=on))
+        got.append([line.split("\t")[1] for line in open(written, encoding="utf-8").read().splitlines()[1:]])
+    assert got[0] == ref
+    assert got[1] != ref, "the control: without the option the padding changes some answers"
