@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mobilebert_jax.tasks.labels import model_label_order
+
 PathLike = str | os.PathLike
 
 
@@ -125,8 +127,6 @@ class Task:
         do not match."""
         if self.labels is None:
             return self
-        from mobilebert_jax.tasks.labels import model_label_order
-
         try:
             order = model_label_order(names, self.labels, self.label_spellings())
         except ValueError as e:
