@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import types
 
 import jax
 import numpy as np
@@ -169,3 +170,19 @@ def test_training_trajectory_equals_hf(batches, hf_folder, micro):
     init = safetensors.numpy.load_file(os.path.join(hf_folder, "model.safetensors"))
     moved = max(rel_err(ref_params[k], v) for k, v in init.items())
     assert moved > 100 * PARAM_TOL, f"the params should move well beyond the tolerance: {moved}"
+
+
+@pytest.mark.parametrize("ratio, steps", [(0.1, 25), (0.06, 110), (0.15, 7)])
+def test_warmup_steps_round_up_as_hf(ratio, steps):
+    """The job's schedule at every step equals HF's for `--warmup_ratio`: HF's own `get_warmup_steps`
+    rounds the warmup up (ceil(0.1 * 25) = 3 steps; int() would give 2)."""
+    warmup = transformers.TrainingArguments.get_warmup_steps(types.SimpleNamespace(warmup_steps=ratio), steps)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = transformers.get_linear_schedule_with_warmup(opt, warmup, steps)
+    ref = []
+    for _ in range(steps):
+        ref.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    ours = make_schedule(JobConfig(learning_rate=1.0, warmup_ratio=ratio), steps)
+    np.testing.assert_allclose([float(ours(t)) for t in range(steps)], ref, rtol=1e-6, atol=1e-7)

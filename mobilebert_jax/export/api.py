@@ -92,6 +92,47 @@ def flat_layers(model: Any, params: Any) -> tuple[Any, Any]:
     return common.device_graph(model), params
 
 
+def _write_artifact(
+    format: str,
+    model: Any,
+    params: Any,
+    out_dir: str,
+    seq_lengths: Sequence[int],
+    batch_size: int,
+    quantize: str,
+    calibration: dict[str, np.ndarray] | None,
+    num_threads: int | None,
+    **litert_only: Any,
+) -> dict[str, Any]:
+    """Runs the format's writer, which also checks the file in its runtime; returns its manifest entries."""
+    if format == "stablehlo":
+        from mobilebert_jax.export.stablehlo import write_stablehlo
+
+        return write_stablehlo(
+            model, params, out_dir, verify_lengths=seq_lengths, verify_batch_size=max(2, batch_size),
+            quantize=quantize,
+        )  # fmt: skip
+    if format == "litert":
+        from mobilebert_jax.export.litert import write_litert
+
+        return write_litert(
+            model, params, out_dir, seq_lengths=seq_lengths, batch_size=batch_size, quantize=quantize,
+            calibration=calibration, num_threads=num_threads, **litert_only,
+        )  # fmt: skip
+    from mobilebert_jax.export.onnx import write_onnx
+
+    return write_onnx(
+        model, params, out_dir, seq_lengths=seq_lengths, verify_batch_size=max(2, batch_size),
+        quantize=quantize, calibration=calibration, num_threads=num_threads,
+    )  # fmt: skip
+
+
+def _write_config(out_dir: str, config: dict[str, Any]) -> None:
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def export(
     model: Any,
     params: Any,
@@ -109,6 +150,7 @@ def export(
     keep_tensor_names: bool = False,
     device_ready: bool = False,
     model_info: dict[str, str] | None = None,
+    pad_invariant: bool = True,
 ) -> dict[str, Any]:
     """Writes and verifies an export; returns the manifest written to OUT_DIR/export.json.
 
@@ -122,7 +164,12 @@ def export(
     `quant_stats`: static int8 ranges saved by `finetune --qat` (`quantize.load_quant_stats`), used by
     LiteRT `int8` instead of calibrating on `calibration` (which then only measures the error).
     `keep_tensor_names`: LiteRT keeps every tensor's name (debug information, ~0.3-0.65 MB at full size);
-    by default only the signatures' inputs and outputs keep theirs."""
+    by default only the signatures' inputs and outputs keep theirs.
+
+    `pad_invariant` (default True): the graph zeroes the word embeddings where `attention_mask` is 0
+    (`model.clone(pad_invariant=True)`), so the padding to its fixed length and batch changes no output
+    whatever the [PAD] embedding row; the self-check compares with the JAX forward built the same way.
+    False exports HF's padded computation. Recorded as `pad_invariant` in export.json and config.json."""
     if format not in FORMATS:
         raise common.ExportError(f"unknown format {format!r}; one of {FORMATS}")
     if quantize not in common.QUANTIZATIONS:
@@ -138,55 +185,15 @@ def export(
     if (device_ready or model_info) and format != "litert":
         raise common.ExportError("a device-ready export (TFLite Metadata) applies to --format litert only")
     vocab = device_vocab(tokenizer) if device_ready else None
+    model = model.clone(pad_invariant=bool(pad_invariant))
     if format in ("litert", "onnx"):
         model, params = flat_layers(model, params)
-    if format == "stablehlo":
-        from mobilebert_jax.export.stablehlo import write_stablehlo
-
-        body = write_stablehlo(
-            model,
-            params,
-            out_dir,
-            verify_lengths=seq_lengths,
-            verify_batch_size=max(2, batch_size),
-            quantize=quantize,
-        )
-    elif format == "litert":
-        from mobilebert_jax.export.litert import write_litert
-
-        body = write_litert(
-            model,
-            params,
-            out_dir,
-            seq_lengths=seq_lengths,
-            batch_size=batch_size,
-            quantize=quantize,
-            calibration=calibration,
-            quant_stats=quant_stats,
-            num_threads=num_threads,
-            keep_tensor_names=keep_tensor_names,
-            device_ready=device_ready,
-            vocab=vocab,
-            model_info=model_info,
-        )
-    else:
-        from mobilebert_jax.export.onnx import write_onnx
-
-        body = write_onnx(
-            model,
-            params,
-            out_dir,
-            seq_lengths=seq_lengths,
-            verify_batch_size=max(2, batch_size),
-            quantize=quantize,
-            calibration=calibration,
-            num_threads=num_threads,
-        )
-    d = cfg.to_dict()
-    d["architectures"] = [name]
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(d, f, indent=2, sort_keys=True)
-        f.write("\n")
+    body = _write_artifact(
+        format, model, params, out_dir, seq_lengths, batch_size, quantize, calibration, num_threads,
+        quant_stats=quant_stats, keep_tensor_names=keep_tensor_names, device_ready=device_ready, vocab=vocab,
+        model_info=model_info,
+    )  # fmt: skip
+    _write_config(out_dir, {**cfg.to_dict(), "pad_invariant": bool(pad_invariant), "architectures": [name]})
     tokenizer_files = tokenizer.save_pretrained(out_dir) if tokenizer is not None else []
     manifest = {
         "format": format,
@@ -197,6 +204,7 @@ def export(
         "model_class": name,
         "max_position_embeddings": cfg.max_position_embeddings,
         "pad_token_id": cfg.pad_token_id,
+        "pad_invariant": bool(pad_invariant),
         **body,
         # the model file and any external-data file it reads (ONNX: model.onnx.data)
         "size_bytes": sum(

@@ -103,6 +103,10 @@ class JobConfig:
     unroll_layers: bool = _f(True, "run the layers unrolled (--no-unroll-layers: one lax.scan over them)")
     attention_implementation: str = _f("auto", "attention kernel: auto (cuDNN flash attention on GPU in bf16 "
                                        "when attention dropout is off), default, cudnn or xla", metavar="NAME")  # fmt: skip
+    # On by default: a model's answers (and, in training, its gradients) must not depend on how its batch
+    # was padded (MobileBERT's trigram embedding lets the [PAD] row leak in, HF #9860). Off: HF's padded math.
+    pad_invariant: bool = _f(True, "zero the word embeddings at padded positions: padding changes no "
+                             "output (--no-pad-invariant: HF's padded math; docs/training.md)")  # fmt: skip
     mesh_data: int = _f(-1, "data-parallel mesh axis size (-1: all remaining devices)", metavar="N")
     mesh_fsdp: int = _f(1, "FSDP mesh axis size (-1: all remaining devices)", metavar="N")
     mesh_tensor: int = _f(1, "tensor-parallel mesh axis size (-1: all remaining devices)", metavar="N")

@@ -12,6 +12,7 @@ from mobilebert_jax.jobs.config import JobConfig, UsageError
 from mobilebert_jax.jobs.model_io import saved_model_config
 from mobilebert_jax.jobs.run_dir import say
 from mobilebert_jax.tasks import DataError, Task, get_task
+from mobilebert_jax.tasks.labels import generic_note
 
 _SPLIT_FLAGS = {"train": "--train_file", "validation": "--validation_file", "test": "--test_file"}
 
@@ -42,13 +43,12 @@ def task_for_model(job: JobConfig) -> Task:
     if cfg is None or task.labels is None:
         return task
     names = tuple(cfg.id2label[i] for i in range(cfg.num_labels))
-    adopted = task.with_model_labels(names)
-    if adopted is None:
-        raise DataError(
-            f"{job.model}: the model has {len(names)} labels {list(names)}, task {task.name!r} has "
-            f"{task.num_labels} {list(task.labels)}"
-        )
-    return adopted
+    if note := generic_note(names, task.labels):
+        say(f"note: {job.model}: {note}")
+    try:  # by name (tasks/labels.py); names that do not match are refused
+        return task.with_model_labels(names)
+    except DataError as e:
+        raise DataError(f"{job.model}: {e}") from None
 
 
 def split_path(task: Task, path: str | None, split: str) -> str:

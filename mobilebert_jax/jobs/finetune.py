@@ -114,7 +114,8 @@ def job_mesh(job: JobConfig):
 
 def make_schedule(job: JobConfig, num_steps: int) -> optim.Schedule:
     """HF's `--lr_scheduler_type` schedules; warmup from `--warmup_steps` or `--warmup_ratio`."""
-    warm = min(job.warmup_steps if job.warmup_steps > 0 else int(job.warmup_ratio * num_steps), num_steps)
+    ratio = math.ceil(job.warmup_ratio * num_steps)  # HF's TrainingArguments.get_warmup_steps rounds up
+    warm = min(job.warmup_steps if job.warmup_steps > 0 else ratio, num_steps)
     lr = job.learning_rate
     if job.lr_scheduler_type == "linear":
         return optim.warmup_linear_decay(lr, num_steps, warm)
@@ -219,7 +220,8 @@ class Plan:
     @property
     def export_config(self) -> MobileBertConfig:
         """The config written with the model: the task and its options recorded for evaluate/predict."""
-        extra = {"finetuning_task": self.data.task.name, "task_options": dict(self.job.task_options)}
+        extra = {"finetuning_task": self.data.task.name, "task_options": dict(self.job.task_options),
+                 "pad_invariant": self.job.pad_invariant}  # fmt: skip
         return self.config.replace(extra={**self.config.extra, **extra})
 
 

@@ -44,7 +44,7 @@ def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokeni
     dtype = jnp.bfloat16 if job.bf16 else jnp.float32
     overrides = {**task.config_overrides(), **job.model_config}
     kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat, unroll_layers=job.unroll_layers)
-    attn = dict(attention_implementation=job.attention_implementation)
+    attn = dict(attention_implementation=job.attention_implementation, pad_invariant=job.pad_invariant)
     if loader.resolve_model(job.model).kind == "preset":
         preset_vocab = PRESETS[job.model].get("vocab_size", MobileBertConfig.vocab_size)
         if tok is not None and "vocab_size" not in job.model_config and tok.vocab_size != preset_vocab:

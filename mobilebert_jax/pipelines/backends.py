@@ -69,14 +69,17 @@ class JaxBackend(Backend):
     """A linen model and its params; one `jax.jit`-compiled forward per (batch, length), cached.
 
     `compiled_shapes` lists the shapes compiled so far (the pipelines' length buckets keep it short).
+    `pad_invariant` (default True) runs the model with that option (`model.clone(pad_invariant=True)`):
+    the padding the pipelines add changes no answer, whatever the model's [PAD] embedding row (HF #9860).
     """
 
     name = "jax"
     compiles_per_shape = True
 
-    def __init__(self, model: Any, params: Any, device: Any = None):
+    def __init__(self, model: Any, params: Any, device: Any = None, pad_invariant: bool = True):
         import jax
 
+        model = model.clone(pad_invariant=pad_invariant)
         self.model = model
         self.config = model.config
         self.max_length = int(self.config.max_position_embeddings)
@@ -93,17 +96,6 @@ class JaxBackend(Backend):
     @property
     def compiled_shapes(self) -> list[tuple[int, int]]:
         return sorted(self._compiled)
-
-    def pad_row_is_zero(self) -> bool:
-        """Whether the [PAD] embedding row is zero: only then does right-padding leave the last real
-        token's trigram embedding (and so every output) unchanged (HF #9860)."""
-        from flax import traverse_util
-
-        flat = traverse_util.flatten_dict(self.params)
-        table = next((v for k, v in flat.items() if k[-2:] == ("word_embeddings", "embedding")), None)
-        if table is None:
-            return True
-        return not np.any(np.asarray(table[self.config.pad_token_id]))
 
     def __call__(self, input_ids, attention_mask, token_type_ids):
         import jax

@@ -8,15 +8,15 @@ to the smallest length bucket that holds it and to `batch_size` rows, so a strea
 compiles one shape per bucket it uses (`len(buckets)` at most), each once. LiteRT pads to its
 `seq_N` signatures (the buckets); ONNX Runtime takes each batch at its longest row.
 
-Padding is invisible to the results when the model's `[PAD]` embedding row is zero (every HF-trained
-or HF-initialised MobileBERT: PyTorch's `padding_idx`); MobileBERT's trigram embedding otherwise
-leaks the pad row into the last real token (HF #9860), and the JAX backend warns.
+Padding is invisible to the results: MobileBERT's trigram embedding would put the `[PAD]` row next to
+the last real token (HF #9860), so the JAX backend runs the model with `pad_invariant` and the exported
+graphs are built with it (`export(..., pad_invariant=True)`, the default): each text's answer is HF's
+on that text alone, unpadded, whatever the bucket, batch and `[PAD]` row.
 """
 
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -88,13 +88,6 @@ class Pipeline:
         self.buckets = backend.lengths or length_buckets(self.max_length, buckets)
         self.max_length = min(self.max_length, self.buckets[-1])
         self.defaults = self._check_parameters(defaults)
-        if getattr(backend, "pad_row_is_zero", None) is not None and not backend.pad_row_is_zero():
-            warnings.warn(
-                "the model's [PAD] embedding row is not zero: MobileBERT's trigram embedding lets padding change "
-                "the last real token, so batched results differ from unpadded ones (HF #9860); zero that row "
-                "(as HF's padding_idx does) or use batch_size=1 with buckets of every length",
-                stacklevel=3,
-            )
 
     # ----------------------------------------------------------------------------- subclass hooks
     def _check_parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:

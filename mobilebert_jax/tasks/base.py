@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mobilebert_jax.tasks.labels import model_label_order
+
 PathLike = str | os.PathLike
 
 
@@ -60,6 +62,8 @@ class Task:
         predictions_suffix: file suffix of what `write_predictions` writes (class attribute).
         evaluate_by_loss: evaluated by its training loss and accuracies, not by `postprocess` and
             `metric` (class attribute; pretraining, whose logits are [N, T, vocab]).
+        model_label_order: for each output column of the model being evaluated, the id in `labels`
+            of the label it scores (set by `with_model_labels` where the model orders them otherwise).
     """
 
     predictions_suffix: ClassVar[str] = ".tsv"
@@ -73,6 +77,7 @@ class Task:
     label_keys: tuple[str, ...] = ("labels",)
     output_keys: tuple[str, ...] = ("logits",)
     main_metric: str = "accuracy"
+    model_label_order: tuple[int, ...] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -116,10 +121,29 @@ class Task:
         """Raises `DataError` (the reason) where `examples`, read from `path`, lack the labels to score."""
         self.references(examples, None)
 
-    def with_model_labels(self, names: Sequence[str]) -> Task | None:
-        """The task for a model whose head has the labels `names` (its `id2label`); None where the
-        model cannot be this task's (another number of labels)."""
-        return self if self.labels is None or len(names) == self.num_labels else None
+    def with_model_labels(self, names: Sequence[str]) -> Task:
+        """The task for a model whose head has the labels `names` (its `id2label`), matched to `labels`
+        by name (`tasks.labels.model_label_order`); raises `DataError` naming both lists where they
+        do not match."""
+        if self.labels is None:
+            return self
+        try:
+            order = model_label_order(names, self.labels, self.label_spellings())
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        if order == tuple(range(len(order))):
+            return self
+        return dataclasses.replace(self, model_label_order=order)
+
+    def label_spellings(self) -> tuple[tuple[str, ...], ...]:
+        """Per label, other names it goes by (its token in the task's files); matched like `labels`."""
+        return ()
+
+    def in_label_order(self, scores: np.ndarray) -> np.ndarray:
+        """[N, num_labels] model scores with their columns put in the order of `labels`."""
+        if self.model_label_order is None:
+            return scores
+        return np.asarray(scores)[..., np.argsort(self.model_label_order)]
 
     def references_as_predictions(self, references: Any) -> Any:
         """The predictions that match `references` exactly (to learn `metric`'s keys)."""

@@ -228,6 +228,10 @@ class GlueTask(Task):
             return {"num_labels": 1, "problem_type": "regression"}
         return super().config_overrides()
 
+    def label_spellings(self) -> tuple[tuple[str, ...], ...]:
+        """The GLUE TSV token of each label ("0"/"1" for most tasks)."""
+        return tuple((t,) for t in self.layout.tsv_labels or ())
+
     def default_file(self, split: str) -> str:
         """File name of `split` ("train", "validation", "test") in the GLUE task folder."""
         return dict(self.layout.files)[split]
@@ -323,7 +327,7 @@ class GlueTask(Task):
         outputs: Mapping[str, np.ndarray],
     ) -> np.ndarray:
         """Class ids [N] (argmax) or scores [N] (STS-B)."""
-        logits = np.asarray(outputs["logits"])
+        logits = self.in_label_order(np.asarray(outputs["logits"]))
         if self.is_regression:
             return logits.reshape(-1).astype(np.float32)
         return M.argmax(logits)  # NaN where the logits are NaN, so the metrics are NaN too

@@ -229,7 +229,7 @@ class NerTask(Task):
     input_keys: tuple[str, ...] = ("input_ids", "token_type_ids", "attention_mask")
     predictions_suffix = ".txt"
 
-    def with_model_labels(self, names: Sequence[str]) -> NerTask | None:
+    def with_model_labels(self, names: Sequence[str]) -> NerTask:
         """The model's own label set where it names its labels (not HF's generic `LABEL_i`)."""
         if any(n != f"LABEL_{i}" for i, n in enumerate(names)):
             return dataclasses.replace(self, labels=tuple(names))
