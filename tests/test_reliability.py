@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_jobs import _rows, _snapshot, _sst2, _train_args, _wait_for, compile_cache  # noqa: F401
@@ -262,3 +264,29 @@ def test_case7_ner_words_past_the_limit_are_counted():
           NerExample(words[:2], ("B-PER", "O"), "b:1")]  # fmt: skip
     feats = task.featurise(ex, tok, 6)  # [CLS] + 4 words + [SEP]
     assert task.truncation(ex, feats, tok, 6) == {"examples": 1, "of": 2, "words": 3}
+
+
+def test_an_export_is_written_aside_and_renamed_so_a_failed_overwrite_keeps_the_old_one(runs, tmp_path, monkeypatch):
+    """Exports are final artifacts too: a reader of OUT_DIR sees the old export or the new one, whole."""
+    from mobilebert_jax import export as ex
+    from mobilebert_jax.jobs.export import ExportConfig, run_export
+
+    out = tmp_path / "onnx"
+    config = ExportConfig(model=str(runs[0] / "full" / "hf_model"), out_dir=str(out), format="onnx", seq_lengths=(16,))
+    manifest = run_export(config)
+    assert json.loads((out / "export.json").read_text()) == json.loads(json.dumps(manifest))
+    assert ".tmp-" not in json.dumps(manifest)
+    before = {p.name: _sha(p) for p in out.iterdir()}
+    with pytest.raises(ex.ExportError, match="not empty"):
+        run_export(config)
+
+    def broken(model, params, out_dir, **kw):  # the new export dies half-way through writing
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "model.onnx").write_bytes(b"half")
+        raise ex.ExportError("conversion failed")
+
+    monkeypatch.setattr(ex, "export", broken)
+    with pytest.raises(ex.ExportError, match="conversion failed"):
+        run_export(dataclasses.replace(config, overwrite=True))
+    assert {p.name: _sha(p) for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from mobilebert_jax.checkpoints.loader import LoadedModel, load_model, tokenizer_folder
+from mobilebert_jax.jobs import run_dir
 from mobilebert_jax.jobs.config import UsageError
 
 
@@ -30,7 +31,7 @@ class ExportConfig:
     format: str
     # "none" | "dynamic-int8" | "int8"
     quantize: str = "none"
-    # one LiteRT signature seq_L each; ONNX uses the largest; stablehlo is verified at each
+    # one LiteRT signature seq_L each; ONNX (dynamic axes) and stablehlo are verified at each
     seq_lengths: tuple[int, ...] = (128,)
     # LiteRT's fixed batch size
     batch_size: int = 1
@@ -91,6 +92,8 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
     """
     from mobilebert_jax import export as ex
 
+    if os.path.isdir(config.out_dir) and os.listdir(config.out_dir) and not config.overwrite:
+        raise ex.ExportError(f"{config.out_dir} exists and is not empty (pass --overwrite)")
     loaded = _load(config)
     model, params = loaded.build()
     tok = loaded.tokenizer
@@ -107,21 +110,31 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
         f"export: {type(model).__name__} → {config.format} ({config.quantize}), lengths "
         f"{list(config.seq_lengths)}, batch {config.batch_size}"
     )
-    return ex.export(
-        model,
-        params,
-        config.out_dir,
-        format=config.format,
-        quantize=config.quantize,
-        seq_lengths=list(config.seq_lengths),
-        batch_size=config.batch_size,
-        tokenizer=tok,
-        calibration=calibration,
-        quant_stats=stats,
-        num_threads=config.num_threads,
-        overwrite=config.overwrite,
-        keep_tensor_names=config.keep_tensor_names,
-    )
+    out = config.out_dir
+    manifest: dict[str, Any] = {}
+
+    def write(tmp: str) -> None:
+        manifest.update(
+            ex.export(
+                model,
+                params,
+                tmp,
+                format=config.format,
+                quantize=config.quantize,
+                seq_lengths=list(config.seq_lengths),
+                batch_size=config.batch_size,
+                tokenizer=tok,
+                calibration=calibration,
+                quant_stats=stats,
+                num_threads=config.num_threads,
+                keep_tensor_names=config.keep_tensor_names,
+                overwrite=True,
+            )
+        )
+
+    # written beside OUT_DIR, then renamed into place: a reader sees the old export or the new one
+    run_dir.replace_dir(out, write)
+    return manifest
 
 
 # ---------------------------------------------------------------------------------------------------
