@@ -46,6 +46,16 @@ class DataError(ValueError):
         self.line = line
 
 
+def prediction_rows(path: PathLike, predictions: Any, num_examples: int) -> np.ndarray:
+    """One prediction per example as a flat array, checked before a predictions file is written."""
+    preds = np.asarray(predictions).reshape(-1)
+    if len(preds) != num_examples:
+        raise ValueError(f"{len(preds)} predictions for {num_examples} examples")
+    if np.isnan(preds.astype(np.float64)).any():
+        raise ValueError(f"{path}: {int(np.isnan(preds).sum())} predictions are NaN (the model is broken)")
+    return preds
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """Interface of a task; subclasses fill in the methods.

@@ -24,6 +24,7 @@ from mobilebert_jax.tasks.base import (
     encode,
     no_examples,
     output,
+    prediction_rows,
     read_records,
     read_tsv,
     require,
@@ -357,13 +358,7 @@ class GlueTask(Task):
 
     def write_predictions(self, path: PathLike, examples: Sequence[GlueExample], predictions: Any) -> None:
         """GLUE submission TSV: header `index\\tprediction`, labels as the task's TSV tokens."""
-        preds = np.asarray(predictions).reshape(-1)
-        if len(preds) != len(examples):
-            raise ValueError(f"{len(preds)} predictions for {len(examples)} examples")
-        if np.isnan(preds.astype(np.float64)).any():
-            raise ValueError(
-                f"{path}: {int(np.isnan(preds).sum())} predictions are NaN (the model is broken)"
-            )
+        preds = prediction_rows(path, predictions, len(examples))
         with open(path, "w", encoding="utf-8") as f:
             f.write("index\tprediction\n")
             for i, p in enumerate(preds):

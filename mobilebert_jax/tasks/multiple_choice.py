@@ -23,6 +23,7 @@ from mobilebert_jax.tasks.base import (
     encode,
     no_examples,
     output,
+    prediction_rows,
     read_records,
     require,
 )
@@ -146,13 +147,7 @@ class MultipleChoiceTask(Task):
 
     def write_predictions(self, path: PathLike, examples: Sequence[ChoiceExample], predictions: Any) -> None:
         """TSV `index\\tprediction` (the chosen ending's index)."""
-        preds = np.asarray(predictions).reshape(-1)
-        if len(preds) != len(examples):
-            raise ValueError(f"{len(preds)} predictions for {len(examples)} examples")
-        if np.isnan(preds.astype(np.float64)).any():
-            raise ValueError(
-                f"{path}: {int(np.isnan(preds).sum())} predictions are NaN (the model is broken)"
-            )
+        preds = prediction_rows(path, predictions, len(examples))
         with open(path, "w", encoding="utf-8") as f:
             f.write("index\tprediction\n")
             f.writelines(f"{i}\t{int(p)}\n" for i, p in enumerate(preds))
