@@ -137,23 +137,20 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    """Runs `distill` with parsed `args`; returns the exit status (errors exit with a message)."""
+    """Runs `distill` with parsed `args`; returns the exit status (errors raise: `error: ...`)."""
     from mobilebert_jax.cli.distributed import initialize_distributed
     from mobilebert_jax.jobs.distill import run_distill as distill
 
     initialize_distributed(args)
-    try:
-        distill(config_from_args(args))
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        sys.exit(f"distill: {str(e).strip() or type(e).__name__}")
+    distill(config_from_args(args))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m mobilebert_jax.cli.distill ...`)."""
-    parser = argparse.ArgumentParser(prog="mobilebert-jax distill", description=__doc__.split("\n")[0])
-    add_distill_arguments(parser)
-    return run_distill(parser.parse_args(argv))
+    """Standalone entry (`python -m mobilebert_jax.cli.distill ...`): the `distill` command."""
+    from mobilebert_jax.cli.main import main as cli_main
+
+    return cli_main(["distill", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

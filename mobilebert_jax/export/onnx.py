@@ -109,6 +109,10 @@ def write_onnx(
     for name in set(float_data) - set(data):  # the float intermediate's, not read by the int8 model
         os.remove(os.path.join(out_dir, name))
     files = [MODEL_FILE, *data]
+    umask = os.umask(0)  # the external data is written through a private temp file (mode 0600)
+    os.umask(umask)
+    for name in files:
+        os.chmod(os.path.join(out_dir, name), 0o666 & ~umask)
     seconds = time.perf_counter() - t0
     rt = OnnxRuntime(path, length, num_threads=num_threads)
     signatures = [{"name": f"seq_{length}", "inputs": rt.inputs, "outputs": rt.outputs}]

@@ -19,12 +19,14 @@ from typing import Any
 import jax
 
 from mobilebert_jax.jobs.config import UsageError
+from mobilebert_jax.model.config import PRESETS
 
 RUN_FILE = "run.json"
 # What a fine-tune writes into its output dir (removed by --overwrite_output_dir).
 ARTEFACTS = ("checkpoints", "tensorboard", "hf_model", "best_model", "metrics.jsonl", "loss.png",
              "eval_results.json", "best.json", RUN_FILE)  # fmt: skip
-ARTEFACT_GLOBS = ("predictions*", "test_predictions*", "evaluate_*", "predict_*")
+# (not the evaluate_*/predict_* folders: those are other commands' results, kept by --overwrite_output_dir)
+ARTEFACT_GLOBS = ("predictions*", "test_predictions*")
 # Hyperparameters that change what training computes (logging/saving intervals do not).
 RESULT_FIELDS = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
                  "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "lr_scheduler_type",
@@ -66,7 +68,7 @@ def file_fingerprint(path: str) -> dict[str, Any]:
 def model_fingerprint(model: str) -> dict[str, Any]:
     """A preset or hub id by name; a local directory by its config and weight files' sizes and hashes."""
     if not os.path.isdir(model):
-        return {"name": model}
+        return {"name": model, "random_init": True} if model in PRESETS else {"name": model}
     files = {}
     for name in sorted(os.listdir(model)):
         if name == "config.json" or name.endswith((".safetensors", ".bin", ".h5", ".index.json")):
