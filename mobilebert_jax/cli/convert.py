@@ -83,7 +83,12 @@ def run_convert(args: argparse.Namespace) -> int:
     print(f"writing {args.dst} ({args.to}, {cls})", flush=True)
     if args.to == "hf":
         save_pretrained(args.dst, params, config, model_class=cls)
-        loaded.tokenizer.save_pretrained(args.dst)  # the source's tokenizer files, else the packaged vocab
+        tok = loaded.tokenizer  # the source's tokenizer files, else the packaged vocab where it fits
+        if tok.vocab_size <= config.vocab_size:
+            tok.save_pretrained(args.dst)
+        else:
+            print(f"no tokenizer files: the packaged vocab's {tok.vocab_size} ids do not fit vocab_size "
+                  f"{config.vocab_size}")  # fmt: skip
     else:
         config = config.replace(extra={**config.extra, "architectures": [cls]})
         _write_orbax(args.dst, params, config, args.overwrite)
