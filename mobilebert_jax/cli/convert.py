@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
@@ -94,14 +93,3 @@ def run_convert(args: argparse.Namespace) -> int:
         _write_orbax(args.dst, params, config, args.overwrite)
     print(f"done in {time.perf_counter() - t0:.2f} s")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m mobilebert_jax.cli.convert SRC DST`): the `convert` command."""
-    from mobilebert_jax.cli.main import main as cli_main
-
-    return cli_main(["convert", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

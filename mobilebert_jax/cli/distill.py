@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from typing import Any
 
 __all__ = ["add_distill_arguments", "config_from_args", "run_distill"]
@@ -144,14 +143,3 @@ def run_distill(args: argparse.Namespace) -> int:
     initialize_distributed(args)
     distill(config_from_args(args))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m mobilebert_jax.cli.distill ...`): the `distill` command."""
-    from mobilebert_jax.cli.main import main as cli_main
-
-    return cli_main(["distill", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
 from mobilebert_jax.model.heads import MODEL_CLASSES
@@ -127,14 +126,3 @@ def run_export(args: argparse.Namespace) -> int:
         f"({v['how']}){on_text}; export.json, config.json, tokenizer files"
     )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m mobilebert_jax.cli.export ...`): the `export` command."""
-    from mobilebert_jax.cli.main import main as cli_main
-
-    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import typing
 from typing import Any
+
+from mobilebert_jax.cli.common import add_common_flags, json_object
 
 _JOBS = ("finetune", "evaluate", "predict", "pretrain")
 
@@ -42,25 +43,6 @@ def _str2bool(v: str) -> bool:
     if low in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
-
-
-def json_object(text: str) -> dict:
-    """An argparse `type`: a JSON object; the error names the JSON problem (argparse names the flag)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}) in {text!r}; expected an object such as "
-                                         "'{\"num_hidden_layers\": 4}'") from None  # fmt: skip
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object ({{...}}), got {text!r}")
-    return value
-
-
-def add_common_flags(p: argparse.ArgumentParser) -> None:
-    """`--debug` and `--verbose`, on every command."""
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    p.add_argument("--verbose", action="store_true",
-                   help="also print the libraries' INFO and WARNING logs (TensorFlow, LiteRT, ONNX, ...)")  # fmt: skip
 
 
 def _names(name: str, aliases: tuple[str, ...] = ()) -> list[str]:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from mobilebert_jax.cli.common import json_object
 from mobilebert_jax.tasks.base import DataError, check_file, iter_lines
 
 TASKS = ("fill-mask", "text-classification", "sentiment-analysis", "token-classification", "ner",
@@ -26,8 +27,6 @@ TASKS = ("fill-mask", "text-classification", "sentiment-analysis", "token-classi
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
-    from mobilebert_jax.cli.main import json_object
-
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("task", choices=TASKS, help="the pipeline (HF's task names)")
