@@ -24,7 +24,9 @@ def test_preset_builds_the_preset_with_random_init_and_says_so(caplog):
             "mobilebert-test", "MobileBertForSequenceClassification", num_labels=4, return_report=True
         )
     assert "mobilebert-test is a preset" in caplog.text and "randomly initialised" in caplog.text
-    assert model.config == MobileBertConfig.from_preset("mobilebert-test", num_labels=4)
+    # sized to the packaged tokenizer, so its ids fit (the preset itself has 1000)
+    assert "vocab_size 30522: the packaged tokenizer's" in caplog.text
+    assert model.config == MobileBertConfig.from_preset("mobilebert-test", num_labels=4, vocab_size=30522)
     assert params["classifier"]["kernel"].shape == (64, 4) and not report.loaded
     assert "classifier.weight" in report.initialised
     assert {x.dtype.name for x in jax.tree.leaves(params)} == {"float32"}
@@ -72,7 +74,7 @@ def test_cli_loader_uses_the_same_rule(saved):
     rng = jax.random.key(0)
     config, model, params = load_model(JobConfig(model="mobilebert-test"), task, rng)
     assert params is None and config == MobileBertConfig.from_preset(
-        "mobilebert-test", **task.config_overrides()
+        "mobilebert-test", **task.config_overrides(), vocab_size=30522
     )
     with pytest.raises(CheckpointError, match="^/no/such/dir: no such directory"):
         load_model(JobConfig(model="/no/such/dir"), task, rng)

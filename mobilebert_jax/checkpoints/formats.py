@@ -67,6 +67,23 @@ def _orbax_steps(path: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(path) if n.isdigit() and os.path.isdir(os.path.join(path, n)))
 
 
+def export_format(path: Any) -> str | None:
+    """The format ("litert", "onnx", "stablehlo") of an `export` output folder, from its export.json (or
+    the folder of an exported file); None for anything else."""
+    import json
+
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    path = os.fspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    try:
+        with open(os.path.join(folder, "export.json"), encoding="utf-8") as f:
+            fmt = json.load(f).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return fmt if isinstance(fmt, str) else None
+
+
 def detect_source(src: str) -> str:
     """'hf' | 'h5' | 'tf1' | 'orbax' for what `src` holds; CheckpointError naming what was looked for."""
     if os.path.isdir(src):
@@ -81,6 +98,12 @@ def detect_source(src: str) -> str:
             return "orbax"
         if _is_orbax_dir(os.path.join(src, "state")):
             return "orbax"
+        fmt = export_format(src)
+        if fmt is not None:
+            raise CheckpointError(
+                f"{src} is an export folder ({fmt}, see its export.json), not a checkpoint: run it with "
+                f"`mobilebert_jax.export.load_runtime` or a pipeline (backend {fmt!r}, the default there)"
+            )
         raise CheckpointError(
             f"{src}: cannot tell the checkpoint format: no weights found (looked for {SAFE_WEIGHTS}, "
             f"{SAFE_INDEX}, {PT_WEIGHTS}, {TF_WEIGHTS}, *.index (TF1) or an orbax checkpoint inside)"

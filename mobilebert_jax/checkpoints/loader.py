@@ -33,6 +33,7 @@ __all__ = [
     "check_vocab",
     "load_model",
     "load_tokenizer",
+    "model_folder",
     "resolve_model",
     "tokenizer_folder",
 ]
@@ -107,6 +108,13 @@ def _run_model_dir(path: str) -> str:
             if os.path.isfile(os.path.join(path, sub, "config.json")):
                 return os.path.join(path, sub)
     return path
+
+
+def model_folder(name_or_path: str | os.PathLike) -> str | None:
+    """The folder `load_model` reads for a name (a training output dir: its model folder); None for a
+    preset. Raises `CheckpointError` naming the name when it resolves to nothing."""
+    source = resolve_model(name_or_path)
+    return None if source.folder is None else _run_model_dir(source.folder)
 
 
 # --------------------------------------------------------------------------------------- tokenizer
@@ -227,17 +235,21 @@ def _load_preset(
 
     if strict:
         raise CheckpointError(f"{name!r} is a preset: it has no weights to load (strict=True)")
-    config = MobileBertConfig.from_preset(name, **overrides)
+    tok = MobileBertTokenizer.default()
+    # a preset's embedding table is sized to the tokenizer it is used with, the packaged one
+    sized = "" if "vocab_size" in overrides else f" (vocab_size {tok.vocab_size}: the packaged tokenizer's)"
+    config = MobileBertConfig.from_preset(name, **{"vocab_size": tok.vocab_size, **overrides})
     model_class = MODEL_CLASSES[cls or "MobileBertForPreTraining"]
     logger.warning(
-        "%s is a preset, not a checkpoint: %s params are randomly initialised", name, model_class.__name__
-    )
+        "%s is a preset, not a checkpoint: %s params are randomly initialised, no pretrained weights%s",
+        name, model_class.__name__, sized,
+    )  # fmt: skip
     params = report = None
     if init:
         dtype = jnp.float32 if param_dtype is None or isinstance(param_dtype, str) else param_dtype
         params = init_params(model_class(config, param_dtype=dtype), rng)
         report = TFConversionReport(source=name, load=all_initialised(params, config), config=config)
-    return LoadedModel(config, model_class, params, MobileBertTokenizer.default(), "preset", None, report)
+    return LoadedModel(config, model_class, params, tok, "preset", None, report)
 
 
 def load_model(

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
-from mobilebert_jax.checkpoints.errors import CheckpointError
 from mobilebert_jax.checkpoints.hub import save_pretrained
 from mobilebert_jax.checkpoints.loader import load_model
-from mobilebert_jax.checkpoints.pytorch import ConversionError
-from mobilebert_jax.checkpoints.tf_bundle import BundleError
+from mobilebert_jax.jobs.config import UsageError
 from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.heads import MODEL_CLASSES
 
@@ -66,41 +63,33 @@ def _write_orbax(dst: str, params: Any, config: MobileBertConfig, overwrite: boo
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """Runs `convert` with parsed `args`; returns the exit status (errors exit with a message)."""
+    """Runs `convert` with parsed `args`; returns the exit status (errors raise: `error: ...`)."""
     t0 = time.perf_counter()
-    try:
-        if os.path.isdir(args.dst) and os.listdir(args.dst) and not args.overwrite:
-            raise ValueError(f"{args.dst} exists and is not empty; pass --overwrite or choose another DST")
-        print(f"reading {args.src}", flush=True)
-        loaded = load_model(
-            args.src,
-            args.model_class,
-            config_file=args.config,
-            teacher=args.teacher,
-            strict=args.strict,
-            param_dtype="checkpoint",  # the file's precision, as read
-        )
-        params, config, cls = loaded.params, loaded.config, loaded.model_class.__name__
-        print(f"{loaded.path} ({loaded.source})")
-        print(loaded.report.summary())
-        print(f"writing {args.dst} ({args.to}, {cls})", flush=True)
-        if args.to == "hf":
-            save_pretrained(args.dst, params, config, model_class=cls)
+    if os.path.isdir(args.dst) and os.listdir(args.dst) and not args.overwrite:
+        raise UsageError(f"{args.dst} exists and is not empty; pass --overwrite or choose another DST")
+    print(f"reading {args.src}", flush=True)
+    loaded = load_model(
+        args.src,
+        args.model_class,
+        config_file=args.config,
+        teacher=args.teacher,
+        strict=args.strict,
+        param_dtype="checkpoint",  # the file's precision, as read
+    )
+    params, config, cls = loaded.params, loaded.config, loaded.model_class.__name__
+    print(f"{loaded.path} ({loaded.source})")
+    print(loaded.report.summary())
+    print(f"writing {args.dst} ({args.to}, {cls})", flush=True)
+    if args.to == "hf":
+        save_pretrained(args.dst, params, config, model_class=cls)
+        tok = loaded.tokenizer  # the source's tokenizer files, else the packaged vocab where it fits
+        if tok.vocab_size <= config.vocab_size:
+            tok.save_pretrained(args.dst)
         else:
-            config = config.replace(extra={**config.extra, "architectures": [cls]})
-            _write_orbax(args.dst, params, config, args.overwrite)
-    except (ValueError, FileNotFoundError, BundleError, ConversionError, CheckpointError, ImportError) as e:
-        sys.exit(f"convert: {str(e).strip() or type(e).__name__}")
+            print(f"no tokenizer files: the packaged vocab's {tok.vocab_size} ids do not fit vocab_size "
+                  f"{config.vocab_size}")  # fmt: skip
+    else:
+        config = config.replace(extra={**config.extra, "architectures": [cls]})
+        _write_orbax(args.dst, params, config, args.overwrite)
     print(f"done in {time.perf_counter() - t0:.2f} s")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m mobilebert_jax.cli.convert SRC DST`)."""
-    parser = argparse.ArgumentParser(prog="mobilebert-jax convert", description=__doc__.split("\n")[0])
-    add_convert_arguments(parser)
-    return run_convert(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

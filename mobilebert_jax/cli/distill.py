@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from typing import Any
 
 __all__ = ["add_distill_arguments", "config_from_args", "run_distill"]
@@ -137,24 +136,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    """Runs `distill` with parsed `args`; returns the exit status (errors exit with a message)."""
+    """Runs `distill` with parsed `args`; returns the exit status (errors raise: `error: ...`)."""
     from mobilebert_jax.cli.distributed import initialize_distributed
     from mobilebert_jax.jobs.distill import run_distill as distill
 
     initialize_distributed(args)
-    try:
-        distill(config_from_args(args))
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        sys.exit(f"distill: {str(e).strip() or type(e).__name__}")
+    distill(config_from_args(args))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m mobilebert_jax.cli.distill ...`)."""
-    parser = argparse.ArgumentParser(prog="mobilebert-jax distill", description=__doc__.split("\n")[0])
-    add_distill_arguments(parser)
-    return run_distill(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

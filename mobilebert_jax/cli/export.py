@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
 from mobilebert_jax.model.heads import MODEL_CLASSES
@@ -39,8 +38,20 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "model", help="HF directory, our checkpoint, or a training output dir (its hf_model/)"
     )
     parser.add_argument("out_dir", help="folder to write (must be empty unless --overwrite)")
-    parser.add_argument("--format", required=True, choices=("stablehlo", "litert", "onnx"))
-    parser.add_argument("--quantize", default="none", choices=("none", "dynamic-int8", "int8"))
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=("stablehlo", "litert", "onnx"),
+        help="litert: model.tflite (one signature per length; Android/iOS/edge); onnx: model.onnx "
+        "(+ model.onnx.data; onnxruntime); stablehlo: model.stablehlo (a serialized jax.export)",
+    )
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        choices=("none", "dynamic-int8", "int8"),
+        help="none: float32; dynamic-int8: int8 weights, float activations (no data needed); int8: "
+        "weights and activations, calibrated on --calibration-file (default: none)",
+    )
     parser.add_argument(
         "--seq-lengths",
         type=_int_list,
@@ -93,16 +104,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Runs `export` with parsed `args`; prints what was written. Exit status 1 when the export fails."""
-    from mobilebert_jax.export import ExportError
+    """Runs `export` with parsed `args`; prints what was written. A failed export raises (`error: ...`,
+    exit status 1); the converters' and runtimes' own logs show only with --verbose."""
+    from mobilebert_jax.cli.logs import quiet_stderr
     from mobilebert_jax.jobs.export import run_export as export
 
     config = config_from_args(args)
-    try:
+    with quiet_stderr(args.verbose or args.debug):
         m = export(config)
-    except ExportError as e:
-        print(f"export failed: {e}", file=sys.stderr)
-        return 1
     v = m["verification"]
     # a quantized export's error on random token ids says little: show the real-text check beside it
     text = [c for c in v["checks"] if c.get("data") == "calibration text"]
@@ -117,13 +126,3 @@ def run_export(args: argparse.Namespace) -> int:
         f"({v['how']}){on_text}; export.json, config.json, tokenizer files"
     )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mobilebert-jax export", description=__doc__)
-    add_export_arguments(p)
-    return run_export(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import logging
 import os
 import sys
 import typing
 from typing import Any
 
+from mobilebert_jax.cli.common import add_common_flags, json_object
+
 _JOBS = ("finetune", "evaluate", "predict", "pretrain")
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors as one line, `error: ...`, exit status 2 (subcommand parsers are this class too)."""
+    """Usage errors as one line, `error: ...`, exit status 2 (subcommand parsers are this class too).
+    No prefix matching: `--learning_rat` is an unknown flag, not `--learning_rate`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102 - argparse API
         sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
@@ -58,7 +63,6 @@ def _add_job_flags(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument(
         "--config_file", "--config-file", help="JSON file of job fields; flags given here override it"
     )
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     if command != "evaluate" and command != "predict":
         from mobilebert_jax.cli.distributed import add_distributed_arguments
 
@@ -81,7 +85,7 @@ def _add_job_flags(p: argparse.ArgumentParser, command: str) -> None:
             p.add_argument(*("--no-" + x[2:] for x in flags[:2]), dest=f.name, action="store_false",
                            help=argparse.SUPPRESS)  # fmt: skip
         elif base is dict:
-            p.add_argument(*flags, dest=f.name, type=json.loads, default=None, metavar="JSON", help=help_)
+            p.add_argument(*flags, dest=f.name, type=json_object, default=None, metavar="JSON", help=help_)
         else:
             p.add_argument(*flags, dest=f.name, type=base, default=None, metavar=f.metadata.get("metavar"),
                            help=help_)  # fmt: skip
@@ -121,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = Parser(
         prog="mobilebert-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = ap.add_subparsers(dest="command", required=True)
+    add_common_flags(ap)
+    sub = ap.add_subparsers(dest="command", required=True, help="the command (`COMMAND --help` for its flags)")
     helps = {
         "finetune": "fine-tune and evaluate a task (GLUE, SQuAD, NER, SWAG)",
         "evaluate": "evaluate a model directory on a validation file",
@@ -162,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     from mobilebert_jax.cli.export import add_export_arguments
 
     add_export_arguments(sub.add_parser("export", help="export to LiteRT / ONNX / StableHLO, verified"))
+    for p in sub.choices.values():
+        add_common_flags(p)
     return ap
 
 
@@ -170,29 +176,15 @@ def _one_line(e: BaseException) -> str:
     return " ".join(msg.split()) or type(e).__name__
 
 
-class _NoTraceback(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info = record.exc_text = record.stack_info = None
-        return True
-
-
-def _quiet_third_party() -> None:
-    """Without --debug, absl's log (orbax, JAX) shows errors only, without their tracebacks: a failure
-    is the one `error:` line, its cause `--debug` shows."""
-    logger = logging.getLogger("absl")
-    logger.setLevel(logging.ERROR)
-    if not any(isinstance(f, _NoTraceback) for f in logger.filters):
-        logger.addFilter(_NoTraceback())
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line. Exit status: 0 done; 2 a usage error (a flag, flag value or output-dir
     conflict); 1 a data, model or runtime error; 143 / 130 stopped by SIGTERM / SIGINT (checkpoint
     saved). Errors print one line `error: ...`; `--debug` shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MOBILEBERT_JAX_DEBUG") == "1"
-    if not debug:
-        _quiet_third_party()
+    from mobilebert_jax.cli import logs
+
+    logs.configure(verbose=debug or "--verbose" in argv, debug=debug)
     try:
         return _run(build_parser().parse_args(argv))
     except KeyboardInterrupt:
@@ -209,6 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(e, UsageError) else 1
 
 
+def _say_if_random_init(model: str) -> None:
+    """The first line of a job on a preset: its weights are random, whatever its name suggests."""
+    from mobilebert_jax.checkpoints.loader import resolve_model
+
+    if resolve_model(model).kind == "preset":
+        print(
+            f"random init: --model {model} is a preset (an architecture with random weights), not a "
+            "pretrained checkpoint; for pretrained weights pass an HF folder or a hub id such as "
+            "google/mobilebert-uncased",
+            flush=True,
+        )
+
+
 def _run_job(args: argparse.Namespace) -> int:
     """finetune, evaluate, predict, pretrain, demo: flags -> `JobConfig` -> the job; the exit status."""
     from mobilebert_jax.cli.distributed import initialize_distributed
@@ -218,6 +223,7 @@ def _run_job(args: argparse.Namespace) -> int:
 
     initialize_distributed(args)
     job = _job_from_args(args, **command_defaults(args.command, smoke=getattr(args, "smoke", False)))
+    _say_if_random_init(job.model)
     if args.command == "evaluate":
         run_evaluate(job)
         return 0

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from mobilebert_jax.cli.common import json_object
 from mobilebert_jax.tasks.base import DataError, check_file, iter_lines
 
 TASKS = ("fill-mask", "text-classification", "sentiment-analysis", "token-classification", "ner",
@@ -28,29 +29,35 @@ TASKS = ("fill-mask", "text-classification", "sentiment-analysis", "token-classi
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("task", choices=TASKS)
+    p.add_argument("task", choices=TASKS, help="the pipeline (HF's task names)")
     p.add_argument(
         "--model", required=True, help="HF directory, preset or hub id; an export directory for litert/onnx"
     )
     p.add_argument("--input", required=True, help="text file (one input a line) or .jsonl")
     p.add_argument("--output", default="-", help="JSONL file to write (default: stdout)")
-    p.add_argument("--backend", choices=("jax", "litert", "onnx"), default="jax")
+    p.add_argument(
+        "--backend",
+        choices=("jax", "litert", "onnx"),
+        default=None,
+        help="jax: an HF directory, preset or hub id; litert / onnx: an `export` folder's model.tflite / "
+        "model.onnx (default: the export folder's format, from its export.json, else jax)",
+    )
     p.add_argument(
         "--tokenizer",
         default=None,
         help="tokenizer directory (default: the model's, else the packaged vocab)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per model call (default 32)")
     p.add_argument(
         "--params",
-        type=json.loads,
+        type=json_object,
         default={},
         metavar="JSON",
         help='call parameters of the task, e.g. \'{"top_k": 3}\', \'{"aggregation_strategy": "simple"}\'',
     )
     p.add_argument(
         "--model-config",
-        type=json.loads,
+        type=json_object,
         default={},
         metavar="JSON",
         help="config overrides for a preset or directory (e.g. '{\"vocab_size\": 30522}')",
@@ -109,8 +116,6 @@ def _jsonable(x: Any) -> Any:
 def run_pipeline(args: argparse.Namespace) -> int:
     from mobilebert_jax.pipelines import pipeline
 
-    if not isinstance(args.params, dict) or not isinstance(args.model_config, dict):
-        raise SystemExit("--params and --model-config must be JSON objects")
     rows = list(
         read_inputs(args.input, args.task)
     )  # read (and check) the whole file before loading the model

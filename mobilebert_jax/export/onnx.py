@@ -121,7 +121,12 @@ def _write(forward: Any, length: int | None, max_length: int, names: list[str], 
     data = external_files(path) if quantize == "dynamic-int8" else float_data
     for name in set(float_data) - set(data):  # the float intermediate's, not read by the int8 model
         os.remove(os.path.join(out_dir, name))
-    return [MODEL_FILE, *data], time.perf_counter() - t0
+    files = [MODEL_FILE, *data]
+    umask = os.umask(0)  # the external data is written through a private temp file (mode 0600)
+    os.umask(umask)
+    for name in files:
+        os.chmod(os.path.join(out_dir, name), 0o666 & ~umask)
+    return files, time.perf_counter() - t0
 
 
 def write_onnx(

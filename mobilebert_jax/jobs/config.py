@@ -58,7 +58,9 @@ class JobConfig:
         None, "task name (GLUE, squad, squad_v2, ner, swag, pretraining); evaluate/predict default to "
         "the model's config.json finetuning_task", aliases=("task_name",), metavar="NAME")  # fmt: skip
     model: str = _f(
-        "mobilebert-uncased", "a preset (random init), an HF model directory or a hub id",
+        "mobilebert-uncased", "an HF model directory, a hub id (google/mobilebert-uncased: the pretrained "
+        "weights) or a preset: an architecture with RANDOM weights (mobilebert-uncased, mobilebert-tiny, "
+        "mobilebert-test; the default is one)",
         aliases=("model_name_or_path",), metavar="NAME_OR_PATH")  # fmt: skip
     model_config: dict = _f({}, "model config overrides as JSON, e.g. '{\"num_hidden_layers\": 4}'")
     train_file: str | None = _f(None, "training data (GLUE .tsv/.csv/.jsonl, SQuAD .json, CoNLL)", _T,
@@ -75,7 +77,9 @@ class JobConfig:
     do_train: bool | None = _f(None, "train (default when no --do_* flag is given)", ("finetune",))
     do_eval: bool | None = _f(None, "evaluate on --validation_file after training", ("finetune",))
     do_predict: bool | None = _f(None, "write predictions for --test_file after training", ("finetune",))
-    max_seq_length: int = _f(128, "tokens per example (longer inputs are truncated)", metavar="N")
+    max_seq_length: int | None = _f(
+        None, "tokens per example, longer inputs truncated (default: the fine-tune's, saved in the model's "
+        "config.json, else 128 or the model's max_position_embeddings if fewer)", metavar="N")  # fmt: skip
     per_device_train_batch_size: int = _f(32, "training examples per device per micro-batch", _T, metavar="N")
     per_device_eval_batch_size: int = _f(64, "evaluation examples per device", metavar="N")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer update", _T, metavar="N")
@@ -160,10 +164,10 @@ class JobConfig:
                 raise UsageError(f"--{flag} must be {expected}, got {value!r}")
 
         train = command in TRAIN_COMMANDS
-        for name in ("max_seq_length", "per_device_eval_batch_size"):
-            v = getattr(self, name)
-            need(v >= 1, name, ">= 1", v)
-        need(self.max_seq_length >= 8, "max_seq_length", ">= 8", self.max_seq_length)
+        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", ">= 1",
+             self.per_device_eval_batch_size)  # fmt: skip
+        L = self.max_seq_length
+        need(L is None or L >= 8, "max_seq_length", ">= 8", L)
         for name in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
             v = getattr(self, name)
             need(v == -1 or v >= 1, name, "-1 or >= 1", v)

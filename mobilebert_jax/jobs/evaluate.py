@@ -20,7 +20,12 @@ from mobilebert_jax.jobs.data import (
     split_path,
     task_for_model,
 )
-from mobilebert_jax.jobs.model_io import check_compatible, load_model, load_tokenizer
+from mobilebert_jax.jobs.model_io import (
+    check_compatible,
+    load_model,
+    load_tokenizer,
+    resolve_max_seq_length,
+)
 from mobilebert_jax.jobs.run_dir import predictions_path, say, write_json
 from mobilebert_jax.model.heads import init_params
 from mobilebert_jax.tasks import Task
@@ -83,14 +88,16 @@ def _task_and_tokenizer(job: JobConfig, command: str) -> tuple[Task, Any]:
     return task, tok
 
 
-def _model(job: JobConfig, task: Task, tok) -> tuple[Any, Any]:
-    """(model, params) of `job.model`, checked against the tokenizer; a preset gets random weights."""
+def _model(job: JobConfig, task: Task, tok) -> tuple[JobConfig, Any, Any]:
+    """(job with its length decided, model, params) of `job.model`, checked against the tokenizer; a
+    preset gets random weights."""
     config, model, params = load_model(job, task, jax.random.key(job.seed), tok)
+    job = resolve_max_seq_length(job, config)
     check_compatible(config, tok, job.max_seq_length)
     if params is None:
         params = init_params(model, job.seed)
         say(f"warning: {job.model} is a preset: random weights")
-    return model, params
+    return job, model, params
 
 
 def run_evaluate(job: JobConfig) -> dict[str, float]:
@@ -102,7 +109,7 @@ def run_evaluate(job: JobConfig) -> dict[str, float]:
     eval_ex = read_split(task, path, "validation", job.max_eval_samples)
     require_labels(task, eval_ex, "--validation_file", path, "evaluate")
     out = run_dir.command_output_dir("evaluate", job.model, job.output_dir, path)
-    model, params = _model(job, task, tok)
+    job, model, params = _model(job, task, tok)
     feats = task.featurise(eval_ex, tok, job.max_seq_length)
     cut = count_truncation(task, tok, job.max_seq_length, {"evaluation": (eval_ex, feats)})
     metrics, predictions = evaluate_task(task, model, params, eval_ex, feats, job.per_device_eval_batch_size)
@@ -123,7 +130,7 @@ def run_predict(job: JobConfig) -> str:
     path = split_path(task, job.test_file or job.validation_file, "test")
     examples = read_split(task, path, "test", job.max_predict_samples)
     out_dir = run_dir.command_output_dir("predict", job.model, job.output_dir, path)
-    model, params = _model(job, task, tok)
+    job, model, params = _model(job, task, tok)
     feats = task.featurise(examples, tok, job.max_seq_length)
     count_truncation(task, tok, job.max_seq_length, {"test": (examples, feats)})
     outputs = predict_outputs(task, model, params, feats, job.per_device_eval_batch_size)

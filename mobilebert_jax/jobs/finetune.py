@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import signal
@@ -45,6 +46,7 @@ from mobilebert_jax.jobs.model_io import (
     load_model,
     load_params,
     load_tokenizer,
+    resolve_max_seq_length,
     save_hf_model,
 )
 from mobilebert_jax.jobs.run_dir import predictions_path, say, write_json
@@ -221,14 +223,16 @@ class Plan:
     def export_config(self) -> MobileBertConfig:
         """The config written with the model: the task and its options recorded for evaluate/predict."""
         extra = {"finetuning_task": self.data.task.name, "task_options": dict(self.job.task_options),
-                 "pad_invariant": self.job.pad_invariant}  # fmt: skip
+                 "pad_invariant": self.job.pad_invariant, "max_seq_length": self.job.max_seq_length}  # fmt: skip
         return self.config.replace(extra={**self.config.extra, **extra})
 
 
 def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
     """Loads the model, decides the output dir (`run_dir.decide`), featurises and sizes the run."""
-    task, tok, length = data.task, data.tok, job.max_seq_length
+    task, tok = data.task, data.tok
     config, model, params = load_model(job, task, rng, tok)
+    job = resolve_max_seq_length(job, config)
+    length = job.max_seq_length
     check_compatible(config, tok, length)
     mesh = job_mesh(job)
     identity = run_dir.run_identity(job, task, config, mesh.devices.size)
@@ -402,8 +406,8 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
         f"model {type(model).__name__} ({job.model}): {n_params:,} params; mesh {dict(plan.mesh.shape)}; "
         f"{plan.num_steps} steps of {batch} examples ({plan.num_steps / plan.steps_per_epoch:.2f} epochs)"
     )
-    if host_allocator.status() is not None:
-        say(f"host allocator: {host_allocator.status()}")
+    if host_allocator.status() is not None:  # a detail: shown with --verbose
+        logging.getLogger("mobilebert_jax").info("host allocator: %s", host_allocator.status())
     return train_data, sharded, step
 
 

@@ -7,6 +7,7 @@ read by `checkpoints.loader.load_model`; a tokenizer's ids must fit the embeddin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -18,16 +19,19 @@ from mobilebert_jax.checkpoints.errors import CheckpointError
 from mobilebert_jax.checkpoints.hub import save_pretrained
 from mobilebert_jax.jobs.config import JobConfig, UsageError
 from mobilebert_jax.jobs.run_dir import say
-from mobilebert_jax.model.config import PRESETS, MobileBertConfig
+from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.tasks import Task
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
 
 def saved_model_config(model: str) -> MobileBertConfig | None:
-    """The config.json of a local model directory (strictly type-checked), else None."""
-    if model in PRESETS or not os.path.isfile(os.path.join(model, "config.json")):
+    """The config.json of a model directory (a run folder's hf_model/, a hub id's files; strictly
+    type-checked), else None (a preset, a checkpoint without one). A name that resolves to nothing is
+    an error naming it (`loader.resolve_model`), not a missing --task_name."""
+    folder = loader.model_folder(model)
+    if folder is None or not os.path.isfile(os.path.join(folder, "config.json")):
         return None
-    return MobileBertConfig.from_json_file(os.path.join(model, "config.json"))
+    return MobileBertConfig.from_json_file(os.path.join(folder, "config.json"))
 
 
 def load_tokenizer(model: str) -> MobileBertTokenizer:
@@ -37,19 +41,12 @@ def load_tokenizer(model: str) -> MobileBertTokenizer:
 
 def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokenizer | None = None):
     """(config, model, params or None) through `checkpoints.loader`: a preset gives random init (params
-    created sharded later).
-
-    A preset's vocab_size follows the tokenizer unless `model_config` sets it (random init: the
-    embedding table is sized for the ids the tokenizer makes)."""
+    created sharded later; its vocab_size is the packaged tokenizer's unless `model_config` sets it)."""
     dtype = jnp.bfloat16 if job.bf16 else jnp.float32
     overrides = {**task.config_overrides(), **job.model_config}
     kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat, unroll_layers=job.unroll_layers)
     attn = dict(attention_implementation=job.attention_implementation, pad_invariant=job.pad_invariant)
     if loader.resolve_model(job.model).kind == "preset":
-        preset_vocab = PRESETS[job.model].get("vocab_size", MobileBertConfig.vocab_size)
-        if tok is not None and "vocab_size" not in job.model_config and tok.vocab_size != preset_vocab:
-            overrides["vocab_size"] = tok.vocab_size
-            say(f"{job.model}: vocab_size {preset_vocab} -> {tok.vocab_size} (the tokenizer's; random init)")
         try:
             loaded = loader.load_model(job.model, task.model_class, init=False, **overrides)
         except (TypeError, ValueError) as e:
@@ -58,6 +55,24 @@ def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokeni
     loaded = loader.load_model(job.model, task.model_class, rng=rng, **overrides)
     model, params = loaded.build(**kw, rng=rng)
     return loaded.config, model.clone(**attn), params
+
+
+DEFAULT_MAX_SEQ_LENGTH = 128
+
+
+def resolve_max_seq_length(job: JobConfig, config: MobileBertConfig) -> JobConfig:
+    """`job` with `max_seq_length` decided: the flag's, else the fine-tune's (saved in config.json's
+    extra by the finetune job), else 128, or the model's positions where it has fewer (a tiny preset)."""
+    if job.max_seq_length is not None:
+        return job
+    saved = config.extra.get("max_seq_length")
+    if isinstance(saved, int) and not isinstance(saved, bool) and saved <= config.max_position_embeddings:
+        length, why = saved, "the model's fine-tuning length, from its config.json"
+    else:
+        length = min(DEFAULT_MAX_SEQ_LENGTH, config.max_position_embeddings)
+        why = "default" if length == DEFAULT_MAX_SEQ_LENGTH else "the model's max_position_embeddings"
+    say(f"max_seq_length {length} ({why}; --max_seq_length sets it)")
+    return dataclasses.replace(job, max_seq_length=length)
 
 
 def load_params(folder: str, task: Task, scan_layers: bool) -> Any:

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 
 from mobilebert_jax.jobs.config import UsageError
+from mobilebert_jax.model.config import PRESETS
 from mobilebert_jax.training.state import stored_checkpoints
 
 RUN_FILE = "run.json"
@@ -34,7 +35,8 @@ RUN_FILE = "run.json"
 ARTEFACTS = ("checkpoints", "tensorboard", "hf_model", "best_model", "metrics.jsonl", "loss.png",
              "eval_results.json", "best.json", RUN_FILE)  # fmt: skip
 TMP_PREFIX = ".tmp-"  # folders and files being written (`replace_dir`, `write_json`)
-ARTEFACT_GLOBS = ("predictions*", "test_predictions*", "evaluate_*", "predict_*", TMP_PREFIX + "*")
+# (not the evaluate_*/predict_* folders: those are other commands' results, kept by --overwrite_output_dir)
+ARTEFACT_GLOBS = ("predictions*", "test_predictions*", TMP_PREFIX + "*")
 LOCK_FILE = ".lock"
 # Hyperparameters that change what training computes (logging/saving intervals do not).
 RESULT_FIELDS = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
@@ -99,7 +101,7 @@ def file_fingerprint(path: str) -> dict[str, Any]:
 def model_fingerprint(model: str) -> dict[str, Any]:
     """A preset or hub id by name; a local directory by its config and weight files' sizes and hashes."""
     if not os.path.isdir(model):
-        return {"name": model}
+        return {"name": model, "random_init": True} if model in PRESETS else {"name": model}
     files = {}
     for name in sorted(os.listdir(model)):
         if name == "config.json" or name.endswith((".safetensors", ".bin", ".h5", ".index.json")):

@@ -69,7 +69,7 @@ def pipeline(
     model: Any,
     tokenizer: Any = None,
     *,
-    backend: str = "jax",
+    backend: str | None = None,
     batch_size: int = 8,
     buckets: Sequence[int] | None = None,
     device: Any = None,
@@ -89,7 +89,8 @@ def pipeline(
             `model.onnx` beside `config.json` and the tokenizer files) or the artifact itself.
         tokenizer: a `MobileBertTokenizer` or a directory; default: the model directory's, else the
             uncased vocab shipped in the package.
-        backend: "jax", "litert" or "onnx".
+        backend: "jax", "litert" or "onnx"; default: an export directory's format (its export.json),
+            else "jax".
         batch_size: rows per forward pass.
         buckets: sequence lengths batches are padded to (default 16, 32, 64, 128, 256, 384, 512).
         device: a `jax.Device` for the JAX backend (default: JAX's default device).
@@ -106,6 +107,10 @@ def pipeline(
     task = ALIASES.get(task, task)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)} (aliases {sorted(ALIASES)})")
+    if backend is None:
+        from mobilebert_jax.checkpoints.formats import export_format
+
+        backend = export_format(model) or "jax"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     cls, model_class = TASKS[task]
@@ -129,6 +134,7 @@ def pipeline(
         if tok is None:
             tok = load_tokenizer(folder)
     check_vocab(tok, config)  # ids past the embedding table would be filled silently inside jit
+    defaults = {**cls.config_defaults(config), **defaults}  # the fine-tune's settings, unless given
     return cls(runner, tok, config, batch_size=batch_size, buckets=buckets, progress=progress, **defaults)
 
 

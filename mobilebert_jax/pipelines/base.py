@@ -90,6 +90,11 @@ class Pipeline:
         self.defaults = self._check_parameters(defaults)
 
     # ----------------------------------------------------------------------------- subclass hooks
+    @classmethod
+    def config_defaults(cls, config: Any) -> dict[str, Any]:
+        """Call parameters the model's config.json implies (a fine-tune's saved settings); flags win."""
+        return {}
+
     def _check_parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
         bad = sorted(set(params) - set(self.call_parameters))
         if bad:

@@ -57,6 +57,24 @@ class QuestionAnsweringPipeline(Pipeline):
             raise TypeError("pass either inputs or question=/context=, not both")
         return super().__call__(inputs, **params)
 
+    @classmethod
+    def config_defaults(cls, config: Any) -> dict[str, Any]:
+        """A SQuAD fine-tune's settings from its config.json (`max_seq_length`, `task_options`), so the
+        pipeline answers what `evaluate` answers on that model: the task's own defaults where unsaved."""
+        from mobilebert_jax.tasks import get_task
+
+        extra = getattr(config, "extra", None) or {}
+        name = extra.get("finetuning_task")
+        if name not in ("squad", "squad_v2"):
+            return {}
+        t = get_task(name, **(extra.get("task_options") or {}))
+        out = dict(doc_stride=t.doc_stride, max_question_len=t.max_query_length, n_best_size=t.n_best_size,
+                   max_answer_len=t.max_answer_length, null_score_diff_threshold=t.null_score_diff_threshold,
+                   handle_impossible_answer=t.version_2_with_negative)  # fmt: skip
+        if isinstance(extra.get("max_seq_length"), int):
+            out["max_seq_len"] = extra["max_seq_length"]
+        return out
+
     def _is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, Mapping)
 
