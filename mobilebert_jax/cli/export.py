@@ -80,6 +80,14 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         help="LiteRT: keep every tensor's name (debug information; by default only the signatures' "
         "inputs and outputs keep theirs)",
     )
+    parser.add_argument(
+        "--device-ready",
+        action="store_true",
+        help="write the .tflite that MediaPipe Tasks (TextClassifier) and the TFLite Task Library "
+        "(BertNLClassifier; BertQuestionAnswerer at --seq-lengths 384) load as is: TFLite Metadata with the "
+        "vocab and labels, a sequence classifier's output as probabilities (softmax; sigmoid for "
+        "multi-label); needs --format litert, one --seq-lengths, --batch-size 1 and an uncased tokenizer",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -100,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         num_threads=args.num_threads,
         overwrite=args.overwrite,
         keep_tensor_names=args.keep_tensor_names,
+        device_ready=args.device_ready,
     )
 
 

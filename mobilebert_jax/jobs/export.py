@@ -49,6 +49,8 @@ class ExportConfig:
     overwrite: bool = False
     # LiteRT: keep every tensor's name (by default only the signatures' inputs and outputs keep theirs)
     keep_tensor_names: bool = False
+    # LiteRT: the file MediaPipe Tasks and the TFLite Task Library load as is (docs/deploy_clients.md)
+    device_ready: bool = False
 
 
 def _say(msg: str) -> None:
@@ -128,6 +130,7 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
                 quant_stats=stats,
                 num_threads=config.num_threads,
                 keep_tensor_names=config.keep_tensor_names,
+                device_ready=config.device_ready,
                 overwrite=True,
             )
         )
