@@ -104,8 +104,10 @@ def main() -> None:
         state[key] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
     mb = sum(a.nbytes for a in state.values()) / 1e6
     results: dict[str, dict] = {"weights_mb": mb, "tensors": len(state), "jax": jax.__version__}
-    print(f"MobileBertForPreTraining (mobilebert-uncased): {len(state)} tensors, {mb:.1f} MB; "
-          f"{os.cpu_count()} cpus, jax {jax.__version__} on {jax.default_backend()}, crc32c {tb._crc32c_impl.__name__}")  # fmt: skip
+    print(
+        f"MobileBertForPreTraining (mobilebert-uncased): {len(state)} tensors, {mb:.1f} MB; "
+        f"{os.cpu_count()} cpus, jax {jax.__version__} on {jax.default_backend()}, crc32c {tb._crc32c_impl.__name__}"
+    )
 
     def report(name: str, seconds: float, ref: float | None = None, note: str = "") -> None:
         results[name] = {"seconds": seconds, "reference_seconds": ref}
@@ -136,8 +138,12 @@ def main() -> None:
             slots = {f"{n}/adam_{m}": a for n, a in tensors.items() for m in "mv"}
             names = sorted({**tensors, **slots, "global_step": np.int64(1)})
             allv = {**tensors, **slots, "global_step": np.int64(1)}
-            tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                              tensors=[tf.constant(allv[n]) for n in names])  # fmt: skip
+            tf.raw_ops.SaveV2(
+                prefix=prefix,
+                tensor_names=names,
+                shape_and_slices=[""] * len(names),
+                tensors=[tf.constant(allv[n]) for n in names],
+            )
             size = os.path.getsize(prefix + ".data-00000-of-00001") / 1e6
 
             def tf_read():
@@ -148,11 +154,21 @@ def main() -> None:
             ref = tf_read()
             assert all(ours[n].tobytes() == np.asarray(ref[n]).tobytes() for n in tensors), "bundle reader"
             t_tf = _median(tf_read, args.repeats)
-            report("tf1 read (weights only)", _median(lambda: tb.BundleReader(prefix).read_all(select=tensors.__contains__), args.repeats), t_tf)  # fmt: skip
-            report("tf1 -> flax", _median(lambda: load_tf1_checkpoint(prefix, cfg, cls), args.repeats), note=f"  (file {size:.0f} MB with Adam slots)")  # fmt: skip
+            report(
+                "tf1 read (weights only)",
+                _median(lambda: tb.BundleReader(prefix).read_all(select=tensors.__contains__), args.repeats),
+                t_tf,
+            )
+            report(
+                "tf1 -> flax",
+                _median(lambda: load_tf1_checkpoint(prefix, cfg, cls), args.repeats),
+                note=f"  (file {size:.0f} MB with Adam slots)",
+            )
             data = open(prefix + ".data-00000-of-00001", "rb").read()[: int(mb * 1e6)]
             t_np = _median(lambda: tb._crc32c_numpy(data), 1)
-            print(f"{'crc32c numpy fallback':<28} {t_np:7.3f} s  {mb / t_np:7.0f} MB/s (used without google-crc32c's C ext)")  # fmt: skip
+            print(
+                f"{'crc32c numpy fallback':<28} {t_np:7.3f} s  {mb / t_np:7.0f} MB/s (used without google-crc32c's C ext)"
+            )
             results["crc32c_numpy_fallback"] = {"seconds": t_np}
     if args.json:
         with open(args.json, "w") as f:

@@ -157,9 +157,22 @@ def main() -> None:
         print("litert: skipped, no --litert export directory given")
     results = {}
     for kind in kinds:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--model", args.model,
-               "--data", args.data, "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
-               "--torch-threads", str(args.torch_threads)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            kind,
+            "--model",
+            args.model,
+            "--data",
+            args.data,
+            "--batch-size",
+            str(args.batch_size),
+            "--repeats",
+            str(args.repeats),
+            "--torch-threads",
+            str(args.torch_threads),
+        ]
         if args.litert:
             cmd += ["--litert", args.litert]
         if args.limit:
@@ -173,8 +186,10 @@ def main() -> None:
         results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
     hf = results["hf"]
     threads = args.torch_threads or "default"
-    print(f"\n{len(texts)} SST-2 dev sentences, batch size {args.batch_size}, best of {args.repeats} passes, "
-          f"torch threads {threads}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"\n{len(texts)} SST-2 dev sentences, batch size {args.batch_size}, best of {args.repeats} passes, "
+        f"torch threads {threads}, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'':8} {'examples/s':>11} {'pass s':>8} {'load s':>7} {'warm-up s':>10} {'ratio vs HF':>12}")
     for kind, r in results.items():
         ratio = r["examples_per_s"] / hf["examples_per_s"]

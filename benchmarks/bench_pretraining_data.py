@@ -96,8 +96,9 @@ def run_measured(cmd: list[str], env: dict) -> dict:
     """Runs `cmd` under /usr/bin/time -v; returns wall, peak RSS (largest process) and peak tree RSS."""
     import psutil
 
-    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        ["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     peak = [0]
 
     def sample():
@@ -122,13 +123,31 @@ def run_measured(cmd: list[str], env: dict) -> dict:
     # CPU seconds of the whole tree (the main process and its waited-for workers): load-independent
     cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", err).group(1)) for k in ("User", "System"))
     summary = json.loads(out.strip().splitlines()[-1].split(": ", 2)[2])
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss_kb / 1024, "peak_tree_rss_mb": peak[0] / 2**20,
-            "load_avg_1min_after": os.getloadavg()[0], **summary}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mb": rss_kb / 1024,
+        "peak_tree_rss_mb": peak[0] / 2**20,
+        "load_avg_1min_after": os.getloadavg()[0],
+        **summary,
+    }
 
 
 def prepare_cmd(text: str, out: str, workers: int, shard_mb: float) -> list[str]:
-    return [sys.executable, "-m", "mobilebert_jax.cli.main", "prepare-pretraining-data", text, "--output-dir", out,
-            "--num-workers", str(workers), "--shard-size-mb", str(shard_mb), "--no-progress"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "mobilebert_jax.cli.main",
+        "prepare-pretraining-data",
+        text,
+        "--output-dir",
+        out,
+        "--num-workers",
+        str(workers),
+        "--shard-size-mb",
+        str(shard_mb),
+        "--no-progress",
+    ]
 
 
 def loader_rate(folder: str, batch: int, workers: int, seconds: float = 10.0) -> float:

@@ -110,8 +110,11 @@ def main() -> None:
     if os.path.isdir(args.out) and not args.keep:
         shutil.rmtree(args.out)
     sc, tc, cfg = R.preset_configs("tiny")
-    over = {k: v for k, v in (("steps_per_stage", args.steps_per_stage), ("distill_steps", args.distill_steps))
-            if v is not None}  # fmt: skip
+    over = {
+        k: v
+        for k, v in (("steps_per_stage", args.steps_per_stage), ("distill_steps", args.distill_steps))
+        if v is not None
+    }
     cfg = dataclasses.replace(cfg, **over)
     teacher_steps = args.teacher_steps or R.PRESETS["tiny"]["teacher_pretrain_steps"]
     total = sc.num_hidden_layers * cfg.steps_per_stage + cfg.distill_steps
@@ -128,9 +131,12 @@ def main() -> None:
     if not args.full_vocab:
         vocab = compact_vocabulary(train_docs, tok, train, held)
         sc, tc = sc.replace(vocab_size=vocab), tc.replace(vocab_size=vocab)
-    print(f"text: {len(train['input_ids'])} training / {len(held['input_ids'])} held-out instances of "
-          f"{cfg.max_seq_length} tokens (QNLI sentences, packaged); batch {cfg.batch_size}; "
-          f"vocabulary {sc.vocab_size}", flush=True)  # fmt: skip
+    print(
+        f"text: {len(train['input_ids'])} training / {len(held['input_ids'])} held-out instances of "
+        f"{cfg.max_seq_length} tokens (QNLI sentences, packaged); batch {cfg.batch_size}; "
+        f"vocabulary {sc.vocab_size}",
+        flush=True,
+    )
 
     teacher, student = MobileBertForPreTraining(tc), MobileBertForPreTraining(sc)
 
@@ -140,22 +146,35 @@ def main() -> None:
         )
         return sum(x.size for x in jax.tree.leaves(shapes))
 
-    print(f"teacher {n_par(teacher):,} params (I={tc.intra_bottleneck_size}, LayerNorm, GELU); student "
-          f"{n_par(student):,} params (I={sc.intra_bottleneck_size}, NoNorm, ReLU, F={sc.num_feedforward_networks}); "
-          f"{sc.num_hidden_layers} layers each", flush=True)  # fmt: skip
+    print(
+        f"teacher {n_par(teacher):,} params (I={tc.intra_bottleneck_size}, LayerNorm, GELU); student "
+        f"{n_par(student):,} params (I={sc.intra_bottleneck_size}, NoNorm, ReLU, F={sc.num_feedforward_networks}); "
+        f"{sc.num_hidden_layers} layers each",
+        flush=True,
+    )
 
     timings = {}
     t0 = time.perf_counter()
     print(f"\n[1] teacher pre-training: {teacher_steps} steps", flush=True)
-    t_params, t_hist = R.pretrain(teacher, ArrayIterator(train, cfg.batch_size, seed=7), teacher_steps,
-                                  learning_rate=cfg.learning_rate, warmup_steps=teacher_steps // 20,
-                                  max_predictions=P, log_every=100, progress=False)  # fmt: skip
+    t_params, t_hist = R.pretrain(
+        teacher,
+        ArrayIterator(train, cfg.batch_size, seed=7),
+        teacher_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=teacher_steps // 20,
+        max_predictions=P,
+        log_every=100,
+        progress=False,
+    )
     timings["teacher"] = time.perf_counter() - t0
     print("    mlm " + " ".join(f"{h['mlm_true']:.2f}" for h in t_hist), flush=True)
 
     t0 = time.perf_counter()
-    print(f"\n[2] distillation: {sc.num_hidden_layers} x {cfg.steps_per_stage} transfer + {cfg.distill_steps} "
-          "distillation steps", flush=True)  # fmt: skip
+    print(
+        f"\n[2] distillation: {sc.num_hidden_layers} x {cfg.steps_per_stage} transfer + {cfg.distill_steps} "
+        "distillation steps",
+        flush=True,
+    )
     run_dir = os.path.join(args.out, "distill")
     data = ArrayIterator(train, cfg.batch_size, seed=0)
     kw = dict(progress=False, plot=False, say=lambda m: print("    " + m, flush=True))
@@ -167,9 +186,16 @@ def main() -> None:
 
     t0 = time.perf_counter()
     print(f"\n[3] baseline: the same student, no teacher, {total} steps on the same batches", flush=True)
-    b_params, b_hist = R.pretrain(student, ArrayIterator(train, cfg.batch_size, seed=0), total,
-                                  learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, max_predictions=P,
-                                  log_every=60, progress=False)  # fmt: skip
+    b_params, b_hist = R.pretrain(
+        student,
+        ArrayIterator(train, cfg.batch_size, seed=0),
+        total,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        max_predictions=P,
+        log_every=60,
+        progress=False,
+    )
     timings["baseline"] = time.perf_counter() - t0
     print("    mlm " + " ".join(f"{h['mlm_true']:.2f}" for h in b_hist), flush=True)
 
@@ -200,15 +226,28 @@ def main() -> None:
     for name, e in evals.items():
         print(f"  {name:48s} mlm {e['loss/mlm']:.3f}  acc {e['mlm_accuracy']:.3f}   nsp {e['loss/nsp']:.3f}")
     d, b = evals["distilled"]["loss/mlm"], evals["baseline (no teacher)"]["loss/mlm"]
-    print(f"\ndistilled - baseline held-out MLM: {d - b:+.3f} ({'teacher helps' if d < b else 'teacher does not help'}); "
-          f"{total} student steps each")  # fmt: skip
+    print(
+        f"\ndistilled - baseline held-out MLM: {d - b:+.3f} ({'teacher helps' if d < b else 'teacher does not help'}); "
+        f"{total} student steps each"
+    )
     timings["total"] = time.perf_counter() - t_start
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"config": cfg.to_dict(), "teacher_steps": teacher_steps, "student_steps": total, "eval": evals,
-                   "teacher_history": t_hist, "distill_histories": histories, "baseline_history": b_hist,
-                   "seconds": timings}, f, indent=1)  # fmt: skip
+        json.dump(
+            {
+                "config": cfg.to_dict(),
+                "teacher_steps": teacher_steps,
+                "student_steps": total,
+                "eval": evals,
+                "teacher_history": t_hist,
+                "distill_histories": histories,
+                "baseline_history": b_hist,
+                "seconds": timings,
+            },
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

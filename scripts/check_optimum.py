@@ -212,7 +212,8 @@ def check(out: str) -> int:
 
     torch.set_num_threads(1)
     versions = ", ".join(
-        f"{d} {importlib.metadata.version(d)}" for d in ("optimum", "optimum-onnx", "onnxruntime", "transformers")
+        f"{d} {importlib.metadata.version(d)}"
+        for d in ("optimum", "optimum-onnx", "onnxruntime", "transformers")
     )
     print(f"{versions}, torch {torch.__version__}, Python {sys.version.split()[0]}")
     failures: list[str] = []

@@ -62,48 +62,114 @@ SEED = 20240606
 # HF configs for the h5 fixtures. A: the OPT structure (no_norm, kq-shared, F=2) with a pooler dense;
 # B: layer_norm + gelu + bottleneck attention; C: a one-layer model for the other heads.
 H5_A = dict(
-    vocab_size=64, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-    intermediate_size=24, intra_bottleneck_size=16, max_position_embeddings=24, num_feedforward_networks=2,
-    hidden_act="relu", classifier_activation=True, key_query_shared_bottleneck=True,
-)  # fmt: skip
+    vocab_size=64,
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    intra_bottleneck_size=16,
+    max_position_embeddings=24,
+    num_feedforward_networks=2,
+    hidden_act="relu",
+    classifier_activation=True,
+    key_query_shared_bottleneck=True,
+)
 H5_B = dict(
-    vocab_size=64, embedding_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-    intermediate_size=20, intra_bottleneck_size=8, max_position_embeddings=16, num_feedforward_networks=1,
-    hidden_act="gelu", normalization_type="layer_norm", use_bottleneck_attention=True,
-    key_query_shared_bottleneck=False, classifier_activation=False,
-)  # fmt: skip
+    vocab_size=64,
+    embedding_size=8,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=20,
+    intra_bottleneck_size=8,
+    max_position_embeddings=16,
+    num_feedforward_networks=1,
+    hidden_act="gelu",
+    normalization_type="layer_norm",
+    use_bottleneck_attention=True,
+    key_query_shared_bottleneck=False,
+    classifier_activation=False,
+)
 H5_C = dict(
-    vocab_size=48, embedding_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-    intermediate_size=12, intra_bottleneck_size=8, max_position_embeddings=16, num_feedforward_networks=1,
-    hidden_act="relu", classifier_activation=True,
-)  # fmt: skip
+    vocab_size=48,
+    embedding_size=8,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=12,
+    intra_bottleneck_size=8,
+    max_position_embeddings=16,
+    num_feedforward_networks=1,
+    hidden_act="relu",
+    classifier_activation=True,
+)
 
 # google-research format (like uncased_L-24_H-128_B-512_A-4_F-4_OPT.json: every key present).
 STUDENT_GOOGLE = {
-    "attention_probs_dropout_prob": 0.1, "hidden_act": "relu", "hidden_dropout_prob": 0.0, "hidden_size": 24,
-    "initializer_range": 0.02, "intermediate_size": 16, "max_position_embeddings": 16, "num_attention_heads": 2,
-    "num_hidden_layers": 2, "type_vocab_size": 2, "vocab_size": 64, "embedding_size": 8, "trigram_input": True,
-    "use_bottleneck": True, "intra_bottleneck_size": 12, "key_query_shared_bottleneck": True,
-    "num_feedforward_networks": 3, "normalization_type": "no_norm", "classifier_activation": True,
-}  # fmt: skip
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "relu",
+    "hidden_dropout_prob": 0.0,
+    "hidden_size": 24,
+    "initializer_range": 0.02,
+    "intermediate_size": 16,
+    "max_position_embeddings": 16,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "type_vocab_size": 2,
+    "vocab_size": 64,
+    "embedding_size": 8,
+    "trigram_input": True,
+    "use_bottleneck": True,
+    "intra_bottleneck_size": 12,
+    "key_query_shared_bottleneck": True,
+    "num_feedforward_networks": 3,
+    "normalization_type": "no_norm",
+    "classifier_activation": True,
+}
 # Like uncased_L-24_H-1024_B-512_A-4.json (the IB-BERT teacher): normalization, kq-sharing, F and
 # classifier_activation are left to google's BertConfig defaults (layer_norm, False, 1, True). I == H
 # here (the real teacher has I > H, which HF PyTorch cannot build).
 TEACHER_GOOGLE = {
-    "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": 24,
-    "initializer_range": 0.02, "intermediate_size": 32, "max_position_embeddings": 16, "num_attention_heads": 2,
-    "num_hidden_layers": 1, "type_vocab_size": 2, "vocab_size": 64, "embedding_size": 8, "trigram_input": True,
-    "use_bottleneck": True, "intra_bottleneck_size": 24,
-}  # fmt: skip
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 24,
+    "initializer_range": 0.02,
+    "intermediate_size": 32,
+    "max_position_embeddings": 16,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 1,
+    "type_vocab_size": 2,
+    "vocab_size": 64,
+    "embedding_size": 8,
+    "trigram_input": True,
+    "use_bottleneck": True,
+    "intra_bottleneck_size": 24,
+}
 # The same teacher as an HF config, written by hand from google's defaults; google's "gelu" is the tanh
 # approximation, HF's "gelu_new".
 TEACHER_HF = dict(
-    vocab_size=64, embedding_size=8, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-    intermediate_size=32, hidden_act="gelu_new", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-    max_position_embeddings=16, type_vocab_size=2, trigram_input=True, use_bottleneck=True,
-    intra_bottleneck_size=24, use_bottleneck_attention=False, key_query_shared_bottleneck=False,
-    num_feedforward_networks=1, normalization_type="layer_norm", classifier_activation=True,
-)  # fmt: skip
+    vocab_size=64,
+    embedding_size=8,
+    hidden_size=24,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    hidden_act="gelu_new",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    max_position_embeddings=16,
+    type_vocab_size=2,
+    trigram_input=True,
+    use_bottleneck=True,
+    intra_bottleneck_size=24,
+    use_bottleneck_attention=False,
+    key_query_shared_bottleneck=False,
+    num_feedforward_networks=1,
+    normalization_type="layer_norm",
+    classifier_activation=True,
+)
 
 
 def perturbed(name: str, shape, rng: np.random.Generator) -> np.ndarray:

@@ -73,6 +73,7 @@ def pytest_addoption(parser):
 # of work (module fixtures are built once), handed out in collection order. The longest units go first,
 # so that no long file starts last and runs alone; the rest keep their order.
 LONGEST_FIRST = (
+    "test_docs.py",
     "test_recipes_distillation.py",
     "test_trainer.py",
     "test_export.py",
@@ -81,6 +82,9 @@ LONGEST_FIRST = (
     "test_recipes_tasks.py",
     "test_distill.py",
     "test_pretraining_data.py",
+    "test_padding_pipelines.py",
+    "test_first_hour.py",
+    "test_reliability.py",
 )
 
 

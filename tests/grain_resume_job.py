@@ -57,17 +57,22 @@ def build(data_dir: str, workdir: str | None, workers: int = 0, sleep: float = 0
         "mobilebert-test", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
     )
     model = MobileBertForPreTraining(cfg)
-    data = prepared_iterator(
-        data_dir, BATCH, seed=1, num_workers=workers, max_seq_length=MAX_LEN, keys=KEYS
-    )
+    data = prepared_iterator(data_dir, BATCH, seed=1, num_workers=workers, max_seq_length=MAX_LEN, keys=KEYS)
     sched = optim.warmup_linear_decay(2e-3, NUM_STEPS, 3, decay_from_zero=True)
     init = ts.model_init_fn(model, data.example())
     st = ts.create_train_state(init, optim.lamb(sched), jax.random.key(0, impl="rbg"), compiler_options=FAST)
     step = trainer.make_train_step(objectives.loss_fn_for(model), learning_rate=sched, compiler_options=FAST)
-    fit_cfg = trainer.FitConfig(num_steps=NUM_STEPS, workdir=workdir, log_every=1, checkpoint_every=10,
-                                progress=False, plot=False)  # fmt: skip
-    return types.SimpleNamespace(state=st.state, step=step, data=data, slow=Slow(data, sleep), config=fit_cfg,
-                                 rng=jax.random.key(42, impl="rbg"))  # fmt: skip
+    fit_cfg = trainer.FitConfig(
+        num_steps=NUM_STEPS, workdir=workdir, log_every=1, checkpoint_every=10, progress=False, plot=False
+    )
+    return types.SimpleNamespace(
+        state=st.state,
+        step=step,
+        data=data,
+        slow=Slow(data, sleep),
+        config=fit_cfg,
+        rng=jax.random.key(42, impl="rbg"),
+    )
 
 
 def run(job) -> trainer.FitResult:

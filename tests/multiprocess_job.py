@@ -60,15 +60,19 @@ def _logged_next_indices(self):
     idx = _next_indices(self)
     if os.environ.get("MBJ_TEST_SLEEP"):
         time.sleep(float(os.environ["MBJ_TEST_SLEEP"]))
-    _append("ids", {"pid": os.getpid(), "epoch": self.epoch, "index": self.index - 1,
-                    "ids": [int(i) for i in idx]})  # fmt: skip
+    _append(
+        "ids",
+        {"pid": os.getpid(), "epoch": self.epoch, "index": self.index - 1, "ids": [int(i) for i in idx]},
+    )
     return idx
 
 
 def _logged_grain_next(self):
     batch = _grain_next(self)
-    _append("rows", {"pid": os.getpid(), "batch": self.batches - 1, "keys": sorted(batch),
-                     "rows": row_hashes(batch)})  # fmt: skip
+    _append(
+        "rows",
+        {"pid": os.getpid(), "batch": self.batches - 1, "keys": sorted(batch), "rows": row_hashes(batch)},
+    )
     return batch
 
 

@@ -197,9 +197,14 @@ def test_token_classification_export_carries_the_tokenizer(tmp_path):
     cfg = MobileBertConfig(**{**TINY, "vocab_size": tok.vocab_size, "num_hidden_layers": 1})
     model = MODEL_CLASSES["MobileBertForTokenClassification"](cfg)
     m = ex.export(
-        model, init_params(model, 0), str(tmp_path), format="litert", seq_lengths=(16,), tokenizer=tok,
+        model,
+        init_params(model, 0),
+        str(tmp_path),
+        format="litert",
+        seq_lengths=(16,),
+        tokenizer=tok,
         device_ready=True,
-    )  # fmt: skip
+    )
     assert m["verification"]["max_rel_error"] <= ex.FP32_TOLERANCE
     _, meta, zf = _read_metadata(tmp_path / "model.tflite")
     (sg,) = meta.subgraphMetadata
@@ -223,9 +228,13 @@ def test_device_ready_requests_that_cannot_work_fail_clearly(tmp_path):
         (dict(seq_lengths=(8, 16), tokenizer=tok), "one --seq-lengths"),
         (dict(seq_lengths=(16,), batch_size=2, tokenizer=tok), "batch size 2"),
         (dict(seq_lengths=(16,)), "needs the tokenizer"),
-        (dict(seq_lengths=(16,), tokenizer=MobileBertTokenizer.from_vocab_file(cased, do_lower_case=False)),
-         "uncased"),
-    ]  # fmt: skip
+        (
+            dict(
+                seq_lengths=(16,), tokenizer=MobileBertTokenizer.from_vocab_file(cased, do_lower_case=False)
+            ),
+            "uncased",
+        ),
+    ]
     for i, (kw, msg) in enumerate(cases):
         with pytest.raises(ex.ExportError, match=msg):
             ex.export(model, params, str(tmp_path / str(i)), format="litert", device_ready=True, **kw)

@@ -177,9 +177,16 @@ def test_layer_terms_scale_by_factor_over_layers_and_transfer_schedule():
 # ------------------------------------------------------------------------------------- tiny models
 STUDENT = MobileBertConfig.from_preset("mobilebert-test", num_hidden_layers=2)
 TEACHER = MobileBertConfig.from_preset(
-    "ibbert-large-teacher", vocab_size=1000, embedding_size=16, hidden_size=64, num_hidden_layers=2,
-    intra_bottleneck_size=128, intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
-)  # fmt: skip
+    "ibbert-large-teacher",
+    vocab_size=1000,
+    embedding_size=16,
+    hidden_size=64,
+    num_hidden_layers=2,
+    intra_bottleneck_size=128,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+)
 
 
 def _data(n=32, t=16, seed=0):
@@ -401,9 +408,15 @@ def test_distills_from_a_prepared_folder(models, full_run, tmp_path):
     ]
     (tmp_path / "c.txt").write_text("".join("\n".join(d) + "\n\n" for d in docs))
     data = str(tmp_path / "data")
-    m = PD.prepare_pretraining_data([str(tmp_path / "c.txt")], data, tokenizer=str(tmp_path / "tok"),
-                                    max_seq_length=CFG.max_seq_length, max_predictions_per_seq=CFG.max_predictions_per_seq,
-                                    num_workers=0, progress=False)  # fmt: skip
+    m = PD.prepare_pretraining_data(
+        [str(tmp_path / "c.txt")],
+        data,
+        tokenizer=str(tmp_path / "tok"),
+        max_seq_length=CFG.max_seq_length,
+        max_predictions_per_seq=CFG.max_predictions_per_seq,
+        num_workers=0,
+        progress=False,
+    )
     assert (
         CFG.distill_steps * CFG.batch_size > m["num_instances"] > 2 * CFG.batch_size
     )  # step 3 crosses an epoch
@@ -411,13 +424,29 @@ def test_distills_from_a_prepared_folder(models, full_run, tmp_path):
     keys = ("input_ids", "attention_mask", "token_type_ids", "labels", "next_sentence_label")
 
     def grain_data():
-        return prepared_iterator(data, cfg.batch_size, seed=1, max_seq_length=cfg.max_seq_length,
-                                    max_predictions_per_seq=cfg.max_predictions_per_seq, keys=keys)  # fmt: skip
+        return prepared_iterator(
+            data,
+            cfg.batch_size,
+            seed=1,
+            max_seq_length=cfg.max_seq_length,
+            max_predictions_per_seq=cfg.max_predictions_per_seq,
+            keys=keys,
+        )
 
     s, t, tp = models
     it = grain_data()
-    res = R.run_distillation(s, t, tp, it, cfg, str(tmp_path / "run"), progress=False, plot=False,
-                             say=lambda m: None, compiler_options=FAST)  # fmt: skip
+    res = R.run_distillation(
+        s,
+        t,
+        tp,
+        it,
+        cfg,
+        str(tmp_path / "run"),
+        progress=False,
+        plot=False,
+        say=lambda m: None,
+        compiler_options=FAST,
+    )
     it.close()
     assert res.stopped == "done" and res.step == cfg.distill_steps
     hist = res.histories["distill"]

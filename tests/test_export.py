@@ -96,8 +96,10 @@ def test_hf_pytorch_to_runtime_matches_hf_pytorch(tmp_path, fmt):
         "MobileBertForSequenceClassification"
     ]
     batch = sample_batch(cfg, 2, 16, seed=3)
-    rows = [{k: torch.from_numpy(v[i : i + 1, :n].astype(np.int64)) for k, v in batch.items()}
-            for i, n in enumerate(batch["attention_mask"].sum(1))]  # fmt: skip
+    rows = [
+        {k: torch.from_numpy(v[i : i + 1, :n].astype(np.int64)) for k, v in batch.items()}
+        for i, n in enumerate(batch["attention_mask"].sum(1))
+    ]
     with torch.no_grad():  # each row alone, unpadded: the export is pad-invariant (the [PAD] row is not 0)
         ref = np.concatenate([pt(**r).logits.numpy() for r in rows])
     got = ex.load_runtime(str(out))(**batch)["logits"]
@@ -322,10 +324,34 @@ def test_qat_finetune_then_int8_export(tmp_path, capsys):
     train = tmp_path / "train.tsv"
     train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(TRAIN)))
     train = str(train)
-    args = ["finetune", "--model_name_or_path", str(tmp_path / "start"), "--task_name", "sst2", "--do_train",
-            "--train_file", train, "--per_device_train_batch_size", "8", "--mesh_data", "1", "--max_seq_length",
-            "16", "--no-progress", "--max_steps", "6", "--learning_rate", "3e-4", "--warmup_steps", "0",
-            "--logging_steps", "1", "--save_steps", "100", "--qat"]  # fmt: skip
+    args = [
+        "finetune",
+        "--model_name_or_path",
+        str(tmp_path / "start"),
+        "--task_name",
+        "sst2",
+        "--do_train",
+        "--train_file",
+        train,
+        "--per_device_train_batch_size",
+        "8",
+        "--mesh_data",
+        "1",
+        "--max_seq_length",
+        "16",
+        "--no-progress",
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "3e-4",
+        "--warmup_steps",
+        "0",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "100",
+        "--qat",
+    ]
     assert main([*args, "--output_dir", str(tmp_path / "bad"), "--scan_layers"]) == 2
     assert "--qat cannot be combined with --scan_layers" in capsys.readouterr().err
     run = tmp_path / "qat"

@@ -20,8 +20,11 @@ def cli(*args: str, cwd: str | None = None, timeout: int = 600) -> subprocess.Co
     """`mobilebert-jax ARGS` in a fresh process (the environment's PYTHONPATH, JAX_PLATFORMS carried)."""
     return subprocess.run(
         [sys.executable, "-m", "mobilebert_jax.cli.main", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,9 @@ def classifier(tmp_path_factory) -> str:
     import mobilebert_jax as mbj
 
     folder = str(tmp_path_factory.mktemp("first_hour") / "clf")
-    model, params = mbj.from_pretrained("mobilebert-test", "MobileBertForSequenceClassification", num_labels=2)
+    model, params = mbj.from_pretrained(
+        "mobilebert-test", "MobileBertForSequenceClassification", num_labels=2
+    )
     mbj.save_pretrained(folder, params, model.config, "MobileBertForSequenceClassification")
     mbj.MobileBertTokenizer.default().save_pretrained(folder)
     return folder
@@ -153,9 +158,26 @@ def sst2_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("first_run")
     data = _sst2(d / "train.tsv")
     out = d / "run"
-    r = cli("finetune", "--task_name", "sst2", "--model", "mobilebert-test", "--train_file", data,
-            "--validation_file", data, "--output_dir", str(out), "--max_steps", "2",
-            "--per_device_train_batch_size", "4", "--mesh_data", "1", "--no-progress")  # fmt: skip
+    r = cli(
+        "finetune",
+        "--task_name",
+        "sst2",
+        "--model",
+        "mobilebert-test",
+        "--train_file",
+        data,
+        "--validation_file",
+        data,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--mesh_data",
+        "1",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return r, out, data
 
@@ -186,9 +208,26 @@ def test_overwrite_output_dir_keeps_the_results_of_evaluate_and_predict(sst2_run
     shutil.copytree(out, run)
     r = cli("evaluate", "--model", str(run / "hf_model"), "--validation_file", data)
     assert r.returncode == 0 and (run / "evaluate_train" / "eval_results.json").is_file(), r.stderr
-    r = cli("finetune", "--task_name", "sst2", "--model", "mobilebert-test", "--train_file", data,
-            "--output_dir", str(run), "--max_steps", "1", "--per_device_train_batch_size", "4",
-            "--mesh_data", "1", "--no-progress", "--overwrite_output_dir", "--do_train")  # fmt: skip
+    r = cli(
+        "finetune",
+        "--task_name",
+        "sst2",
+        "--model",
+        "mobilebert-test",
+        "--train_file",
+        data,
+        "--output_dir",
+        str(run),
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--mesh_data",
+        "1",
+        "--no-progress",
+        "--overwrite_output_dir",
+        "--do_train",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert (run / "evaluate_train" / "eval_results.json").is_file()
 
@@ -245,13 +284,40 @@ def test_qa_pipeline_answers_what_evaluate_answered(tmp_path):
     data = tmp_path / "squad.json"
     data.write_text(json.dumps(sample), encoding="utf-8")
     out = tmp_path / "run"
-    r = cli("finetune", "--task_name", "squad", "--model", "mobilebert-test", "--train_file", str(data),
-            "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
-            "--mesh_data", "1", "--no-progress", "--do_train", "--doc_stride", "24",
-            "--max_query_length", "12")  # fmt: skip
+    r = cli(
+        "finetune",
+        "--task_name",
+        "squad",
+        "--model",
+        "mobilebert-test",
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--mesh_data",
+        "1",
+        "--no-progress",
+        "--do_train",
+        "--doc_stride",
+        "24",
+        "--max_query_length",
+        "12",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     model = out / "hf_model"
-    r = cli("evaluate", "--model", str(model), "--validation_file", str(data), "--output_dir", str(tmp_path / "ev"))
+    r = cli(
+        "evaluate",
+        "--model",
+        str(model),
+        "--validation_file",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "ev"),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     predicted = json.load(open(tmp_path / "ev" / "predictions.json", encoding="utf-8"))
     qa = mbj.pipeline("question-answering", str(model))

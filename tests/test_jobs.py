@@ -27,8 +27,17 @@ from jax.experimental.compilation_cache import compilation_cache
 from mobilebert_jax.cli.main import main
 
 SENTS = SENTIMENT_SENTENCES
-SMALL = ["--mesh_data", "1", "--max_seq_length", "32", "--per_device_eval_batch_size", "8", "--no-progress",
-         "--model_config", '{"num_hidden_layers": 1}']  # fmt: skip
+SMALL = [
+    "--mesh_data",
+    "1",
+    "--max_seq_length",
+    "32",
+    "--per_device_eval_batch_size",
+    "8",
+    "--no-progress",
+    "--model_config",
+    '{"num_hidden_layers": 1}',
+]
 
 
 def _sst2(path, labels: bool = True) -> str:
@@ -45,9 +54,21 @@ def _mrpc(path) -> str:
 
 
 def _train_args(train: str, out, *extra: str) -> list[str]:
-    return ["finetune", "--model_name_or_path", "mobilebert-test", "--train_file", train,
-            "--validation_file", train, "--output_dir", str(out), "--per_device_train_batch_size", "4",
-            *SMALL, *extra]  # fmt: skip
+    return [
+        "finetune",
+        "--model_name_or_path",
+        "mobilebert-test",
+        "--train_file",
+        train,
+        "--validation_file",
+        train,
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "4",
+        *SMALL,
+        *extra,
+    ]
 
 
 def _snapshot(d) -> dict:
@@ -69,17 +90,52 @@ def _rows(out) -> list[dict]:
 
 
 # The HF-style command line of issue 14, with periodic eval and the best model kept.
-HF_RUN = ["--task_name", "sst2", "--do_train", "--do_eval", "--learning_rate", "3e-5", "--overwrite_output_dir",
-          "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--eval_steps", "2",
-          "--load_best_model_at_end", "--warmup_steps", "1", "--lr_scheduler_type", "constant_with_warmup"]  # fmt: skip
+HF_RUN = [
+    "--task_name",
+    "sst2",
+    "--do_train",
+    "--do_eval",
+    "--learning_rate",
+    "3e-5",
+    "--overwrite_output_dir",
+    "--max_steps",
+    "4",
+    "--save_steps",
+    "2",
+    "--logging_steps",
+    "1",
+    "--eval_steps",
+    "2",
+    "--load_best_model_at_end",
+    "--warmup_steps",
+    "1",
+    "--lr_scheduler_type",
+    "constant_with_warmup",
+]
 # Long runs to interrupt; the same learning-rate schedule as HF_RUN, so the steps compile to the same
 # programs (the compilation cache then serves them).
-LONG = ["--task_name", "sst2", "--learning_rate", "3e-5", "--warmup_steps", "1", "--lr_scheduler_type",
-        "constant_with_warmup", "--save_steps", "1000", "--logging_steps", "1", "--max_steps"]  # fmt: skip
+LONG = [
+    "--task_name",
+    "sst2",
+    "--learning_rate",
+    "3e-5",
+    "--warmup_steps",
+    "1",
+    "--lr_scheduler_type",
+    "constant_with_warmup",
+    "--save_steps",
+    "1000",
+    "--logging_steps",
+    "1",
+    "--max_steps",
+]
 
 
-_CACHE_KEYS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-               "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
+_CACHE_KEYS = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -200,8 +256,21 @@ def test_evaluate_and_predict_write_their_own_dirs_from_the_model_alone(sst2_run
     assert f"wrote {where / 'eval_results.json'}" in text
     assert json.loads((where / "eval_results.json").read_text())["accuracy"] == trained["accuracy"]
     # an --output_dir holding the fine-tune gets a subfolder, never the fine-tune's files
-    assert main(["predict", "--model", str(out / "hf_model"), "--test_file", train, "--output_dir", str(out),
-                 *SMALL[:4]]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(out / "hf_model"),
+                "--test_file",
+                train,
+                "--output_dir",
+                str(out),
+                *SMALL[:4],
+            ]
+        )
+        == 0
+    )
     assert f"to {out / 'predict_sst2' / 'predictions.tsv'}" in capsys.readouterr().out
     assert len((out / "predict_sst2" / "predictions.tsv").read_text().splitlines()) == len(SENTS) + 1
     assert {n: _sha(out / n) for n in mine} == mine
@@ -210,10 +279,12 @@ def test_evaluate_and_predict_write_their_own_dirs_from_the_model_alone(sst2_run
 def test_ner_with_a_custom_entity_type_is_evaluated_from_the_model_alone(tmp_path, capsys):
     ner = tmp_path / "ner.txt"
     ner.write_text(
-        "".join(f"John B-PER\nate O\n{w} B-FOOD\nin O\n{c} B-LOC\n\n" for w, c in
-                (("pasta", "Rome"), ("sushi", "Tokyo"), ("tacos", "Puebla"), ("paella", "Valencia"))),
+        "".join(
+            f"John B-PER\nate O\n{w} B-FOOD\nin O\n{c} B-LOC\n\n"
+            for w, c in (("pasta", "Rome"), ("sushi", "Tokyo"), ("tacos", "Puebla"), ("paella", "Valencia"))
+        ),
         encoding="utf-8",
-    )  # fmt: skip
+    )
     out = tmp_path / "run"
     assert (
         main(_train_args(str(ner), out, "--task_name", "ner", "--max_steps", "2", "--save_steps", "2")) == 0
@@ -242,10 +313,20 @@ def test_sigterm_saves_at_the_step_skips_eval_and_export_and_exits_143(tmp_path,
     train = _sst2(tmp_path / "sst2.tsv")
     out = tmp_path / "run"
     args = _train_args(train, out, *LONG, "100000")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "mobilebert_jax.cli.main", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=compile_cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mobilebert_jax.cli.main", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         _wait_for(out / "metrics.jsonl", proc)
         t = time.time()
@@ -343,12 +424,32 @@ def test_every_bad_input_is_one_line_before_any_work(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("error: argument --learning_rate") and "'abc'" in err
 
 
-HF_FLAGS = ("--learning_rate", "--task_name", "--model_name_or_path", "--output_dir", "--train_file",
-            "--per_device_train_batch_size", "--do_train", "--do_eval", "--do_predict", "--overwrite_output_dir",
-            "--resume_from_checkpoint", "--warmup_steps", "--lr_scheduler_type", "--doc_stride",
-            "--max_answer_length", "--n_best_size", "--max_train_samples", "--max_eval_samples",
-            "--max_predict_samples", "--eval_steps", "--save_steps", "--logging_steps",
-            "--metric_for_best_model", "--load_best_model_at_end")  # fmt: skip
+HF_FLAGS = (
+    "--learning_rate",
+    "--task_name",
+    "--model_name_or_path",
+    "--output_dir",
+    "--train_file",
+    "--per_device_train_batch_size",
+    "--do_train",
+    "--do_eval",
+    "--do_predict",
+    "--overwrite_output_dir",
+    "--resume_from_checkpoint",
+    "--warmup_steps",
+    "--lr_scheduler_type",
+    "--doc_stride",
+    "--max_answer_length",
+    "--n_best_size",
+    "--max_train_samples",
+    "--max_eval_samples",
+    "--max_predict_samples",
+    "--eval_steps",
+    "--save_steps",
+    "--logging_steps",
+    "--metric_for_best_model",
+    "--load_best_model_at_end",
+)
 
 
 def _help(capsys, command: str) -> str:
@@ -370,10 +471,37 @@ def test_hf_flags_both_spellings_help_with_defaults_and_per_command_flags(capsys
     for flag in ("--learning_rate", "--train_file", "--save_steps", "--do_train", "--test_file"):
         assert flag not in ev, flag
     assert "--test_file" in _help(capsys, "predict") and "--validation_file" not in _help(capsys, "predict")
-    hf = ["finetune", "--task_name", "squad", "--model_name_or_path", "m", "--learning_rate", "3e-5",
-          "--per_device_train_batch_size", "12", "--doc_stride", "64", "--do_train", "--bf16", "false"]  # fmt: skip
-    ours = ["finetune", "--task", "squad", "--model", "m", "--learning-rate", "3e-5",
-            "--per-device-train-batch-size", "12", "--doc-stride", "64", "--do-train", "--no-bf16"]  # fmt: skip
+    hf = [
+        "finetune",
+        "--task_name",
+        "squad",
+        "--model_name_or_path",
+        "m",
+        "--learning_rate",
+        "3e-5",
+        "--per_device_train_batch_size",
+        "12",
+        "--doc_stride",
+        "64",
+        "--do_train",
+        "--bf16",
+        "false",
+    ]
+    ours = [
+        "finetune",
+        "--task",
+        "squad",
+        "--model",
+        "m",
+        "--learning-rate",
+        "3e-5",
+        "--per-device-train-batch-size",
+        "12",
+        "--doc-stride",
+        "64",
+        "--do-train",
+        "--no-bf16",
+    ]
     a, b = (_job_from_args(build_parser().parse_args(x)) for x in (hf, ours))
     assert a == b and a.task == "squad" and a.learning_rate == 3e-5 and a.task_options == {"doc_stride": 64}
     assert a.do_train is True and a.bf16 is False

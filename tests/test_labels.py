@@ -70,8 +70,17 @@ def _centred(params, config, data: str):
 
 
 def _job(model, data, out, **kw) -> JobConfig:
-    return JobConfig(model=model, validation_file=data, test_file=data, output_dir=str(out), max_seq_length=64,
-                     per_device_eval_batch_size=8, mesh_data=1, progress=False, **kw)  # fmt: skip
+    return JobConfig(
+        model=model,
+        validation_file=data,
+        test_file=data,
+        output_dir=str(out),
+        max_seq_length=64,
+        per_device_eval_batch_size=8,
+        mesh_data=1,
+        progress=False,
+        **kw,
+    )
 
 
 def _mnli_model(tmp_path):

@@ -12,10 +12,10 @@ from mobilebert_jax.tasks import get_task
 from mobilebert_jax.tasks import metrics as M
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
-STSB = (
-    "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-    + "".join(f"{i}\tmain\tMSRvid\t2012\t{i:04d}\tnone\tnone\tA plane {i}.\tAn air plane.\t{i % 5}.000\n" for i in range(6))
-)  # fmt: skip
+STSB = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n" + "".join(
+    f"{i}\tmain\tMSRvid\t2012\t{i:04d}\tnone\tnone\tA plane {i}.\tAn air plane.\t{i % 5}.000\n"
+    for i in range(6)
+)
 
 
 def test_nan_predictions_give_nan_metrics_as_scipy():
@@ -71,7 +71,10 @@ def test_evaluate_job_reports_nan_metrics_as_an_error(tmp_path):
         per_device_eval_batch_size=4,
         progress=False,
     )
-    with pytest.raises(ValueError, match=r"evaluation of stsb: model output logits has 6 NaN/inf values; "
-                       r"metrics pearson=nan, spearmanr=nan, combined_score=nan"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"evaluation of stsb: model output logits has 6 NaN/inf values; "
+        r"metrics pearson=nan, spearmanr=nan, combined_score=nan",
+    ):
         run_evaluate(job)
     assert not (tmp_path / "out" / "eval_results.json").exists()

@@ -55,8 +55,11 @@ def test_hub_id_is_tried_last_and_the_error_names_all_three(saved, monkeypatch):
     assert (source.kind, source.folder) == ("hub", str(saved))
     model, _ = from_pretrained("google/mobilebert-like")
     assert type(model).__name__ == "MobileBertModel"
-    with pytest.raises(CheckpointError, match=r"'org/missing' is not a local directory nor a preset \(.*mobilebert-tiny"
-                       r".*\); as a hub id it could not be fetched: LocalEntryNotFoundError"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r"'org/missing' is not a local directory nor a preset \(.*mobilebert-tiny"
+        r".*\); as a hub id it could not be fetched: LocalEntryNotFoundError",
+    ):
         from_pretrained("org/missing")
     assert calls == ["google/mobilebert-like", "google/mobilebert-like", "org/missing"]
 

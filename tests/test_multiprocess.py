@@ -101,8 +101,9 @@ def _prepare(tmp_path) -> tuple[str, str, dict]:
     config = MobileBertConfig.from_preset("mobilebert-test", vocab_size=len(pieces) + 5, num_hidden_layers=1)
     save_random_pretraining_model(model, config)
     data = str(tmp_path / "prepared")
-    manifest = PD.prepare_pretraining_data([text], data, tokenizer=model, max_seq_length=32, num_workers=0,
-                                           progress=False)  # fmt: skip
+    manifest = PD.prepare_pretraining_data(
+        [text], data, tokenizer=model, max_seq_length=32, num_workers=0, progress=False
+    )
     return model, data, manifest
 
 
@@ -231,8 +232,14 @@ def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path):
         killed = _committed(mp)
         assert killed == [SAVE] and not os.path.exists(os.path.join(mp, "hf_model")), killed
 
-        leg2 = _two_processes(tmp_path, mp, ["--mesh-data=4", "--mesh-fsdp=2", "--sharding-rules=fsdp"],
-                              sleep=0.0, tag="leg2", then=_pretrain_job(pt_model, data, os.path.join(mp, "pretrain")))  # fmt: skip
+        leg2 = _two_processes(
+            tmp_path,
+            mp,
+            ["--mesh-data=4", "--mesh-fsdp=2", "--sharding-rules=fsdp"],
+            sleep=0.0,
+            tag="leg2",
+            then=_pretrain_job(pt_model, data, os.path.join(mp, "pretrain")),
+        )
         procs += leg2
         _wait(leg2, t_end, [str(tmp_path / f"leg2.{i}.log") for i in range(2)])
         _wait(procs[:1], t_end, [ref_log])
@@ -307,8 +314,10 @@ def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path):
         if b < n // BATCH:  # a batch inside the first epoch: no row twice
             assert not set(h0) & set(h1), (b, h0, h1)
     # every epoch (stream elements [e*n, (e+1)*n)): the hosts read disjoint rows, together the epoch's
-    where = [[(b * BATCH + i * BATCH // 2 + j, row) for b in range(PT_STEPS) for j, row in enumerate(h[b])]
-             for i, h in enumerate(hosts)]  # fmt: skip
+    where = [
+        [(b * BATCH + i * BATCH // 2 + j, row) for b in range(PT_STEPS) for j, row in enumerate(h[b])]
+        for i, h in enumerate(hosts)
+    ]
     for e in range(-(-PT_STEPS * BATCH // n)):
         e0, e1 = ([row for k, row in w if e * n <= k < (e + 1) * n] for w in where)
         assert not set(e0) & set(e1) and sorted(e0 + e1) == sorted(stream[e * n : (e + 1) * n]), (e, e0, e1)

@@ -132,9 +132,11 @@ def test_text_classification_equals_hf_on_real_sentences_and_qnli_pairs(cls_pipe
 def test_text_classification_problem_types(tmp_path_factory):
     sentences = _sentences(8)
     multi = _saved(
-        tmp_path_factory, "MobileBertForSequenceClassification", num_labels=3,
+        tmp_path_factory,
+        "MobileBertForSequenceClassification",
+        num_labels=3,
         problem_type="multi_label_classification",
-    )  # fmt: skip
+    )
     ours, hf = mbj.pipeline("text-classification", multi, buckets=B128), _hf("text-classification", multi)
     out = ours(sentences, top_k=None)
     _same(out, hf(sentences, top_k=None))
@@ -283,8 +285,10 @@ def test_question_answering_equals_the_squad_evaluation_path(tmp_path_factory, s
     padded = {k: np.zeros((rows, 384), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     for k in padded:
         padded[k][:n_feat] = feats[k]
-    outs = [qa.backend(*(padded[k][i : i + 8] for k in ("input_ids", "attention_mask", "token_type_ids")))
-            for i in range(0, rows, 8)]  # fmt: skip
+    outs = [
+        qa.backend(*(padded[k][i : i + 8] for k in ("input_ids", "attention_mask", "token_type_ids")))
+        for i in range(0, rows, 8)
+    ]
     logits = {k: np.concatenate([o[k] for o in outs])[:n_feat] for k in ("start_logits", "end_logits")}
     expected = task.postprocess(squad_subset, feats, logits)["predictions"]
     got = qa([{"question": e.question, "context": e.context} for e in squad_subset], max_answer_len=30)

@@ -60,8 +60,16 @@ def _onnx_dir(tmp_path_factory, class_name, outputs, **cfg):
 
     x = torch.ones((2, 16), dtype=torch.int32)  # int32 inputs, as the pipelines feed
     axes = {k: {0: "batch", 1: "length"} for k in [*NAMES, *outputs]}
-    torch.onnx.export(Wrapped(pt), (x, x, x * 0), os.path.join(path, "model.onnx"), input_names=NAMES,
-                      output_names=list(outputs), dynamic_axes=axes, dynamo=False, opset_version=17)  # fmt: skip
+    torch.onnx.export(
+        Wrapped(pt),
+        (x, x, x * 0),
+        os.path.join(path, "model.onnx"),
+        input_names=NAMES,
+        output_names=list(outputs),
+        dynamic_axes=axes,
+        dynamo=False,
+        opset_version=17,
+    )
     return path
 
 

@@ -27,8 +27,10 @@ from mobilebert_jax.tasks.pretraining import PretrainingTask, documents_from_lin
 from mobilebert_jax.training.grain_data import GrainIterator, prepared_iterator  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORDS = ("the a of to and in film river city music game war king queen team school water light year people "
-         "time old new north south play ##ing ##ed run walk").split()  # fmt: skip
+WORDS = (
+    "the a of to and in film river city music game war king queen team school water light year people "
+    "time old new north south play ##ing ##ed run walk"
+).split()
 
 
 def _corpus(path, n_docs: int, seed: int = 0) -> str:
@@ -57,8 +59,15 @@ def vocab_dir(tmp_path_factory):
 def test_one_shard_equals_in_memory_instances(tmp_path, vocab_dir):
     text = _corpus(tmp_path / "c.txt", 40)
     opts = dict(seed=7, dupe_factor=2, whole_word_mask=True, max_predictions_per_seq=6)
-    m = PD.prepare_pretraining_data([text], str(tmp_path / "out"), tokenizer=vocab_dir, max_seq_length=48,
-                                    num_workers=0, progress=False, **opts)  # fmt: skip
+    m = PD.prepare_pretraining_data(
+        [text],
+        str(tmp_path / "out"),
+        tokenizer=vocab_dir,
+        max_seq_length=48,
+        num_workers=0,
+        progress=False,
+        **opts,
+    )
     assert len(m["shards"]) == 1 and m["complete"]
     tok = PD.load_tokenizer(vocab_dir)
     ref = PretrainingTask(**opts).featurise(read_documents(text), tok, 48)
@@ -68,8 +77,15 @@ def test_one_shard_equals_in_memory_instances(tmp_path, vocab_dir):
         np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
     assert ref["next_sentence_label"].min() == 0 and ref["next_sentence_label"].max() == 1
     # the loader's decoding (in order) gives the same rows
-    it = prepared_iterator(str(tmp_path / "out"), 8, shuffle=False, max_seq_length=48, tokenizer=tok,
-                              process_index=0, process_count=1)  # fmt: skip
+    it = prepared_iterator(
+        str(tmp_path / "out"),
+        8,
+        shuffle=False,
+        max_seq_length=48,
+        tokenizer=tok,
+        process_index=0,
+        process_count=1,
+    )
     n = len(ref["input_ids"]) // 8
     rows = [next(it) for _ in range(n)]
     for k in ref:
@@ -189,9 +205,17 @@ def test_finetune_pretraining_reads_a_prepared_folder(tmp_path, vocab_dir):
     PD.prepare_pretraining_data(
         [text], str(tmp_path / "out"), max_seq_length=32, num_workers=0, progress=False
     )
-    job = JobConfig(task="pretraining", model="mobilebert-test", model_config={"vocab_size": 30522},
-                    train_file=str(tmp_path / "out"), validation_file=text, max_seq_length=64,
-                    output_dir=str(tmp_path / "run"), progress=False, mesh_data=1)  # fmt: skip
+    job = JobConfig(
+        task="pretraining",
+        model="mobilebert-test",
+        model_config={"vocab_size": 30522},
+        train_file=str(tmp_path / "out"),
+        validation_file=text,
+        max_seq_length=64,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        mesh_data=1,
+    )
     with pytest.raises(ValueError, match="max_seq_length 32; the job asks for 64"):
         run_finetune(job)
     job.max_seq_length, job.max_train_samples = 32, 5
@@ -209,15 +233,35 @@ def test_sigkill_mid_epoch_then_restart_resumes_bit_for_bit(tmp_path, vocab_dir)
     import grain_resume_job as J
 
     data = str(tmp_path / "data")
-    m = PD.prepare_pretraining_data([_corpus(tmp_path / "c.txt", 25)], data, tokenizer=vocab_dir,
-                                    max_seq_length=J.MAX_LEN, num_workers=0, progress=False)  # fmt: skip
+    m = PD.prepare_pretraining_data(
+        [_corpus(tmp_path / "c.txt", 25)],
+        data,
+        tokenizer=vocab_dir,
+        max_seq_length=J.MAX_LEN,
+        num_workers=0,
+        progress=False,
+    )
     assert 10 * J.BATCH % m["num_instances"] != 0  # step 10 is inside an epoch
     assert J.NUM_STEPS * J.BATCH > 2 * m["num_instances"]  # the run crosses epochs
     wd = str(tmp_path / "killed")
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
-    cmd = [sys.executable, os.path.join(HERE, "grain_resume_job.py"), "--data", data, "--workdir", wd,
-           "--workers", "2", "--sleep", "0.3"]  # fmt: skip
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "grain_resume_job.py"),
+        "--data",
+        data,
+        "--workdir",
+        wd,
+        "--workers",
+        "2",
+        "--sleep",
+        "0.3",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         res = J.run(J.build(data, str(tmp_path / "reference")))  # meanwhile, the uninterrupted reference
@@ -250,8 +294,11 @@ def compile_cache(tmp_path):
     """A persistent XLA cache for one test: a resumed run in the same process reuses the first's executables."""
     import jax
 
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
+    keys = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     old = {k: getattr(jax.config, k) for k in keys}
     for k, v in zip(keys, (str(tmp_path / "xla_cache"), 0, 0)):
         jax.config.update(k, v)
@@ -269,8 +316,15 @@ def test_distill_reads_a_prepared_folder(tmp_path, capsys):
     PD.prepare_pretraining_data(
         [text], str(tmp_path / "out"), max_seq_length=32, num_workers=0, progress=False
     )
-    argv = ["distill", "--config", "tiny", "--train-file", str(tmp_path / "out"), "--output-dir",
-            str(tmp_path / "d")]  # fmt: skip
+    argv = [
+        "distill",
+        "--config",
+        "tiny",
+        "--train-file",
+        str(tmp_path / "out"),
+        "--output-dir",
+        str(tmp_path / "d"),
+    ]
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert "error: " in captured.err and "max_seq_length 32; the job asks for 48" in captured.err
@@ -291,16 +345,42 @@ def test_distill_command_distils_from_a_prepared_folder_and_resumes(tmp_path, co
     from mobilebert_jax.distill import run as R
 
     # the tiny preset's 48 tokens and 8 masked positions, the packaged vocabulary (the preset's)
-    m = PD.prepare_pretraining_data([_corpus(tmp_path / "c.txt", 12)], str(tmp_path / "p48"), max_seq_length=48,
-                                    max_predictions_per_seq=8, num_workers=0, progress=False)  # fmt: skip
+    m = PD.prepare_pretraining_data(
+        [_corpus(tmp_path / "c.txt", 12)],
+        str(tmp_path / "p48"),
+        max_seq_length=48,
+        max_predictions_per_seq=8,
+        num_workers=0,
+        progress=False,
+    )
     student, teacher, _ = R.preset_configs("tiny")
     student.replace(num_hidden_layers=1).save(str(tmp_path / "student.json"))
     save_random_pretraining_model(str(tmp_path / "teacher"), teacher.replace(num_hidden_layers=1))
     run = str(tmp_path / "d")
-    argv = ["distill", "--config", "tiny", "--train-file", str(tmp_path / "p48"), "--output-dir", run,
-            "--teacher", str(tmp_path / "teacher"), "--student-config", str(tmp_path / "student.json"),
-            "--steps-per-stage", "0", "--distill-steps", "4", "--batch-size", "8", "--checkpoint-every", "2",
-            "--log-every", "1", "--no-progress"]  # fmt: skip
+    argv = [
+        "distill",
+        "--config",
+        "tiny",
+        "--train-file",
+        str(tmp_path / "p48"),
+        "--output-dir",
+        run,
+        "--teacher",
+        str(tmp_path / "teacher"),
+        "--student-config",
+        str(tmp_path / "student.json"),
+        "--steps-per-stage",
+        "0",
+        "--distill-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "1",
+        "--no-progress",
+    ]
     assert 4 * 8 > m["num_instances"] > 8  # the distillation crosses an epoch
     assert main(argv) == 0
     res = json.load(open(os.path.join(run, "distill_results.json")))
@@ -324,8 +404,19 @@ def test_prepare_command_line(tmp_path, capsys):
 
     text = _corpus(tmp_path / "c.txt", 10)
     out = str(tmp_path / "out")
-    argv = ["prepare-pretraining-data", text, "--output-dir", out, "--max-seq-length", "32", "--dupe-factor", "2",
-            "--num-workers", "0", "--no-progress"]  # fmt: skip
+    argv = [
+        "prepare-pretraining-data",
+        text,
+        "--output-dir",
+        out,
+        "--max-seq-length",
+        "32",
+        "--dupe-factor",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     m = json.load(open(os.path.join(out, "dataset.json")))
     assert m["complete"] and m["task"]["dupe_factor"] == 2 and m["max_seq_length"] == 32

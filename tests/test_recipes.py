@@ -40,23 +40,47 @@ def test_recipes_carry_the_papers_hyperparameters():
     for name, task in (("squad_v1", "squad"), ("squad_v2", "squad_v2")):
         r = _recipe(name)
         assert (r["task"], r["learning_rate"], r["num_train_epochs"], r["per_device_train_batch_size"]) == (
-            task, 4e-5, 5.0, 32)  # fmt: skip
+            task,
+            4e-5,
+            5.0,
+            32,
+        )
         assert (r["max_seq_length"], r["warmup_ratio"], r["optimizer"]) == (384, 0.1, "adamw")
         opts = r["task_options"]
-        assert (opts["doc_stride"], opts["max_query_length"], opts["n_best_size"], opts["max_answer_length"]) == (
-            128, 64, 20, 30)  # fmt: skip
+        assert (
+            opts["doc_stride"],
+            opts["max_query_length"],
+            opts["n_best_size"],
+            opts["max_answer_length"],
+        ) == (128, 64, 20, 30)
     pre = _recipe("pretraining")
     assert (pre["optimizer"], pre["learning_rate"], pre["max_steps"], pre["max_seq_length"]) == (
-        "lamb", 1.5e-3, 500_000, 512)  # fmt: skip
+        "lamb",
+        1.5e-3,
+        500_000,
+        512,
+    )
     assert pre["task_options"]["max_predictions_per_seq"] == 20
     kd = _recipe("distillation")["distill"]
     assert (kd["steps_per_stage"] * 24, kd["distill_steps"], kd["batch_size"], kd["max_seq_length"]) == (
-        240_000, 500_000, 2048, 512)  # fmt: skip
+        240_000,
+        500_000,
+        2048,
+        512,
+    )
     assert (kd["learning_rate"], kd["warmup_steps"], kd["ground_truth_ratio"], kd["temperature"]) == (
-        1.5e-3, 10_000, 0.5, 1.0)  # fmt: skip
+        1.5e-3,
+        10_000,
+        0.5,
+        1.0,
+    )
     f = kd["factors"]
-    assert (f["hidden_distill_factor"], f["attention_distill_factor"], f["beta_distill_factor"],
-            f["gamma_distill_factor"]) == (100.0, 1.0, 5000.0, 5.0)  # fmt: skip
+    assert (
+        f["hidden_distill_factor"],
+        f["attention_distill_factor"],
+        f["beta_distill_factor"],
+        f["gamma_distill_factor"],
+    ) == (100.0, 1.0, 5000.0, 5.0)
 
 
 def test_distill_recipe_loads_with_the_paper_configs():

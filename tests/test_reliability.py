@@ -21,8 +21,21 @@ from test_jobs import _rows, _snapshot, _sst2, _train_args, _wait_for, compile_c
 from mobilebert_jax.cli.main import main
 
 # Constant learning rate after one warmup step: a run continued to 4 steps computes what a 4-step run does.
-RUN = ["--task_name", "sst2", "--learning_rate", "3e-5", "--warmup_steps", "1", "--lr_scheduler_type",
-       "constant_with_warmup", "--save_steps", "2", "--logging_steps", "1", "--max_steps"]  # fmt: skip
+RUN = [
+    "--task_name",
+    "sst2",
+    "--learning_rate",
+    "3e-5",
+    "--warmup_steps",
+    "1",
+    "--lr_scheduler_type",
+    "constant_with_warmup",
+    "--save_steps",
+    "2",
+    "--logging_steps",
+    "1",
+    "--max_steps",
+]
 WEIGHTS = os.path.join("hf_model", "model.safetensors")
 
 
@@ -38,13 +51,23 @@ def _cli(args, capsys) -> tuple[int, str, str]:
 
 
 def _env(cache: str) -> dict[str, str]:
-    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
 
 def _popen(args, cache: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mobilebert_jax.cli.main", *args], env=_env(cache), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "mobilebert_jax.cli.main", *args],
+        env=_env(cache),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -260,19 +283,25 @@ def test_case7_ner_words_past_the_limit_are_counted():
     task = get_task("ner")
     tok = MobileBertTokenizer.default()
     words = ("John", "ate", "pasta", "in", "Rome", "with", "Mary")
-    ex = [NerExample(words, ("B-PER", "O", "O", "O", "B-LOC", "O", "B-PER"), "a:1"),
-          NerExample(words[:2], ("B-PER", "O"), "b:1")]  # fmt: skip
+    ex = [
+        NerExample(words, ("B-PER", "O", "O", "O", "B-LOC", "O", "B-PER"), "a:1"),
+        NerExample(words[:2], ("B-PER", "O"), "b:1"),
+    ]
     feats = task.featurise(ex, tok, 6)  # [CLS] + 4 words + [SEP]
     assert task.truncation(ex, feats, tok, 6) == {"examples": 1, "of": 2, "words": 3}
 
 
-def test_an_export_is_written_aside_and_renamed_so_a_failed_overwrite_keeps_the_old_one(runs, tmp_path, monkeypatch):
+def test_an_export_is_written_aside_and_renamed_so_a_failed_overwrite_keeps_the_old_one(
+    runs, tmp_path, monkeypatch
+):
     """Exports are final artifacts too: a reader of OUT_DIR sees the old export or the new one, whole."""
     from mobilebert_jax import export as ex
     from mobilebert_jax.jobs.export import ExportConfig, run_export
 
     out = tmp_path / "onnx"
-    config = ExportConfig(model=str(runs[0] / "full" / "hf_model"), out_dir=str(out), format="onnx", seq_lengths=(16,))
+    config = ExportConfig(
+        model=str(runs[0] / "full" / "hf_model"), out_dir=str(out), format="onnx", seq_lengths=(16,)
+    )
     manifest = run_export(config)
     assert json.loads((out / "export.json").read_text()) == json.loads(json.dumps(manifest))
     assert ".tmp-" not in json.dumps(manifest)

@@ -110,8 +110,13 @@ def test_featurise_real_qnli(tok):
     task = get_task("qnli")
     ex = task.read(path)[:64]
     f = task.featurise(ex, tok, 128)
-    ref = tok([e.text_a for e in ex], text_pair=[e.text_b for e in ex], max_length=128, truncation=True,
-              padding="max_length")  # fmt: skip
+    ref = tok(
+        [e.text_a for e in ex],
+        text_pair=[e.text_b for e in ex],
+        max_length=128,
+        truncation=True,
+        padding="max_length",
+    )
     for k in ("input_ids", "token_type_ids", "attention_mask"):
         assert f[k].shape == (64, 128) and f[k].dtype == np.int32 and np.array_equal(f[k], ref[k])
     assert f["labels"].tolist() == [e.label for e in ex]
@@ -119,22 +124,52 @@ def test_featurise_real_qnli(tok):
 
 # --- all nine layouts ----------------------------------------------------------------------------
 
-_MNLI_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse"
-                "\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label")  # fmt: skip
+_MNLI_HEADER = (
+    "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse"
+    "\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label"
+)
 LAYOUT_FILES = {
-    "cola": ("gj04\t1\t\tThe sailors rode.\ngj04\t0\t*\tRode the \"breeze.\n", [1, 0]),
+    "cola": ('gj04\t1\t\tThe sailors rode.\ngj04\t0\t*\tRode the "breeze.\n', [1, 0]),
     "sst2": ("sentence\tlabel\nit 's \"good . \t1\nbad \t0\n", [1, 0]),
-    "mrpc": ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA \"b.\tC d.\n", [1]),
-    "stsb": ("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-             "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane.\tAn air plane.\t5.000\n", [5.0]),
-    "qqp": ("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n7\t1\t2\tWhy \"x\"?\tHow?\t0\n", [0]),
-    "mnli": (_MNLI_HEADER + "\n" + "\t".join(["0", "1", "1e", "fiction", "(", "(", "(", "(", "He said \"hi\".",
-             "He spoke.", "entailment", "neutral", "entailment", "entailment", "entailment", "entailment"]) + "\n"
-             + "\t".join(["1"] * 8 + ["A", "B"] + ["contradiction"] * 6) + "\n", [0, 2]),
+    "mrpc": ('\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA "b.\tC d.\n', [1]),
+    "stsb": (
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+        "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane.\tAn air plane.\t5.000\n",
+        [5.0],
+    ),
+    "qqp": ('id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n7\t1\t2\tWhy "x"?\tHow?\t0\n', [0]),
+    "mnli": (
+        _MNLI_HEADER
+        + "\n"
+        + "\t".join(
+            [
+                "0",
+                "1",
+                "1e",
+                "fiction",
+                "(",
+                "(",
+                "(",
+                "(",
+                'He said "hi".',
+                "He spoke.",
+                "entailment",
+                "neutral",
+                "entailment",
+                "entailment",
+                "entailment",
+                "entailment",
+            ]
+        )
+        + "\n"
+        + "\t".join(["1"] * 8 + ["A", "B"] + ["contradiction"] * 6)
+        + "\n",
+        [0, 2],
+    ),
     "qnli": ("index\tquestion\tsentence\tlabel\n0\tWho?\tHe.\tnot_entailment\n", [1]),
     "rte": ("index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n", [0]),
     "wnli": ("index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\t1\n", [1]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUT_FILES))
@@ -207,16 +242,31 @@ def test_test_split_without_label_column(tmp_path):
         ("sst2", "h.tsv", "sentence\tlabel\n", "no examples"),
         ("sst2", "c.tsv", "text\tlabel\nx\t1\n", r"c\.tsv:1: missing column 'sentence'"),
         ("sst2", "l.tsv", "sentence\tlabel\nx\t1\ny\t2\n", r"l\.tsv:3: label '2' is not in the label set"),
-        ("qnli", "q.tsv", "index\tquestion\tsentence\tlabel\n0\ta\tb\tneutral\n", r"q\.tsv:2: label 'neutral'"),
-        ("rte", "f.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tentailment\n", r"f\.tsv:2: expected 4 tab-separated"),
+        (
+            "qnli",
+            "q.tsv",
+            "index\tquestion\tsentence\tlabel\n0\ta\tb\tneutral\n",
+            r"q\.tsv:2: label 'neutral'",
+        ),
+        (
+            "rte",
+            "f.tsv",
+            "index\tsentence1\tsentence2\tlabel\n0\ta\tentailment\n",
+            r"f\.tsv:2: expected 4 tab-separated",
+        ),
         ("stsb", "s.csv", "sentence1,sentence2,label\na,b,5.5\n", r"s\.csv:2: score 5.5 outside"),
         ("stsb", "n.csv", "sentence1,sentence2,label\na,b,high\n", r"n\.csv:2: score 'high' is not a number"),
         ("mrpc", "m.csv", "sentence1,label\na,1\n", r"m\.csv:2: missing column 'sentence2'"),
-        ("cola", "j.jsonl", '{"sentence": "a", "label": 1}\n{"sentence": "b", "label": 3}\n', r"j\.jsonl:2: label 3"),
+        (
+            "cola",
+            "j.jsonl",
+            '{"sentence": "a", "label": 1}\n{"sentence": "b", "label": 3}\n',
+            r"j\.jsonl:2: label 3",
+        ),
         ("cola", "k.jsonl", '{"sentence": "a", "label": 1}\n{"sentence": \n', r"k\.jsonl:2: invalid JSON"),
         ("wnli", "x.parquet", "x", "unknown file type"),
     ],
-)  # fmt: skip
+)
 def test_bad_data_errors_name_file_and_line(tmp_path, task, name, content, match):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -274,8 +324,10 @@ def test_registry_specs():
         assert set(task.input_keys) == {"input_ids", "token_type_ids", "attention_mask"}
         assert task.main_metric and task.label_keys and task.output_keys
     assert get_task("sst2").config_overrides() == {
-        "num_labels": 2, "id2label": {0: "negative", 1: "positive"}, "problem_type": "single_label_classification"
-    }  # fmt: skip
+        "num_labels": 2,
+        "id2label": {0: "negative", 1: "positive"},
+        "problem_type": "single_label_classification",
+    }
     assert get_task("stsb").config_overrides() == {"num_labels": 1, "problem_type": "regression"}
     assert get_task("MNLI-MM").name == "mnli_mismatched" and get_task("conll2003").name == "ner"
     assert get_task("mnli_mismatched").default_file("validation") == "dev_mismatched.tsv"

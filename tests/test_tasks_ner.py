@@ -118,8 +118,13 @@ def test_features_first_subtoken_labels_real_dev(tok):
     from mobilebert_jax.text.vocab import load_vocab
 
     hf = transformers.BertTokenizer(vocab=load_vocab(PACKAGED_VOCAB))
-    ref = hf([list(e.words) for e in ex], is_split_into_words=True, max_length=128, padding="max_length",
-             truncation=True)  # fmt: skip
+    ref = hf(
+        [list(e.words) for e in ex],
+        is_split_into_words=True,
+        max_length=128,
+        padding="max_length",
+        truncation=True,
+    )
     assert np.array_equal(f["input_ids"], np.asarray(ref["input_ids"]))
     wid = np.array([[-1 if w is None else w for w in ref.word_ids(n)] for n in range(len(ex))])
     first = (wid >= 0) & np.concatenate([np.ones((len(ex), 1), bool), wid[:, 1:] != wid[:, :-1]], axis=1)

@@ -91,8 +91,10 @@ def test_next_sentence_pairs(feats, docs, tok):
     """IsNext: B follows A in A's document (either may lose tokens at its outer ends to truncation);
     NotNext: B is text of another document."""
     f = feats
-    doc_streams = [" ".join(map(str, (i for s in d for i in tok(s, add_special_tokens=False)["input_ids"][0])))
-                   for d in docs]  # fmt: skip
+    doc_streams = [
+        " ".join(map(str, (i for s in d for i in tok(s, add_special_tokens=False)["input_ids"][0])))
+        for d in docs
+    ]
     nsp = f["next_sentence_label"]
     assert 0.4 < nsp.mean() < 0.8  # 50% random, plus every one-sentence chunk
     for k in range(0, len(nsp), 7):
@@ -142,17 +144,35 @@ def test_mask_tokens_counts_and_specials():
     rng = random.Random(0)
     ids = [CLS] + list(range(2000, 2030)) + [SEP]
     maskable = [False] + [True] * 30 + [False]
-    out, pos, orig = pt.mask_tokens(ids, maskable, rng=rng, masked_lm_prob=0.15, max_predictions_per_seq=20,
-                                    vocab_size=30522, mask_id=MASK)  # fmt: skip
+    out, pos, orig = pt.mask_tokens(
+        ids,
+        maskable,
+        rng=rng,
+        masked_lm_prob=0.15,
+        max_predictions_per_seq=20,
+        vocab_size=30522,
+        mask_id=MASK,
+    )
     assert len(pos) == round(32 * 0.15) == 5 and pos == sorted(pos) and 0 not in pos and 31 not in pos
     assert [ids[p] for p in pos] == orig and all(out[i] == ids[i] for i in range(32) if i not in pos)
-    _, pos, _ = pt.mask_tokens(ids, maskable, rng=rng, masked_lm_prob=0.9, max_predictions_per_seq=3,
-                               vocab_size=30522, mask_id=MASK)  # fmt: skip
+    _, pos, _ = pt.mask_tokens(
+        ids, maskable, rng=rng, masked_lm_prob=0.9, max_predictions_per_seq=3, vocab_size=30522, mask_id=MASK
+    )
     assert len(pos) == 3
     with pytest.raises(ValueError, match="max_seq_length must be >= 5"):
-        pt.create_instances([[[5]]], rng=rng, max_seq_length=4, short_seq_prob=0, masked_lm_prob=0.15,
-                            max_predictions_per_seq=2, dupe_factor=1, vocab_size=10, cls_id=1, sep_id=2,
-                            mask_id=3)  # fmt: skip
+        pt.create_instances(
+            [[[5]]],
+            rng=rng,
+            max_seq_length=4,
+            short_seq_prob=0,
+            masked_lm_prob=0.15,
+            max_predictions_per_seq=2,
+            dupe_factor=1,
+            vocab_size=10,
+            cls_id=1,
+            sep_id=2,
+            mask_id=3,
+        )
 
 
 def test_loss_metric_and_predictions(tmp_path):

@@ -92,9 +92,16 @@ def test_v2_metric_hand_case():
 
 def _hf_reference_features(examples, hf_tok, max_len=384, stride=128):
     """HF run_qa.py's prepare_train_features / prepare_validation_features, on HF's tokenizer."""
-    enc = hf_tok([e.question.lstrip() for e in examples], [e.context for e in examples], truncation="only_second",
-                 max_length=max_len, stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                 padding="max_length")  # fmt: skip
+    enc = hf_tok(
+        [e.question.lstrip() for e in examples],
+        [e.context for e in examples],
+        truncation="only_second",
+        max_length=max_len,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding="max_length",
+    )
     starts, ends, offsets = [], [], []
     for i, off in enumerate(enc["offset_mapping"]):
         seq = enc.sequence_ids(i)
@@ -322,14 +329,21 @@ def test_jsonl_reader(tmp_path):
         ("{not json", "invalid JSON"),
         ({"data": [{"paragraphs": [{"qas": []}]}]}, r"data\[0\]\.paragraphs\[0\]: missing key 'context'"),
         (_squad([{"question": "q"}]), r"qas\[0\]: missing key 'id'"),
-        (_squad([{"id": "z", "question": "q", "answers": [{"text": "Lyon", "answer_start": 0}]}]),
-         r"qas\[0\] \(id z\): answer 'Lyon' not in the context at 0 \(found 'Pari'\)"),
-        (_squad([{"id": "z", "question": "q", "answers": [{"text": "Paris"}]}]), "needs 'text' and 'answer_start'"),
-        (_squad([{"id": "z", "question": "q", "answers": [{"text": "Paris", "answer_start": 0}]}] * 2),
-         "duplicate question id"),
+        (
+            _squad([{"id": "z", "question": "q", "answers": [{"text": "Lyon", "answer_start": 0}]}]),
+            r"qas\[0\] \(id z\): answer 'Lyon' not in the context at 0 \(found 'Pari'\)",
+        ),
+        (
+            _squad([{"id": "z", "question": "q", "answers": [{"text": "Paris"}]}]),
+            "needs 'text' and 'answer_start'",
+        ),
+        (
+            _squad([{"id": "z", "question": "q", "answers": [{"text": "Paris", "answer_start": 0}]}] * 2),
+            "duplicate question id",
+        ),
         (_squad([]), "no questions"),
     ],
-)  # fmt: skip
+)
 def test_bad_squad_files(tmp_path, content, match):
     path = _write(tmp_path, "bad.json", content)
     with pytest.raises(DataError, match=match) as err:
@@ -356,11 +370,15 @@ def test_loss_equals_model_and_torch():
     ep = np.array([0, 7, 30, 23], np.int32)
     t = 24
     ce = torch.nn.CrossEntropyLoss(ignore_index=t)
-    ref = (ce(torch.tensor(start), torch.tensor(sp).long().clamp(0, t))
-           + ce(torch.tensor(end), torch.tensor(ep).long().clamp(0, t))) / 2  # fmt: skip
+    ref = (
+        ce(torch.tensor(start), torch.tensor(sp).long().clamp(0, t))
+        + ce(torch.tensor(end), torch.tensor(ep).long().clamp(0, t))
+    ) / 2
     task = get_task("squad")
-    ours = task.loss({"start_logits": jnp.asarray(start), "end_logits": jnp.asarray(end)},
-                     {"start_positions": sp, "end_positions": ep})  # fmt: skip
+    ours = task.loss(
+        {"start_logits": jnp.asarray(start), "end_logits": jnp.asarray(end)},
+        {"start_positions": sp, "end_positions": ep},
+    )
     model = question_answering_loss(jnp.asarray(start), jnp.asarray(end), sp, ep)
     assert float(ours) == pytest.approx(float(ref), rel=1e-6) and float(model) == pytest.approx(
         float(ref), rel=1e-6

@@ -511,8 +511,10 @@ def test_cli_errors(tmp_path, capsys):
     assert "not empty; pass --overwrite" in error(os.path.dirname(TF1), tmp_path / "full")
     prefix = copy_ckpt(tmp_path / "full")
     assert "pass config_file (CLI: --config)" in error(prefix, tmp_path / "out")
-    assert re.search("--teacher.? applies to TF1", error(os.path.join(FIX, "h5", "pretraining"), tmp_path / "out",
-                                                          "--teacher"))  # fmt: skip
+    assert re.search(
+        "--teacher.? applies to TF1",
+        error(os.path.join(FIX, "h5", "pretraining"), tmp_path / "out", "--teacher"),
+    )
     (tmp_path / "empty").mkdir()
     assert "cannot tell the checkpoint format" in error(tmp_path / "empty", tmp_path / "x")
 

@@ -136,10 +136,19 @@ def test_h5_live_without_bottleneck_or_trigram(tmp_path):
     """A config the fixtures do not cover: no bottleneck, no trigram, E == H (HF-TF's dead projection)."""
     transformers = transformers_4()
     config = transformers.MobileBertConfig(
-        vocab_size=50, embedding_size=16, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=24, use_bottleneck=False, trigram_input=False, num_feedforward_networks=2,
-        max_position_embeddings=16, classifier_activation=False, num_labels=4,
-    )  # fmt: skip
+        vocab_size=50,
+        embedding_size=16,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        use_bottleneck=False,
+        trigram_input=False,
+        num_feedforward_networks=2,
+        max_position_embeddings=16,
+        classifier_activation=False,
+        num_labels=4,
+    )
     model = transformers.TFMobileBertForTokenClassification(config)
     ids = np.random.default_rng(0).integers(1, 50, (2, 9)).astype(np.int32)
     model(input_ids=ids)

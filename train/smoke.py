@@ -62,12 +62,26 @@ GLUE_WRITTEN = {
 }
 TINY_MODEL = ["--model", "mobilebert-test", "--model-config", json.dumps({"vocab_size": 30522})]
 TINY_DISTILL = {  # 2 layers each; the recipe's student/teacher kinds, the real vocabulary
-    "student": dict(preset="mobilebert-uncased", embedding_size=32, hidden_size=64, intra_bottleneck_size=16,
-                    intermediate_size=64, num_hidden_layers=2, num_feedforward_networks=2,
-                    max_position_embeddings=64),
-    "teacher": dict(preset="ibbert-large-teacher", embedding_size=32, hidden_size=64, intra_bottleneck_size=64,
-                    intermediate_size=128, num_hidden_layers=2, max_position_embeddings=64),
-}  # fmt: skip
+    "student": dict(
+        preset="mobilebert-uncased",
+        embedding_size=32,
+        hidden_size=64,
+        intra_bottleneck_size=16,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_feedforward_networks=2,
+        max_position_embeddings=64,
+    ),
+    "teacher": dict(
+        preset="ibbert-large-teacher",
+        embedding_size=32,
+        hidden_size=64,
+        intra_bottleneck_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        max_position_embeddings=64,
+    ),
+}
 
 
 def command_of(recipe: dict) -> str:
@@ -188,24 +202,91 @@ def smoke_argv(recipe_path: str, output_dir: str, data_dir: str | None = None) -
         for role in ("student", "teacher"):
             overrides = {k: v for k, v in TINY_DISTILL[role].items()}
             assert overrides.pop("preset") == recipe[role]["preset"], f"{recipe_path}: {role} preset changed"
-            configs.append(_write(os.path.join(work, f"{role}.json"), json.dumps(
-                {**_preset_dict(recipe[role]["preset"]), **overrides})))  # fmt: skip
+            configs.append(
+                _write(
+                    os.path.join(work, f"{role}.json"),
+                    json.dumps({**_preset_dict(recipe[role]["preset"]), **overrides}),
+                )
+            )
         train, _ = data_files("pretraining", data_dir, work)
-        return ["distill", "--config", recipe_path, "--student-config", configs[0], "--teacher-config", configs[1],
-                "--train-file", train, "--validation-file", train, "--output-dir", output_dir,
-                "--steps-per-stage", "2", "--distill-steps", "3", "--warmup-steps", "1", "--batch-size", "8",
-                "--max-seq-length", "32", "--max-predictions-per-seq", "4", "--num-micro-batches", "1",
-                "--teacher-pretrain-steps", "3", "--checkpoint-every", "2", "--log-every", "1",
-                "--mesh-data", "-1", "--mesh-fsdp", "1", "--sharding-rules", "dp", "--dupe-factor", "1",
-                "--no-progress"]  # fmt: skip
+        return [
+            "distill",
+            "--config",
+            recipe_path,
+            "--student-config",
+            configs[0],
+            "--teacher-config",
+            configs[1],
+            "--train-file",
+            train,
+            "--validation-file",
+            train,
+            "--output-dir",
+            output_dir,
+            "--steps-per-stage",
+            "2",
+            "--distill-steps",
+            "3",
+            "--warmup-steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-seq-length",
+            "32",
+            "--max-predictions-per-seq",
+            "4",
+            "--num-micro-batches",
+            "1",
+            "--teacher-pretrain-steps",
+            "3",
+            "--checkpoint-every",
+            "2",
+            "--log-every",
+            "1",
+            "--mesh-data",
+            "-1",
+            "--mesh-fsdp",
+            "1",
+            "--sharding-rules",
+            "dp",
+            "--dupe-factor",
+            "1",
+            "--no-progress",
+        ]
     task = recipe["task"]
     train, val = data_files(task, data_dir, work)
     long_task = task in ("squad", "squad_v2")
-    argv = [cmd, "--config-file", recipe_path, *TINY_MODEL, "--train-file", train, "--validation-file", val,
-            "--output-dir", output_dir, "--max-steps", "3", "--max-train-samples", "32", "--max-eval-samples", "16",
-            "--max-seq-length", "64" if long_task else "48", "--per-device-train-batch-size", "4",
-            "--per-device-eval-batch-size", "16", "--mesh-data", "1", "--logging-steps", "1", "--save-steps", "3",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        cmd,
+        "--config-file",
+        recipe_path,
+        *TINY_MODEL,
+        "--train-file",
+        train,
+        "--validation-file",
+        val,
+        "--output-dir",
+        output_dir,
+        "--max-steps",
+        "3",
+        "--max-train-samples",
+        "32",
+        "--max-eval-samples",
+        "16",
+        "--max-seq-length",
+        "64" if long_task else "48",
+        "--per-device-train-batch-size",
+        "4",
+        "--per-device-eval-batch-size",
+        "16",
+        "--mesh-data",
+        "1",
+        "--logging-steps",
+        "1",
+        "--save-steps",
+        "3",
+        "--no-progress",
+    ]
     options = dict(recipe.get("task_options") or {})
     if long_task:
         options.update(doc_stride=16, max_query_length=16)

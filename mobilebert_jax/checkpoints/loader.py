@@ -242,8 +242,10 @@ def _load_preset(
     model_class = MODEL_CLASSES[cls or "MobileBertForPreTraining"]
     logger.warning(
         "%s is a preset, not a checkpoint: %s params are randomly initialised, no pretrained weights%s",
-        name, model_class.__name__, sized,
-    )  # fmt: skip
+        name,
+        model_class.__name__,
+        sized,
+    )
     params = report = None
     if init:
         dtype = jnp.float32 if param_dtype is None or isinstance(param_dtype, str) else param_dtype

@@ -35,10 +35,18 @@ from mobilebert_jax.model.config import MobileBertConfig
 from mobilebert_jax.model.heads import MobileBertForPreTraining
 
 __all__ = [
-    "TFConversionReport", "config_from_google", "h5_to_pytorch_names", "load_config", "load_tf1_checkpoint",
-    "load_tf_h5", "map_tf1_names", "pytorch_to_tf1_names", "save_tf1_checkpoint", "tf1_to_pytorch_names",
+    "TFConversionReport",
+    "config_from_google",
+    "h5_to_pytorch_names",
+    "load_config",
+    "load_tf1_checkpoint",
+    "load_tf_h5",
+    "map_tf1_names",
+    "pytorch_to_tf1_names",
+    "save_tf1_checkpoint",
+    "tf1_to_pytorch_names",
     "tf2_to_pytorch_names",
-]  # fmt: skip
+]
 
 
 @dataclasses.dataclass
@@ -81,14 +89,35 @@ class TFConversionReport:
 # ------------------------------------------------------------------------------------------ configs
 # google-research mobilebert/modeling.py BertConfig defaults (vocab_size has none).
 _GOOGLE_DEFAULTS: dict[str, Any] = dict(
-    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, hidden_act="gelu",
-    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512, type_vocab_size=16,
-    initializer_range=0.02, embedding_size=None, trigram_input=False, use_bottleneck=False,
-    intra_bottleneck_size=None, use_bottleneck_attention=False, key_query_shared_bottleneck=False,
-    num_feedforward_networks=1, normalization_type="layer_norm", classifier_activation=True,
-)  # fmt: skip
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    max_position_embeddings=512,
+    type_vocab_size=16,
+    initializer_range=0.02,
+    embedding_size=None,
+    trigram_input=False,
+    use_bottleneck=False,
+    intra_bottleneck_size=None,
+    use_bottleneck_attention=False,
+    key_query_shared_bottleneck=False,
+    num_feedforward_networks=1,
+    normalization_type="layer_norm",
+    classifier_activation=True,
+)
 # google's activations: its "gelu" is the tanh approximation, HF's "gelu_new".
-_GOOGLE_ACT = {"gelu": "gelu_new", "relu": "relu", "relu6": "relu6", "tanh": "tanh", "linear": "linear", "": "linear"}  # fmt: skip
+_GOOGLE_ACT = {
+    "gelu": "gelu_new",
+    "relu": "relu",
+    "relu6": "relu6",
+    "tanh": "tanh",
+    "linear": "linear",
+    "": "linear",
+}
 
 
 def config_from_google(d: Mapping[str, Any], **overrides: Any) -> MobileBertConfig:
@@ -143,7 +172,12 @@ _OPTIMIZER_PARTS = re.compile(
     r"AdamWeightDecayOptimizer(_\d+)?|LAMB(Optimizer)?(_\d+)?|loss_scale|good_steps)$"
 )
 _FAKE_QUANT = re.compile(r"FakeQuantWithMinMaxVars")
-_LEAF = {"kernel": ("weight", True), "gamma": ("weight", False), "beta": ("bias", False), "bias": ("bias", False)}  # fmt: skip
+_LEAF = {
+    "kernel": ("weight", True),
+    "gamma": ("weight", False),
+    "beta": ("bias", False),
+    "bias": ("bias", False),
+}
 _HEADS = {  # (scope, leaf) → PT key; google's output_weights are [out, in] = PT layout, no transpose
     ("cls/predictions", "output_bias"): "cls.predictions.bias",
     ("cls/seq_relationship", "output_weights"): "cls.seq_relationship.weight",

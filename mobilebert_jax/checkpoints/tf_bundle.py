@@ -29,9 +29,16 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 __all__ = [
-    "BundleError", "BundleReader", "TensorEntry", "crc32c", "list_variables", "load_checkpoint", "mask_crc",
-    "resolve_checkpoint_prefix", "unmask_crc",
-]  # fmt: skip
+    "BundleError",
+    "BundleReader",
+    "TensorEntry",
+    "crc32c",
+    "list_variables",
+    "load_checkpoint",
+    "mask_crc",
+    "resolve_checkpoint_prefix",
+    "unmask_crc",
+]
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
@@ -209,9 +216,22 @@ def _int64(v: int) -> int:
 
 # TensorFlow DataType enum (types.proto) -> numpy dtype; 7 = DT_STRING is handled separately.
 _DTYPES: dict[int, str] = {
-    1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 8: "complex64", 9: "int64",
-    10: "bool", 14: "bfloat16", 17: "uint16", 18: "complex128", 19: "float16", 22: "uint32", 23: "uint64",
-}  # fmt: skip
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    8: "complex64",
+    9: "int64",
+    10: "bool",
+    14: "bfloat16",
+    17: "uint16",
+    18: "complex128",
+    19: "float16",
+    22: "uint32",
+    23: "uint64",
+}
 DT_STRING = 7
 
 

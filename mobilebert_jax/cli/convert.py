@@ -86,8 +86,10 @@ def run_convert(args: argparse.Namespace) -> int:
         if tok.vocab_size <= config.vocab_size:
             tok.save_pretrained(args.dst)
         else:
-            print(f"no tokenizer files: the packaged vocab's {tok.vocab_size} ids do not fit vocab_size "
-                  f"{config.vocab_size}")  # fmt: skip
+            print(
+                f"no tokenizer files: the packaged vocab's {tok.vocab_size} ids do not fit vocab_size "
+                f"{config.vocab_size}"
+            )
     else:
         config = config.replace(extra={**config.extra, "architectures": [cls]})
         _write_orbax(args.dst, params, config, args.overwrite)

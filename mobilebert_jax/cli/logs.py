@@ -46,7 +46,9 @@ def configure(verbose: bool, debug: bool = False) -> None:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
         logging.getLogger("mobilebert_jax").setLevel(logging.INFO)
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow / LiteRT C++ INFO and WARNING lines (errors stay)
+    os.environ.setdefault(
+        "TF_CPP_MIN_LOG_LEVEL", "2"
+    )  # TensorFlow / LiteRT C++ INFO and WARNING lines (errors stay)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -80,15 +80,28 @@ def _add_job_flags(p: argparse.ArgumentParser, command: str) -> None:
             help_ = f.metadata["help"]
         base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
         if base is bool:
-            p.add_argument(*flags, dest=f.name, nargs="?", const=True, type=_str2bool, default=None,
-                           metavar="BOOL", help=help_)  # fmt: skip
-            p.add_argument(*("--no-" + x[2:] for x in flags[:2]), dest=f.name, action="store_false",
-                           help=argparse.SUPPRESS)  # fmt: skip
+            p.add_argument(
+                *flags,
+                dest=f.name,
+                nargs="?",
+                const=True,
+                type=_str2bool,
+                default=None,
+                metavar="BOOL",
+                help=help_,
+            )
+            p.add_argument(
+                *("--no-" + x[2:] for x in flags[:2]),
+                dest=f.name,
+                action="store_false",
+                help=argparse.SUPPRESS,
+            )
         elif base is dict:
             p.add_argument(*flags, dest=f.name, type=json_object, default=None, metavar="JSON", help=help_)
         else:
-            p.add_argument(*flags, dest=f.name, type=base, default=None, metavar=f.metadata.get("metavar"),
-                           help=help_)  # fmt: skip
+            p.add_argument(
+                *flags, dest=f.name, type=base, default=None, metavar=f.metadata.get("metavar"), help=help_
+            )
     g = p.add_argument_group("task options (HF run_qa names; the same as --task_options)")
     for name, (typ, help_) in TASK_OPTION_FLAGS.items():
         kw: dict[str, Any] = (
@@ -126,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mobilebert-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_flags(ap)
-    sub = ap.add_subparsers(dest="command", required=True, help="the command (`COMMAND --help` for its flags)")
+    sub = ap.add_subparsers(
+        dest="command", required=True, help="the command (`COMMAND --help` for its flags)"
+    )
     helps = {
         "finetune": "fine-tune and evaluate a task (GLUE, SQuAD, NER, SWAG)",
         "evaluate": "evaluate a model directory on a validation file",

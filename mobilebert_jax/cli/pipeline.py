@@ -22,8 +22,15 @@ from typing import Any
 from mobilebert_jax.cli.common import json_object
 from mobilebert_jax.tasks.base import DataError, check_file, iter_lines
 
-TASKS = ("fill-mask", "text-classification", "sentiment-analysis", "token-classification", "ner",
-         "question-answering", "feature-extraction")  # fmt: skip
+TASKS = (
+    "fill-mask",
+    "text-classification",
+    "sentiment-analysis",
+    "token-classification",
+    "ner",
+    "question-answering",
+    "feature-extraction",
+)
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,7 +69,7 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
         metavar="JSON",
         help="config overrides for a preset or directory (e.g. '{\"vocab_size\": 30522}')",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def read_inputs(path: str, task: str) -> Iterator[tuple[int, Any, Any]]:
@@ -120,10 +127,15 @@ def run_pipeline(args: argparse.Namespace) -> int:
         read_inputs(args.input, args.task)
     )  # read (and check) the whole file before loading the model
     pipe = pipeline(
-        args.task, args.model, args.tokenizer, backend=args.backend, batch_size=args.batch_size,
-        progress=False if args.no_progress else None, config_overrides=args.model_config or None,
+        args.task,
+        args.model,
+        args.tokenizer,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        progress=False if args.no_progress else None,
+        config_overrides=args.model_config or None,
         **args.params,
-    )  # fmt: skip
+    )
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
     try:
         answers = pipe.stream([item for _, _, item in rows])

@@ -55,12 +55,20 @@ def run_prepare(args: argparse.Namespace) -> int:
     from mobilebert_jax.tasks.pretraining_data import prepare_pretraining_data
 
     m = prepare_pretraining_data(
-        args.inputs, args.output_dir, tokenizer=args.tokenizer, max_seq_length=args.max_seq_length,
-        shard_size_mb=args.shard_size_mb, num_workers=args.num_workers, progress=not args.no_progress,
-        seed=args.seed, dupe_factor=args.dupe_factor, short_seq_prob=args.short_seq_prob,
-        masked_lm_prob=args.masked_lm_prob, max_predictions_per_seq=args.max_predictions_per_seq,
+        args.inputs,
+        args.output_dir,
+        tokenizer=args.tokenizer,
+        max_seq_length=args.max_seq_length,
+        shard_size_mb=args.shard_size_mb,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        seed=args.seed,
+        dupe_factor=args.dupe_factor,
+        short_seq_prob=args.short_seq_prob,
+        masked_lm_prob=args.masked_lm_prob,
+        max_predictions_per_seq=args.max_predictions_per_seq,
         whole_word_mask=args.whole_word_mask,
-    )  # fmt: skip
+    )
     summary = {k: m[k] for k in ("num_instances", "built_shards", "built_instances", "seconds")}
     summary["shards"] = len(m["shards"])
     summary["instances_per_second"] = m["built_instances"] / max(m["seconds"], 1e-9)

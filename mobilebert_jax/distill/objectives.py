@@ -222,8 +222,11 @@ def check_compatible(student: MobileBertConfig, teacher: MobileBertConfig) -> No
         "tie_word_embeddings",
         "classifier_activation",
     )
-    bad = [f"{f}: student {getattr(student, f)} vs teacher {getattr(teacher, f)}" for f in fields
-           if getattr(student, f) != getattr(teacher, f)]  # fmt: skip
+    bad = [
+        f"{f}: student {getattr(student, f)} vs teacher {getattr(teacher, f)}"
+        for f in fields
+        if getattr(student, f) != getattr(teacher, f)
+    ]
     if bad:
         raise ValueError(
             "student and teacher must share these fields for layer-wise transfer and the copied embeddings/heads: "
@@ -321,15 +324,35 @@ def layer_transfer_terms(
     counts: dict[str, Array] = {}
     aux: dict[str, tuple[Array, Array]] = {}
     specs = [
-        ("feature_map", "feature_map_mse", factors.hidden_distill_factor, "hidden",
-         lambda t, s: feature_map_transfer(t, s, mask)),
-        ("attention", f"attention_{'kl' if factors.attention_form == 'kl' else 'ce'}",
-         factors.attention_distill_factor, "attn",
-         lambda t, s: attention_transfer(t, s, mask, factors.attention_form)),
-        ("mean", "mean_sq_diff", factors.beta_distill_factor, "hidden", lambda t, s: mean_transfer(t, s, mask)),
-        ("variance", "variance_abs_diff", factors.gamma_distill_factor, "hidden",
-         lambda t, s: variance_transfer(t, s, mask)),
-    ]  # fmt: skip
+        (
+            "feature_map",
+            "feature_map_mse",
+            factors.hidden_distill_factor,
+            "hidden",
+            lambda t, s: feature_map_transfer(t, s, mask),
+        ),
+        (
+            "attention",
+            f"attention_{'kl' if factors.attention_form == 'kl' else 'ce'}",
+            factors.attention_distill_factor,
+            "attn",
+            lambda t, s: attention_transfer(t, s, mask, factors.attention_form),
+        ),
+        (
+            "mean",
+            "mean_sq_diff",
+            factors.beta_distill_factor,
+            "hidden",
+            lambda t, s: mean_transfer(t, s, mask),
+        ),
+        (
+            "variance",
+            "variance_abs_diff",
+            factors.gamma_distill_factor,
+            "hidden",
+            lambda t, s: variance_transfer(t, s, mask),
+        ),
+    ]
     for term, metric, factor, kind, fn in specs:
         if factor == 0:
             continue

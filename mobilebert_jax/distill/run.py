@@ -105,19 +105,42 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "tiny": dict(
         # Real vocabulary (the packaged tokenizer works), 4 layers, widths a loaded 2-core CPU runs in minutes.
-        student=dict(preset="mobilebert-uncased", embedding_size=32, hidden_size=64, intra_bottleneck_size=16,
-                     intermediate_size=64, num_hidden_layers=4, num_feedforward_networks=2,
-                     max_position_embeddings=64),
-        teacher=dict(preset="ibbert-large-teacher", embedding_size=32, hidden_size=64, intra_bottleneck_size=128,
-                     intermediate_size=256, num_hidden_layers=4, max_position_embeddings=64,
-                     hidden_dropout_prob=0.0),
-        distill=dict(steps_per_stage=40, distill_steps=240, warmup_steps=20, learning_rate=5e-3,
-                     transfer_learning_rate=4e-3, batch_size=32, max_seq_length=48, max_predictions_per_seq=8,
-                     checkpoint_every=100, log_every=5),
+        student=dict(
+            preset="mobilebert-uncased",
+            embedding_size=32,
+            hidden_size=64,
+            intra_bottleneck_size=16,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_feedforward_networks=2,
+            max_position_embeddings=64,
+        ),
+        teacher=dict(
+            preset="ibbert-large-teacher",
+            embedding_size=32,
+            hidden_size=64,
+            intra_bottleneck_size=128,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.0,
+        ),
+        distill=dict(
+            steps_per_stage=40,
+            distill_steps=240,
+            warmup_steps=20,
+            learning_rate=5e-3,
+            transfer_learning_rate=4e-3,
+            batch_size=32,
+            max_seq_length=48,
+            max_predictions_per_seq=8,
+            checkpoint_every=100,
+            log_every=5,
+        ),
         teacher_pretrain_steps=500,
         sharding_rules="dp",
     ),
-}  # fmt: skip
+}
 
 
 _RECIPE_KEYS = {"student", "teacher", "distill", "sharding_rules", "teacher_pretrain_steps"}
@@ -199,11 +222,22 @@ def stage_setup(
             student_model, teacher_model, stage.layer, cfg.factors, trainable_labels=labels
         )
         return tx, schedule, loss
-    schedule = optim.warmup_linear_decay(cfg.learning_rate, stage.steps, min(cfg.warmup_steps, stage.steps),
-                                         end_value=cfg.learning_rate * cfg.end_lr_rate, decay_from_zero=True)  # fmt: skip
+    schedule = optim.warmup_linear_decay(
+        cfg.learning_rate,
+        stage.steps,
+        min(cfg.warmup_steps, stage.steps),
+        end_value=cfg.learning_rate * cfg.end_lr_rate,
+        decay_from_zero=True,
+    )
     tx = optim.lamb(schedule, cfg.weight_decay, clip_norm=cfg.clip_norm)
-    loss = D.pretraining_distill_loss(student_model, teacher_model, cfg.ground_truth_ratio, cfg.temperature,
-                                      cfg.max_predictions_per_seq, cfg.student_dropout)  # fmt: skip
+    loss = D.pretraining_distill_loss(
+        student_model,
+        teacher_model,
+        cfg.ground_truth_ratio,
+        cfg.temperature,
+        cfg.max_predictions_per_seq,
+        cfg.student_dropout,
+    )
     return tx, schedule, loss
 
 
@@ -312,8 +346,15 @@ def run_distillation(
     """
     sc, tc = _check_models(student_model, teacher_model)
     plan = stage_plan(cfg, sc.num_hidden_layers)
-    _check_run_file(output_dir, {"distill": cfg.to_dict(), "student": sc.to_dict(), "teacher": tc.to_dict(),
-                                 "stages": [dataclasses.asdict(s) for s in plan]})  # fmt: skip
+    _check_run_file(
+        output_dir,
+        {
+            "distill": cfg.to_dict(),
+            "student": sc.to_dict(),
+            "teacher": tc.to_dict(),
+            "stages": [dataclasses.asdict(s) for s in plan],
+        },
+    )
     teacher_params, t_shard = place_params(teacher_model, teacher_params, mesh, rules)
     init_fn, rng = model_init_fn(student_model, example_batch()), jax.random.key(cfg.seed)
     run = _Run(
@@ -473,8 +514,16 @@ def _with_teacher(step: Callable, teacher_params: Any, state: Any, batch: dict, 
     return step(state, teacher_params, batch, rng)
 
 
-_SHOW = ("loss", "feature_map_mse", "attention_kl", "attention_ce", "mean_sq_diff", "variance_abs_diff",
-         "mlm_true", "mlm_accuracy")  # fmt: skip
+_SHOW = (
+    "loss",
+    "feature_map_mse",
+    "attention_kl",
+    "attention_ce",
+    "mean_sq_diff",
+    "variance_abs_diff",
+    "mlm_true",
+    "mlm_accuracy",
+)
 
 
 def _summary(history: list[dict[str, float]]) -> str:
@@ -512,8 +561,13 @@ def pretrain(
     a student trained here and a distilled one are measured the same way.
     """
     rng = jax.random.key(seed)
-    schedule = optim.warmup_linear_decay(learning_rate, num_steps, min(warmup_steps, num_steps),
-                                         end_value=learning_rate * end_lr_rate, decay_from_zero=True)  # fmt: skip
+    schedule = optim.warmup_linear_decay(
+        learning_rate,
+        num_steps,
+        min(warmup_steps, num_steps),
+        end_value=learning_rate * end_lr_rate,
+        decay_from_zero=True,
+    )
     tx = optim.lamb(schedule)
     loss = D.bind_teacher(D.pretraining_distill_loss(model, None, max_predictions=max_predictions))
     sharded = create_train_state(model_init_fn(model, example_batch()), tx, rng, mesh, rules, params=params)
@@ -525,8 +579,14 @@ def pretrain(
         learning_rate=schedule,
         compiler_options=compiler_options,
     )
-    res = fit(FitConfig(num_steps=num_steps, workdir=workdir, log_every=log_every, progress=progress, plot=False),
-              sharded.state, step, data, rng, batch_sharding=shd.batch_sharding(mesh))  # fmt: skip
+    res = fit(
+        FitConfig(num_steps=num_steps, workdir=workdir, log_every=log_every, progress=progress, plot=False),
+        sharded.state,
+        step,
+        data,
+        rng,
+        batch_sharding=shd.batch_sharding(mesh),
+    )
     return res.state.params, res.history
 
 
@@ -575,8 +635,12 @@ def compile_report(
     bs = shd.batch_sharding(mesh)
     sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=bs)  # noqa: E731
     batch = {k: sds((b, t), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    batch.update(masked_lm_positions=sds((b, p), jnp.int32), masked_lm_ids=sds((b, p), jnp.int32),
-                 masked_lm_weights=sds((b, p), jnp.float32), next_sentence_label=sds((b,), jnp.int32))  # fmt: skip
+    batch.update(
+        masked_lm_positions=sds((b, p), jnp.int32),
+        masked_lm_ids=sds((b, p), jnp.int32),
+        masked_lm_weights=sds((b, p), jnp.float32),
+        next_sentence_label=sds((b,), jnp.int32),
+    )
     plan = {s.name: s for s in stage_plan(cfg, student_config.num_hidden_layers)}
     names = stages or tuple(plan)
     out = {}
@@ -585,18 +649,32 @@ def compile_report(
             raise ValueError(f"unknown stage {name!r}; stages: {sorted(plan)}")
         tx, schedule, loss = stage_setup(plan[name], student, teacher, abstract_p, cfg)
         state, shardings, _ = abstract_train_state(init_fn, tx, rng, mesh, rules)
-        step = D.make_distill_step(loss, state_shardings=shardings, teacher_shardings=t_shard, mesh=mesh,
-                                   rules=rules, num_micro_batches=cfg.num_micro_batches, learning_rate=schedule)  # fmt: skip
-        row = {"params": _bytes_per_device(state.params), "opt_state": _bytes_per_device(state.opt_state),
-               "teacher": _bytes_per_device(t_abs)}  # fmt: skip
+        step = D.make_distill_step(
+            loss,
+            state_shardings=shardings,
+            teacher_shardings=t_shard,
+            mesh=mesh,
+            rules=rules,
+            num_micro_batches=cfg.num_micro_batches,
+            learning_rate=schedule,
+        )
+        row = {
+            "params": _bytes_per_device(state.params),
+            "opt_state": _bytes_per_device(state.opt_state),
+            "teacher": _bytes_per_device(t_abs),
+        }
         with shd.mesh_context(mesh, rules):
             lowered = step.jitted.lower(state, t_abs, batch, jax.ShapeDtypeStruct((), rng.dtype))
         if compile:
             ma = lowered.compile(compiler_options).memory_analysis()
             if ma is not None:
-                row.update(argument=ma.argument_size_in_bytes, output=ma.output_size_in_bytes,
-                           temp=ma.temp_size_in_bytes, alias=ma.alias_size_in_bytes,
-                           generated_code=ma.generated_code_size_in_bytes)  # fmt: skip
+                row.update(
+                    argument=ma.argument_size_in_bytes,
+                    output=ma.output_size_in_bytes,
+                    temp=ma.temp_size_in_bytes,
+                    alias=ma.alias_size_in_bytes,
+                    generated_code=ma.generated_code_size_in_bytes,
+                )
                 row["peak"] = row["argument"] + row["output"] + row["temp"] - row["alias"]
         out[name] = row
     return out

@@ -109,22 +109,39 @@ def _write_artifact(
         from mobilebert_jax.export.stablehlo import write_stablehlo
 
         return write_stablehlo(
-            model, params, out_dir, verify_lengths=seq_lengths, verify_batch_size=max(2, batch_size),
+            model,
+            params,
+            out_dir,
+            verify_lengths=seq_lengths,
+            verify_batch_size=max(2, batch_size),
             quantize=quantize,
-        )  # fmt: skip
+        )
     if format == "litert":
         from mobilebert_jax.export.litert import write_litert
 
         return write_litert(
-            model, params, out_dir, seq_lengths=seq_lengths, batch_size=batch_size, quantize=quantize,
-            calibration=calibration, num_threads=num_threads, **litert_only,
-        )  # fmt: skip
+            model,
+            params,
+            out_dir,
+            seq_lengths=seq_lengths,
+            batch_size=batch_size,
+            quantize=quantize,
+            calibration=calibration,
+            num_threads=num_threads,
+            **litert_only,
+        )
     from mobilebert_jax.export.onnx import write_onnx
 
     return write_onnx(
-        model, params, out_dir, seq_lengths=seq_lengths, verify_batch_size=max(2, batch_size),
-        quantize=quantize, calibration=calibration, num_threads=num_threads,
-    )  # fmt: skip
+        model,
+        params,
+        out_dir,
+        seq_lengths=seq_lengths,
+        verify_batch_size=max(2, batch_size),
+        quantize=quantize,
+        calibration=calibration,
+        num_threads=num_threads,
+    )
 
 
 def _write_config(out_dir: str, config: dict[str, Any]) -> None:
@@ -189,10 +206,21 @@ def export(
     if format in ("litert", "onnx"):
         model, params = flat_layers(model, params)
     body = _write_artifact(
-        format, model, params, out_dir, seq_lengths, batch_size, quantize, calibration, num_threads,
-        quant_stats=quant_stats, keep_tensor_names=keep_tensor_names, device_ready=device_ready, vocab=vocab,
+        format,
+        model,
+        params,
+        out_dir,
+        seq_lengths,
+        batch_size,
+        quantize,
+        calibration,
+        num_threads,
+        quant_stats=quant_stats,
+        keep_tensor_names=keep_tensor_names,
+        device_ready=device_ready,
+        vocab=vocab,
         model_info=model_info,
-    )  # fmt: skip
+    )
     _write_config(out_dir, {**cfg.to_dict(), "pad_invariant": bool(pad_invariant), "architectures": [name]})
     tokenizer_files = tokenizer.save_pretrained(out_dir) if tokenizer is not None else []
     manifest = {

@@ -55,31 +55,49 @@ class JobConfig:
     """One fine-tuning/evaluation job. Field names follow HF's `run_glue.py` / `TrainingArguments`."""
 
     task: str | None = _f(
-        None, "task name (GLUE, squad, squad_v2, ner, swag, pretraining); evaluate/predict default to "
-        "the model's config.json finetuning_task", aliases=("task_name",), metavar="NAME")  # fmt: skip
+        None,
+        "task name (GLUE, squad, squad_v2, ner, swag, pretraining); evaluate/predict default to "
+        "the model's config.json finetuning_task",
+        aliases=("task_name",),
+        metavar="NAME",
+    )
     model: str = _f(
-        "mobilebert-uncased", "an HF model directory, a hub id (google/mobilebert-uncased: the pretrained "
+        "mobilebert-uncased",
+        "an HF model directory, a hub id (google/mobilebert-uncased: the pretrained "
         "weights) or a preset: an architecture with RANDOM weights (mobilebert-uncased, mobilebert-tiny, "
         "mobilebert-test; the default is one)",
-        aliases=("model_name_or_path",), metavar="NAME_OR_PATH")  # fmt: skip
+        aliases=("model_name_or_path",),
+        metavar="NAME_OR_PATH",
+    )
     model_config: dict = _f({}, "model config overrides as JSON, e.g. '{\"num_hidden_layers\": 4}'")
-    train_file: str | None = _f(None, "training data (GLUE .tsv/.csv/.jsonl, SQuAD .json, CoNLL)", _T,
-                                metavar="PATH")  # fmt: skip
+    train_file: str | None = _f(
+        None, "training data (GLUE .tsv/.csv/.jsonl, SQuAD .json, CoNLL)", _T, metavar="PATH"
+    )
     validation_file: str | None = _f(None, "evaluation data (labelled)", _EVAL, metavar="PATH")
     test_file: str | None = _f(None, "data to predict on (labels not needed)", _PRED, metavar="PATH")
     output_dir: str | None = _f(
-        None, "where results go (finetune: runs/finetune; evaluate/predict: a subfolder named after the "
-        "command and data file, beside the model's run)", metavar="DIR")  # fmt: skip
+        None,
+        "where results go (finetune: runs/finetune; evaluate/predict: a subfolder named after the "
+        "command and data file, beside the model's run)",
+        metavar="DIR",
+    )
     overwrite_output_dir: bool = _f(False, "start a new run in an output dir that holds another one", _T)
     resume_from_checkpoint: str | None = _f(
-        None, "continue from this checkpoint (run/checkpoints/N, a checkpoints/ dir or a run dir) even "
-        "if its settings differ", _T, metavar="PATH")  # fmt: skip
+        None,
+        "continue from this checkpoint (run/checkpoints/N, a checkpoints/ dir or a run dir) even "
+        "if its settings differ",
+        _T,
+        metavar="PATH",
+    )
     do_train: bool | None = _f(None, "train (default when no --do_* flag is given)", ("finetune",))
     do_eval: bool | None = _f(None, "evaluate on --validation_file after training", ("finetune",))
     do_predict: bool | None = _f(None, "write predictions for --test_file after training", ("finetune",))
     max_seq_length: int | None = _f(
-        None, "tokens per example, longer inputs truncated (default: the fine-tune's, saved in the model's "
-        "config.json, else 128 or the model's max_position_embeddings if fewer)", metavar="N")  # fmt: skip
+        None,
+        "tokens per example, longer inputs truncated (default: the fine-tune's, saved in the model's "
+        "config.json, else 128 or the model's max_position_embeddings if fewer)",
+        metavar="N",
+    )
     per_device_train_batch_size: int = _f(32, "training examples per device per micro-batch", _T, metavar="N")
     per_device_eval_batch_size: int = _f(64, "evaluation examples per device", metavar="N")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer update", _T, metavar="N")
@@ -88,52 +106,73 @@ class JobConfig:
     max_steps: int = _f(-1, "optimizer updates; > 0 overrides --num_train_epochs", _T, metavar="N")
     warmup_ratio: float = _f(0.1, "fraction of the steps with linear warmup", _T, metavar="X")
     warmup_steps: int = _f(0, "warmup steps; > 0 overrides --warmup_ratio", _T, metavar="N")
-    lr_scheduler_type: str = _f("linear", f"learning-rate schedule after warmup: {', '.join(LR_SCHEDULES)}", _T,
-                                metavar="NAME")  # fmt: skip
+    lr_scheduler_type: str = _f(
+        "linear", f"learning-rate schedule after warmup: {', '.join(LR_SCHEDULES)}", _T, metavar="NAME"
+    )
     weight_decay: float = _f(0.01, "decoupled weight decay (not on biases and norms)", _T, metavar="X")
-    optimizer: str = _f("adamw", "adamw (fine-tuning) or lamb (pretraining, MobileBERT's recipe)", _T,
-                        metavar="NAME")  # fmt: skip
+    optimizer: str = _f(
+        "adamw", "adamw (fine-tuning) or lamb (pretraining, MobileBERT's recipe)", _T, metavar="NAME"
+    )
     adam_epsilon: float = _f(1e-6, "Adam epsilon", _T, metavar="X")
     max_grad_norm: float = _f(1.0, "global gradient-norm clip (0: no clipping)", _T, metavar="X")
     seed: int = _f(42, "seed of init, dropout and shuffling", metavar="N")
     bf16: bool = _f(False, "bf16 compute (params, optimizer state and losses stay float32)")
     scan_layers: bool = _f(False, "scan over layers (fast compile; changes the checkpoint layout)")
     remat: bool = _f(False, "recompute activations in the backward pass (less memory)", _T)
-    qat: bool = _f(False, "quantization-aware training: fake int8 quantization (qwix, the rules of `export "
-                   "--quantize int8`) in the training forward; hf_model/ gets float params plus the int8 "
-                   "ranges (quant_stats.msgpack) that export then uses", ("finetune",))  # fmt: skip
+    qat: bool = _f(
+        False,
+        "quantization-aware training: fake int8 quantization (qwix, the rules of `export "
+        "--quantize int8`) in the training forward; hf_model/ gets float params plus the int8 "
+        "ranges (quant_stats.msgpack) that export then uses",
+        ("finetune",),
+    )
     # Unrolled layers trained faster per step on CPU than a scan over them (README); inference outside a
     # job (`from_pretrained` + `jit(apply)`) picks by input size (AUTO_UNROLL_MAX_TOKENS). Same params and numbers either way.
     unroll_layers: bool = _f(True, "run the layers unrolled (--no-unroll-layers: one lax.scan over them)")
-    attention_implementation: str = _f("auto", "attention kernel: auto (cuDNN flash attention on GPU in bf16 "
-                                       "when attention dropout is off), default, cudnn or xla", metavar="NAME")  # fmt: skip
+    attention_implementation: str = _f(
+        "auto",
+        "attention kernel: auto (cuDNN flash attention on GPU in bf16 "
+        "when attention dropout is off), default, cudnn or xla",
+        metavar="NAME",
+    )
     # On by default: a model's answers (and, in training, its gradients) must not depend on how its batch
     # was padded (MobileBERT's trigram embedding lets the [PAD] row leak in, HF #9860). Off: HF's padded math.
-    pad_invariant: bool = _f(True, "zero the word embeddings at padded positions: padding changes no "
-                             "output (--no-pad-invariant: HF's padded math; docs/training.md)")  # fmt: skip
+    pad_invariant: bool = _f(
+        True,
+        "zero the word embeddings at padded positions: padding changes no "
+        "output (--no-pad-invariant: HF's padded math; docs/training.md)",
+    )
     mesh_data: int = _f(-1, "data-parallel mesh axis size (-1: all remaining devices)", metavar="N")
     mesh_fsdp: int = _f(1, "FSDP mesh axis size (-1: all remaining devices)", metavar="N")
     mesh_tensor: int = _f(1, "tensor-parallel mesh axis size (-1: all remaining devices)", metavar="N")
     sharding_rules: str = _f("dp", f"parameter sharding: {', '.join(SHARDING_RULES)}", metavar="NAME")
     logging_steps: int = _f(10, "log training metrics every N steps", _T, metavar="N")
-    eval_steps: int | None = _f(None, "evaluate every N steps during training (and at the end)", _T,
-                                metavar="N")  # fmt: skip
-    save_steps: int = _f(500, "save a checkpoint every N steps (the last step is always saved)", _T,
-                         metavar="N")  # fmt: skip
+    eval_steps: int | None = _f(
+        None, "evaluate every N steps during training (and at the end)", _T, metavar="N"
+    )
+    save_steps: int = _f(
+        500, "save a checkpoint every N steps (the last step is always saved)", _T, metavar="N"
+    )
     save_total_limit: int | None = _f(2, "checkpoints kept on disk", _T, metavar="N")
     metric_for_best_model: str | None = _f(
-        None, "eval metric (or loss, eval_loss) that picks the best checkpoint with --eval_steps "
-        "(default: the task's main metric)", _T, metavar="NAME")  # fmt: skip
-    greater_is_better: bool | None = _f(None, "higher --metric_for_best_model is better (default: "
-                                        "true, false for a loss)", _T)  # fmt: skip
+        None,
+        "eval metric (or loss, eval_loss) that picks the best checkpoint with --eval_steps "
+        "(default: the task's main metric)",
+        _T,
+        metavar="NAME",
+    )
+    greater_is_better: bool | None = _f(
+        None, "higher --metric_for_best_model is better (default: true, false for a loss)", _T
+    )
     load_best_model_at_end: bool = _f(False, "evaluate and export the best model (needs --eval_steps)", _T)
     max_train_samples: int | None = _f(None, "use the first N training examples", _T, metavar="N")
     max_eval_samples: int | None = _f(None, "use the first N evaluation examples", _EVAL, metavar="N")
     max_predict_samples: int | None = _f(None, "use the first N prediction examples", _PRED, metavar="N")
     task_options: dict = _f({}, "task options as JSON, e.g. '{\"doc_stride\": 64}'")
     progress: bool = _f(True, "show a progress bar")
-    dataloader_num_workers: int = _f(0, "reading processes for a prepared (prepare-pretraining-data) train folder",
-                                     _T, metavar="N")  # fmt: skip
+    dataloader_num_workers: int = _f(
+        0, "reading processes for a prepared (prepare-pretraining-data) train folder", _T, metavar="N"
+    )
 
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> JobConfig:
@@ -164,8 +203,12 @@ class JobConfig:
                 raise UsageError(f"--{flag} must be {expected}, got {value!r}")
 
         train = command in TRAIN_COMMANDS
-        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", ">= 1",
-             self.per_device_eval_batch_size)  # fmt: skip
+        need(
+            self.per_device_eval_batch_size >= 1,
+            "per_device_eval_batch_size",
+            ">= 1",
+            self.per_device_eval_batch_size,
+        )
         L = self.max_seq_length
         need(L is None or L >= 8, "max_seq_length", ">= 8", L)
         for name in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
@@ -190,37 +233,60 @@ class JobConfig:
         ):
             v = getattr(self, name)
             need(v >= 1, name, ">= 1", v)
-        need(math.isfinite(self.learning_rate) and self.learning_rate >= 0, "learning_rate",
-             "a finite number >= 0", self.learning_rate)  # fmt: skip
+        need(
+            math.isfinite(self.learning_rate) and self.learning_rate >= 0,
+            "learning_rate",
+            "a finite number >= 0",
+            self.learning_rate,
+        )
         need(
             self.max_steps == -1 or self.max_steps >= 1,
             "max_steps",
             "-1 (use epochs) or >= 1",
             self.max_steps,
         )
-        need(self.max_steps > 0 or (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0),
-             "num_train_epochs", "> 0", self.num_train_epochs)  # fmt: skip
+        need(
+            self.max_steps > 0 or (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0),
+            "num_train_epochs",
+            "> 0",
+            self.num_train_epochs,
+        )
         need(0.0 <= self.warmup_ratio <= 1.0, "warmup_ratio", "in [0, 1]", self.warmup_ratio)
         need(self.warmup_steps >= 0, "warmup_steps", ">= 0", self.warmup_steps)
         need(self.dataloader_num_workers >= 0, "dataloader_num_workers", ">= 0", self.dataloader_num_workers)
-        need(self.lr_scheduler_type in LR_SCHEDULES, "lr_scheduler_type", f"one of {LR_SCHEDULES}",
-             self.lr_scheduler_type)  # fmt: skip
+        need(
+            self.lr_scheduler_type in LR_SCHEDULES,
+            "lr_scheduler_type",
+            f"one of {LR_SCHEDULES}",
+            self.lr_scheduler_type,
+        )
         need(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
         need(self.adam_epsilon > 0, "adam_epsilon", "> 0", self.adam_epsilon)
         need(self.max_grad_norm >= 0, "max_grad_norm", ">= 0 (0: no clipping)", self.max_grad_norm)
         need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
         need(self.eval_steps is None or self.eval_steps >= 1, "eval_steps", ">= 1", self.eval_steps)
-        need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", ">= 1",
-             self.save_total_limit)  # fmt: skip
+        need(
+            self.save_total_limit is None or self.save_total_limit >= 1,
+            "save_total_limit",
+            ">= 1",
+            self.save_total_limit,
+        )
         if self.load_best_model_at_end and not self.eval_steps:
-            raise UsageError("--load_best_model_at_end needs --eval_steps N (the best model is chosen by "
-                             "evaluations during training)")  # fmt: skip
+            raise UsageError(
+                "--load_best_model_at_end needs --eval_steps N (the best model is chosen by "
+                "evaluations during training)"
+            )
         if self.qat:
-            for bad, flag in ((self.scan_layers, "--scan_layers"), (not self.unroll_layers, "--no-unroll-layers"),
-                              (self.bf16, "--bf16")):  # fmt: skip
+            for bad, flag in (
+                (self.scan_layers, "--scan_layers"),
+                (not self.unroll_layers, "--no-unroll-layers"),
+                (self.bf16, "--bf16"),
+            ):
                 if bad:
-                    raise UsageError(f"--qat cannot be combined with {flag} (qwix quantizes each unrolled "
-                                     "float32 layer by its module path)")  # fmt: skip
+                    raise UsageError(
+                        f"--qat cannot be combined with {flag} (qwix quantizes each unrolled "
+                        "float32 layer by its module path)"
+                    )
         if self.overwrite_output_dir and self.resume_from_checkpoint:
             raise UsageError("--overwrite_output_dir and --resume_from_checkpoint exclude each other")
 
@@ -265,8 +331,9 @@ def check_type(name: str, value: Any, hint: Any, source: str) -> None:
     }[base]
     if not ok:
         got = f"{value!r} ({'a string' if isinstance(value, str) else type(value).__name__})"
-        raise UsageError(f"{source}: field {name!r} must be {_type_name(base)}{' or null' if optional else ''}, "
-                         f"got {got}")  # fmt: skip
+        raise UsageError(
+            f"{source}: field {name!r} must be {_type_name(base)}{' or null' if optional else ''}, got {got}"
+        )
 
 
 def field_default(f: dataclasses.Field) -> Any:

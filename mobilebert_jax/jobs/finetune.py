@@ -222,8 +222,12 @@ class Plan:
     @property
     def export_config(self) -> MobileBertConfig:
         """The config written with the model: the task and its options recorded for evaluate/predict."""
-        extra = {"finetuning_task": self.data.task.name, "task_options": dict(self.job.task_options),
-                 "pad_invariant": self.job.pad_invariant, "max_seq_length": self.job.max_seq_length}  # fmt: skip
+        extra = {
+            "finetuning_task": self.data.task.name,
+            "task_options": dict(self.job.task_options),
+            "pad_invariant": self.job.pad_invariant,
+            "max_seq_length": self.job.max_seq_length,
+        }
         return self.config.replace(extra={**self.config.extra, **extra})
 
 
@@ -241,8 +245,11 @@ def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
     train_arrays = None if data.prepared else model_arrays(task, train_feats)
     eval_feats = task.featurise(data.eval_ex, tok, length) if data.eval_ex is not None else None
     test_feats = task.featurise(data.test_ex, tok, length) if data.test_ex is not None else None
-    splits = {"training": (data.train_ex if not data.prepared else None, train_feats),
-              "evaluation": (data.eval_ex, eval_feats), "test": (data.test_ex, test_feats)}  # fmt: skip
+    splits = {
+        "training": (data.train_ex if not data.prepared else None, train_feats),
+        "evaluation": (data.eval_ex, eval_feats),
+        "test": (data.test_ex, test_feats),
+    }
     truncated = count_truncation(task, tok, length, splits)
     metric, greater = best_metric(job, task)
     check_metric(job, task, metric, data.eval_ex, eval_feats)

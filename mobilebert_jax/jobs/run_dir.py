@@ -32,17 +32,41 @@ from mobilebert_jax.training.state import stored_checkpoints
 
 RUN_FILE = "run.json"
 # What a fine-tune writes into its output dir (removed by --overwrite_output_dir).
-ARTEFACTS = ("checkpoints", "tensorboard", "hf_model", "best_model", "metrics.jsonl", "loss.png",
-             "eval_results.json", "best.json", RUN_FILE)  # fmt: skip
+ARTEFACTS = (
+    "checkpoints",
+    "tensorboard",
+    "hf_model",
+    "best_model",
+    "metrics.jsonl",
+    "loss.png",
+    "eval_results.json",
+    "best.json",
+    RUN_FILE,
+)
 TMP_PREFIX = ".tmp-"  # folders and files being written (`replace_dir`, `write_json`)
 # (not the evaluate_*/predict_* folders: those are other commands' results, kept by --overwrite_output_dir)
 ARTEFACT_GLOBS = ("predictions*", "test_predictions*", TMP_PREFIX + "*")
 LOCK_FILE = ".lock"
 # Hyperparameters that change what training computes (logging/saving intervals do not).
-RESULT_FIELDS = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
-                 "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "lr_scheduler_type",
-                 "weight_decay", "optimizer", "adam_epsilon", "max_grad_norm", "seed", "bf16", "scan_layers",
-                 "max_train_samples")  # fmt: skip
+RESULT_FIELDS = (
+    "max_seq_length",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "warmup_ratio",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "weight_decay",
+    "optimizer",
+    "adam_epsilon",
+    "max_grad_norm",
+    "seed",
+    "bf16",
+    "scan_layers",
+    "max_train_samples",
+)
 
 
 def say(msg: str) -> None:

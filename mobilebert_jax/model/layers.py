@@ -39,11 +39,17 @@ def token_major_dot_general(lhs, rhs, dimension_numbers, precision=None, preferr
     (lc, rc), (lb, rb) = dimension_numbers
     token_major = lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,)
     if token_major and not (lb or rb) and jax.default_backend() == "cpu":
-        y = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())), precision=precision,
-                                preferred_element_type=preferred_element_type)  # fmt: skip
+        y = jax.lax.dot_general(
+            lhs.reshape(-1, lhs.shape[-1]),
+            rhs,
+            (((1,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
         return y.reshape(*lhs.shape[:-1], rhs.shape[-1])
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type)  # fmt: skip
+    return jax.lax.dot_general(
+        lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type
+    )
 
 
 # HF's PyTorch builds `embeddings.LayerNorm` and `layer.N.output.LayerNorm` without eps: torch's 1e-5.

@@ -30,9 +30,15 @@ class QuestionAnsweringPipeline(Pipeline):
 
     task = "question-answering"
     call_parameters = (
-        "top_k", "max_answer_len", "max_seq_len", "doc_stride", "max_question_len", "n_best_size",
-        "handle_impossible_answer", "null_score_diff_threshold",
-    )  # fmt: skip
+        "top_k",
+        "max_answer_len",
+        "max_seq_len",
+        "doc_stride",
+        "max_question_len",
+        "n_best_size",
+        "handle_impossible_answer",
+        "null_score_diff_threshold",
+    )
     per_token = ("start_logits", "end_logits")
 
     def __call__(
@@ -68,9 +74,14 @@ class QuestionAnsweringPipeline(Pipeline):
         if name not in ("squad", "squad_v2"):
             return {}
         t = get_task(name, **(extra.get("task_options") or {}))
-        out = dict(doc_stride=t.doc_stride, max_question_len=t.max_query_length, n_best_size=t.n_best_size,
-                   max_answer_len=t.max_answer_length, null_score_diff_threshold=t.null_score_diff_threshold,
-                   handle_impossible_answer=t.version_2_with_negative)  # fmt: skip
+        out = dict(
+            doc_stride=t.doc_stride,
+            max_question_len=t.max_query_length,
+            n_best_size=t.n_best_size,
+            max_answer_len=t.max_answer_length,
+            null_score_diff_threshold=t.null_score_diff_threshold,
+            handle_impossible_answer=t.version_2_with_negative,
+        )
         if isinstance(extra.get("max_seq_length"), int):
             out["max_seq_len"] = extra["max_seq_length"]
         return out
@@ -125,14 +136,22 @@ class QuestionAnsweringPipeline(Pipeline):
         }
         v2 = bool(params.get("handle_impossible_answer", False))
         res = postprocess_qa(
-            [item], feats, start, end, version_2_with_negative=v2,
-            n_best_size=int(params.get("n_best_size", 20)), max_answer_length=int(params.get("max_answer_len", 15)),
+            [item],
+            feats,
+            start,
+            end,
+            version_2_with_negative=v2,
+            n_best_size=int(params.get("n_best_size", 20)),
+            max_answer_length=int(params.get("max_answer_len", 15)),
             null_score_diff_threshold=float(params.get("null_score_diff_threshold", 0.0)),
-        )  # fmt: skip
+        )
         nbest = res["nbest"][item.id]
         predicted = res["predictions"][item.id]
-        answers = [{"score": c["probability"], "start": c["start"], "end": c["end"], "answer": c["text"]}
-                   for c in nbest if c["text"] != "" or v2]  # fmt: skip
+        answers = [
+            {"score": c["probability"], "start": c["start"], "end": c["end"], "answer": c["text"]}
+            for c in nbest
+            if c["text"] != "" or v2
+        ]
         if v2 and predicted == "":  # the null answer first, as the decision says
             answers.sort(key=lambda a: a["answer"] != "")
         elif v2:

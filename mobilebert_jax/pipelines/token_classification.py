@@ -47,9 +47,12 @@ class TokenClassificationPipeline(Pipeline):
 
     def _features(self, items, params):
         rows = encode_rows(
-            self.tokenizer, items, max_length=self.max_length, return_offsets_mapping=True,
+            self.tokenizer,
+            items,
+            max_length=self.max_length,
+            return_offsets_mapping=True,
             return_special_tokens_mask=True,
-        )  # fmt: skip
+        )
         return [[r] for r in rows]
 
     def _to_string(self, tokens: list[str]) -> str:
@@ -81,8 +84,16 @@ class TokenClassificationPipeline(Pipeline):
             entities = []
             for idx, piece, start, end, _ in tokens:
                 best = int(scores[idx].argmax())
-                entities.append({"entity": labels[best], "score": float(scores[idx, best]), "index": idx,
-                                 "word": piece, "start": start, "end": end})  # fmt: skip
+                entities.append(
+                    {
+                        "entity": labels[best],
+                        "score": float(scores[idx, best]),
+                        "index": idx,
+                        "word": piece,
+                        "start": start,
+                        "end": end,
+                    }
+                )
         else:
             word_of_token = np.full(len(scores), -1, np.int64)
             if tokens:
@@ -92,8 +103,15 @@ class TokenClassificationPipeline(Pipeline):
             entities = []
             for w in aggregate_words(scores, word_of_token, strategy):
                 pieces = [by_index[i][1] for i in range(w.first, w.last + 1) if i in by_index]
-                entities.append({"entity": labels[w.label], "score": w.score, "word": self._to_string(pieces),
-                                 "start": by_index[w.first][2], "end": by_index[w.last][3]})  # fmt: skip
+                entities.append(
+                    {
+                        "entity": labels[w.label],
+                        "score": w.score,
+                        "word": self._to_string(pieces),
+                        "start": by_index[w.first][2],
+                        "end": by_index[w.last][3],
+                    }
+                )
         if strategy != "none":
             entities = self._group(entities)
         return [e for e in entities if e.get("entity") not in ignore and e.get("entity_group") not in ignore]

@@ -45,8 +45,10 @@ def model_label_order(
         )
     if is_generic(model_names):
         return tuple(range(len(model_names)))
-    names_of = [{_key(t), *(_key(s) for s in (spellings[j] if j < len(spellings) else ()))}
-                for j, t in enumerate(task_labels)]  # fmt: skip
+    names_of = [
+        {_key(t), *(_key(s) for s in (spellings[j] if j < len(spellings) else ()))}
+        for j, t in enumerate(task_labels)
+    ]
     order = []
     for name in model_names:
         hits = [j for j, keys in enumerate(names_of) if _key(name) in keys]

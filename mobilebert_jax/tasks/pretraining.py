@@ -169,14 +169,40 @@ def create_instances(
     instances: list[Instance] = []
     for _ in range(dupe_factor):
         for d in range(len(documents)):
-            instances.extend(_from_document(documents, d, rng, max_seq_length, short_seq_prob, masked_lm_prob,
-                                            max_predictions_per_seq, vocab_size, cls_id, sep_id, mask_id, is_subword))  # fmt: skip
+            instances.extend(
+                _from_document(
+                    documents,
+                    d,
+                    rng,
+                    max_seq_length,
+                    short_seq_prob,
+                    masked_lm_prob,
+                    max_predictions_per_seq,
+                    vocab_size,
+                    cls_id,
+                    sep_id,
+                    mask_id,
+                    is_subword,
+                )
+            )
     rng.shuffle(instances)
     return instances
 
 
-def _from_document(docs, d, rng, max_seq_length, short_seq_prob, masked_lm_prob, max_pred, vocab_size,
-                   cls_id, sep_id, mask_id, is_subword) -> list[Instance]:  # fmt: skip
+def _from_document(
+    docs,
+    d,
+    rng,
+    max_seq_length,
+    short_seq_prob,
+    masked_lm_prob,
+    max_pred,
+    vocab_size,
+    cls_id,
+    sep_id,
+    mask_id,
+    is_subword,
+) -> list[Instance]:
     document = docs[d]
     max_num_tokens = max_seq_length - 3
     target = max_num_tokens
@@ -215,9 +241,16 @@ def _from_document(docs, d, rng, max_seq_length, short_seq_prob, masked_lm_prob,
             maskable = [True] * len(ids)
             for p in (0, len(a) + 1, len(ids) - 1):
                 maskable[p] = False
-            ids, pos, orig = mask_tokens(ids, maskable, rng=rng, masked_lm_prob=masked_lm_prob,
-                                         max_predictions_per_seq=max_pred, vocab_size=vocab_size,
-                                         mask_id=mask_id, is_subword=is_subword)  # fmt: skip
+            ids, pos, orig = mask_tokens(
+                ids,
+                maskable,
+                rng=rng,
+                masked_lm_prob=masked_lm_prob,
+                max_predictions_per_seq=max_pred,
+                vocab_size=vocab_size,
+                mask_id=mask_id,
+                is_subword=is_subword,
+            )
             out.append(Instance(ids, types, is_random, pos, orig))
             chunk, length = [], 0
         i += 1
@@ -318,13 +351,19 @@ class PretrainingTask(Task):
         vocab = vocab_tokens(tokenizer)
         subword = np.array([t.startswith("##") for t in vocab]) if self.whole_word_mask else None
         return create_instances(
-            tokenize_documents(examples, tokenizer), rng=random.Random(self.seed), max_seq_length=max_len,
-            short_seq_prob=self.short_seq_prob, masked_lm_prob=self.masked_lm_prob,
-            max_predictions_per_seq=self.max_predictions_per_seq, dupe_factor=self.dupe_factor,
-            vocab_size=len(vocab), cls_id=special_token_id(tokenizer, "cls"),
-            sep_id=special_token_id(tokenizer, "sep"), mask_id=special_token_id(tokenizer, "mask"),
+            tokenize_documents(examples, tokenizer),
+            rng=random.Random(self.seed),
+            max_seq_length=max_len,
+            short_seq_prob=self.short_seq_prob,
+            masked_lm_prob=self.masked_lm_prob,
+            max_predictions_per_seq=self.max_predictions_per_seq,
+            dupe_factor=self.dupe_factor,
+            vocab_size=len(vocab),
+            cls_id=special_token_id(tokenizer, "cls"),
+            sep_id=special_token_id(tokenizer, "sep"),
+            mask_id=special_token_id(tokenizer, "mask"),
             is_subword=subword,
-        )  # fmt: skip
+        )
 
     def featurise(
         self, examples: Sequence[Sequence[str]], tokenizer: Any, max_len: int = 128

@@ -41,8 +41,14 @@ from mobilebert_jax.tasks.pretraining import (
 
 MANIFEST = PREPARED_MANIFEST
 FORMAT = "mobilebert-jax-pretraining-instances/1"
-_OPTION_FIELDS = ("seed", "dupe_factor", "short_seq_prob", "masked_lm_prob", "max_predictions_per_seq",
-                  "whole_word_mask")  # fmt: skip
+_OPTION_FIELDS = (
+    "seed",
+    "dupe_factor",
+    "short_seq_prob",
+    "masked_lm_prob",
+    "max_predictions_per_seq",
+    "whole_word_mask",
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -61,8 +67,13 @@ def decode_instance(record: bytes) -> Instance:
     a = np.frombuffer(record, np.int32)
     t, n0, rnd, m = (int(v) for v in a[:4])
     ids = a[4 : 4 + t].tolist()
-    return Instance(ids, [0] * n0 + [1] * (t - n0), bool(rnd), a[4 + t : 4 + t + m].tolist(),
-                    a[4 + t + m : 4 + t + 2 * m].tolist())  # fmt: skip
+    return Instance(
+        ids,
+        [0] * n0 + [1] * (t - n0),
+        bool(rnd),
+        a[4 + t : 4 + t + m].tolist(),
+        a[4 + t + m : 4 + t + 2 * m].tolist(),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

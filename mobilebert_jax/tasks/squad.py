@@ -94,9 +94,18 @@ def read_squad(path: PathLike) -> list[SquadExample]:
             if not isinstance(ans, Mapping) or "text" not in ans or "answer_start" not in ans:
                 raise DataError('"answers" must be {"text": [...], "answer_start": [...]}', path, line)
             out.append(
-                _example(rec["id"], rec.get("title", ""), rec["context"], rec["question"], list(ans["text"]),
-                         list(ans["answer_start"]), labelled, f"line {line}", path)
-            )  # fmt: skip
+                _example(
+                    rec["id"],
+                    rec.get("title", ""),
+                    rec["context"],
+                    rec["question"],
+                    list(ans["text"]),
+                    list(ans["answer_start"]),
+                    labelled,
+                    f"line {line}",
+                    path,
+                )
+            )
     else:
         check_utf8(path)
         with open(path, encoding="utf-8") as f:
@@ -128,10 +137,18 @@ def read_squad(path: PathLike) -> list[SquadExample]:
                         if not isinstance(ans, Mapping) or "text" not in ans or "answer_start" not in ans:
                             raise DataError(f"{w}.answers[{j}]: needs 'text' and 'answer_start'", path)
                     out.append(
-                        _example(qa["id"], article.get("title", ""), para["context"], qa["question"],
-                                 [x["text"] for x in answers], [x["answer_start"] for x in answers],
-                                 labelled, w, path)
-                    )  # fmt: skip
+                        _example(
+                            qa["id"],
+                            article.get("title", ""),
+                            para["context"],
+                            qa["question"],
+                            [x["text"] for x in answers],
+                            [x["answer_start"] for x in answers],
+                            labelled,
+                            w,
+                            path,
+                        )
+                    )
     if not out:
         raise DataError("no questions in file", path)
     seen: set[str] = set()
@@ -217,6 +234,33 @@ def prepare_features(
     return enc
 
 
+def _window_candidates(
+    sl: np.ndarray, el: np.ndarray, off: np.ndarray, n_best_size: int, max_answer_length: int
+) -> list[dict]:
+    """The spans of one window: every (start, end) pair of its n-best context starts and ends,
+    start-major as HF's double loop, that is a valid answer (in the context, ordered, short enough).
+
+    Positions outside the context are masked before the n-best cut (as HF's QA pipeline does; run_qa's
+    postprocessing cuts first, so padding and question tokens can crowd real candidates out, and the
+    answer would depend on how far the window is padded)."""
+    in_ctx = off[:, 0] >= 0
+    s_idx, e_idx = np.meshgrid(
+        np.argsort(np.where(in_ctx, sl, -np.inf), kind="stable")[-1 : -n_best_size - 1 : -1],
+        np.argsort(np.where(in_ctx, el, -np.inf), kind="stable")[-1 : -n_best_size - 1 : -1],
+        indexing="ij",
+    )
+    ok = (off[s_idx, 0] >= 0) & (off[e_idx, 0] >= 0) & (e_idx >= s_idx) & (e_idx - s_idx < max_answer_length)
+    return [
+        {
+            "offsets": (int(off[s, 0]), int(off[e, 1])),
+            "score": sl[s] + el[e],
+            "start_logit": sl[s],
+            "end_logit": el[e],
+        }
+        for s, e in zip(s_idx[ok].tolist(), e_idx[ok].tolist())
+    ]
+
+
 def postprocess_qa(
     examples: Sequence[SquadExample],
     features: Mapping[str, np.ndarray],
@@ -262,25 +306,7 @@ def postprocess_qa(
             null_score = sl[0] + el[0]
             if null is None or null["score"] > null_score:
                 null = {"offsets": (0, 0), "score": null_score, "start_logit": sl[0], "end_logit": el[0]}
-            # All (start, end) pairs of the n-best context starts and ends, start-major as HF's double
-            # loop. Positions outside the context are masked before the n-best cut (as HF's QA pipeline
-            # does; run_qa's postprocessing cuts first, so padding and question tokens can crowd real
-            # candidates out, and the answer would depend on how far the window is padded).
-            in_ctx = off[:, 0] >= 0
-            s_idx, e_idx = np.meshgrid(
-                np.argsort(np.where(in_ctx, sl, -np.inf), kind="stable")[-1 : -n_best_size - 1 : -1],
-                np.argsort(np.where(in_ctx, el, -np.inf), kind="stable")[-1 : -n_best_size - 1 : -1],
-                indexing="ij",
-            )
-            ok = (
-                (off[s_idx, 0] >= 0)
-                & (off[e_idx, 0] >= 0)
-                & (e_idx >= s_idx)
-                & (e_idx - s_idx < max_answer_length)
-            )
-            for s, e in zip(s_idx[ok].tolist(), e_idx[ok].tolist()):
-                prelim.append({"offsets": (int(off[s, 0]), int(off[e, 1])), "score": sl[s] + el[e],
-                               "start_logit": sl[s], "end_logit": el[e]})  # fmt: skip
+            prelim += _window_candidates(sl, el, off, n_best_size, max_answer_length)
         null_score = None if null is None else null["score"]
         if version_2_with_negative and null is not None:
             prelim.append(null)
@@ -291,8 +317,9 @@ def postprocess_qa(
             c["start"], c["end"] = (int(x) for x in c.pop("offsets"))
             c["text"] = ex.context[c["start"] : c["end"]]
         if not cands or (len(cands) == 1 and cands[0]["text"] == ""):
-            cands.insert(0, {"text": "empty", "start_logit": 0.0, "end_logit": 0.0, "score": 0.0,
-                             "start": 0, "end": 0})  # fmt: skip
+            cands.insert(
+                0, {"text": "empty", "start_logit": 0.0, "end_logit": 0.0, "score": 0.0, "start": 0, "end": 0}
+            )
         scores = np.array([c.pop("score") for c in cands], dtype=np.float64)
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
@@ -387,9 +414,15 @@ class SquadTask(Task):
         outputs: Mapping[str, np.ndarray],
     ) -> dict[str, dict]:
         return postprocess_qa(
-            examples, features, outputs["start_logits"], outputs["end_logits"], self.version_2_with_negative,
-            self.n_best_size, self.max_answer_length, self.null_score_diff_threshold,
-        )  # fmt: skip
+            examples,
+            features,
+            outputs["start_logits"],
+            outputs["end_logits"],
+            self.version_2_with_negative,
+            self.n_best_size,
+            self.max_answer_length,
+            self.null_score_diff_threshold,
+        )
 
     def references(
         self, examples: Sequence[SquadExample], features: Mapping[str, np.ndarray] | None = None
@@ -431,14 +464,25 @@ def load_hf_squad(
     try:
         import datasets  # noqa: PLC0415 - optional dependency
     except ImportError:
-        raise ImportError("loading SQuAD from the hub needs HF `datasets` (pip install datasets); "
-                          "or pass the official JSON file") from None  # fmt: skip
+        raise ImportError(
+            "loading SQuAD from the hub needs HF `datasets` (pip install datasets); "
+            "or pass the official JSON file"
+        ) from None
     try:
         ds = datasets.load_dataset(name, split=split, **load_kwargs)
     except Exception as e:
         raise RuntimeError(f"could not load {name} split {split!r} from HF datasets: {e}") from e
     return [
-        _example(r["id"], r["title"], r["context"], r["question"], list(r["answers"]["text"]),
-                 list(r["answers"]["answer_start"]), True, f"row {i}", f"hf://{name}/{split}")
+        _example(
+            r["id"],
+            r["title"],
+            r["context"],
+            r["question"],
+            list(r["answers"]["text"]),
+            list(r["answers"]["answer_start"]),
+            True,
+            f"row {i}",
+            f"hf://{name}/{split}",
+        )
         for i, r in enumerate(ds)
-    ]  # fmt: skip
+    ]

@@ -175,8 +175,10 @@ def prepared_iterator(
             + ", ".join(f"{k}={have!r} (the job asks for {want!r})" for k, (want, have) in bad.items())
         )
     L, P = m["max_seq_length"], m["task"]["max_predictions_per_seq"]
-    for name, want, have in (("max_seq_length", max_seq_length, L), ("max_predictions_per_seq",
-                             max_predictions_per_seq, P)):  # fmt: skip
+    for name, want, have in (
+        ("max_seq_length", max_seq_length, L),
+        ("max_predictions_per_seq", max_predictions_per_seq, P),
+    ):
         if want is not None and want != have:
             raise ValueError(f"{path} holds instances with {name} {have}; the job asks for {want}")
     if tokenizer is not None and pretraining_data.vocab_sha256(tokenizer) != m["tokenizer"]["vocab_sha256"]:
