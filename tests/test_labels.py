@@ -153,3 +153,30 @@ def test_predict_is_pad_invariant_by_default(tmp_path):
         got.append([line.split("\t")[1] for line in open(written, encoding="utf-8").read().splitlines()[1:]])
     assert got[0] == ref
     assert got[1] != ref, "the control: without the option the padding changes some answers"
+
+
+def test_a_checkpoint_without_tokenizer_files_on_another_vocab_is_refused(tmp_path):
+    """Issue 33 item 4: the packaged uncased vocab stands in for missing tokenizer files only when the
+    model was trained on a vocabulary of its size; otherwise its ids would mean other words. The same
+    rule for the pipelines, the jobs and the export (`checkpoints.loader.check_vocab`)."""
+    from mobilebert_jax.checkpoints.errors import CheckpointError
+    from mobilebert_jax.cli.main import main
+    from mobilebert_jax.jobs.config import UsageError
+
+    packaged = mbj.MobileBertTokenizer.default().vocab_size
+    for vocab, refused in ((packaged + 7, True), (packaged, False)):
+        config = mbj.MobileBertConfig(**{**TINY, "vocab_size": vocab})
+        model = mbj.MobileBertForSequenceClassification(config)
+        folder = str(tmp_path / f"v{vocab}")
+        mbj.save_pretrained(folder, mbj.init_params(model, 0), config, CLASS)  # no tokenizer files
+        data = _mnli_file(tmp_path / "mnli.tsv")
+        if not refused:
+            mbj.pipeline("text-classification", folder)("a film")
+            continue
+        with pytest.raises(CheckpointError, match=f"no tokenizer files .* vocab_size {vocab} .* {packaged}"):
+            mbj.pipeline("text-classification", folder)
+        with pytest.raises(UsageError, match="no tokenizer files"):
+            run_evaluate(_job(folder, data, str(tmp_path / "ev"), task="mnli"))
+        out = str(tmp_path / "exp")
+        assert main(["export", folder, out, "--format", "onnx", "--calibration-file", data]) == 1
+        assert not os.path.exists(out)

@@ -31,6 +31,7 @@ __all__ = [
     "ModelSource",
     "all_initialised",
     "check_vocab",
+    "packaged_tokenizer",
     "load_model",
     "load_tokenizer",
     "model_folder",
@@ -118,13 +119,29 @@ def model_folder(name_or_path: str | os.PathLike) -> str | None:
 
 
 # --------------------------------------------------------------------------------------- tokenizer
-def check_vocab(tokenizer: MobileBertTokenizer, config: MobileBertConfig) -> None:
-    """The one reaction to a tokenizer/model mismatch: ids past the embedding table are an error."""
+def check_vocab(tokenizer: MobileBertTokenizer, config: MobileBertConfig, packaged: bool = False) -> None:
+    """The one reaction to a tokenizer/model mismatch: ids past the embedding table are an error, and so
+    is the packaged uncased vocab standing in for a checkpoint's missing tokenizer files (`packaged`)
+    when the sizes differ: the checkpoint was trained on another vocabulary, whose ids mean other words.
+    """
+    if packaged and tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"the model has no tokenizer files (vocab.txt / tokenizer.json) and its vocab_size "
+            f"{config.vocab_size} is not the packaged uncased vocab's {tokenizer.vocab_size}: it was trained "
+            "on another vocabulary; put that vocab.txt beside the model (or pass its tokenizer)"
+        )
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(
             f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {config.vocab_size}; "
             "use a matching tokenizer or a model config with that vocab_size"
         )
+
+
+def packaged_tokenizer(name_or_path: str | os.PathLike) -> bool:
+    """True when a checkpoint (not a preset) has no tokenizer files, so `load_tokenizer` gives the
+    packaged uncased vocab in their place (`check_vocab(..., packaged=True)` then applies)."""
+    folder = model_folder(name_or_path)
+    return folder is not None and tokenizer_folder(folder) is None
 
 
 def tokenizer_folder(path: str | None) -> str | None:
@@ -173,6 +190,11 @@ class LoadedModel:
     source: str
     path: str | None
     report: TFConversionReport | None
+
+    @property
+    def packaged_tokenizer(self) -> bool:
+        """`tokenizer` is the packaged uncased vocab standing in for files a checkpoint lacks."""
+        return self.source != "preset" and tokenizer_folder(self.path) is None
 
     def build(
         self,

@@ -93,7 +93,7 @@ def _model(job: JobConfig, task: Task, tok) -> tuple[JobConfig, Any, Any]:
     preset gets random weights."""
     config, model, params = load_model(job, task, jax.random.key(job.seed), tok)
     job = resolve_max_seq_length(job, config)
-    check_compatible(config, tok, job.max_seq_length)
+    check_compatible(config, tok, job.max_seq_length, job.model)
     if params is None:
         params = init_params(model, job.seed)
         say(f"warning: {job.model} is a preset: random weights")

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from mobilebert_jax.checkpoints.loader import LoadedModel, load_model, tokenizer_folder
+from mobilebert_jax.checkpoints.loader import LoadedModel, check_vocab, load_model, tokenizer_folder
 from mobilebert_jax.jobs import run_dir
 from mobilebert_jax.jobs.config import UsageError
 
@@ -99,6 +99,8 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
     loaded = _load(config)
     model, params = loaded.build()
     tok = loaded.tokenizer
+    if config.calibration_file or config.device_ready:  # the tokenizer's ids are fed or shipped
+        check_vocab(tok, loaded.config, packaged=loaded.packaged_tokenizer)
     stats = _quant_stats(config, loaded)
     calibration = None
     if config.calibration_file:

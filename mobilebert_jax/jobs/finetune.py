@@ -237,7 +237,7 @@ def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
     config, model, params = load_model(job, task, rng, tok)
     job = resolve_max_seq_length(job, config)
     length = job.max_seq_length
-    check_compatible(config, tok, length)
+    check_compatible(config, tok, length, job.model)
     mesh = job_mesh(job)
     identity = run_dir.run_identity(job, task, config, mesh.devices.size)
     mode, clean_first = run_dir.decide(job, identity, say)

@@ -36,7 +36,7 @@ def saved_model_config(model: str) -> MobileBertConfig | None:
 
 def load_tokenizer(model: str) -> MobileBertTokenizer:
     """The model's tokenizer by the loader's one rule (its files, else the packaged uncased vocab)."""
-    return loader.load_tokenizer(loader.resolve_model(model).folder)
+    return loader.load_tokenizer(loader.model_folder(model))
 
 
 def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokenizer | None = None):
@@ -80,12 +80,17 @@ def load_params(folder: str, task: Task, scan_layers: bool) -> Any:
     return loader.load_model(folder, task.model_class).build(scan_layers=scan_layers)[1]
 
 
-def check_compatible(config: MobileBertConfig, tok: MobileBertTokenizer, max_seq_length: int) -> None:
-    """Ids past the embedding table would be silently filled inside jit: refuse them up front."""
+def check_compatible(
+    config: MobileBertConfig, tok: MobileBertTokenizer, max_seq_length: int, model: str
+) -> None:
+    """Ids past the embedding table would be silently filled inside jit, and the packaged vocab's ids
+    mean other words to a checkpoint trained on another one: refuse both up front (`loader.check_vocab`)."""
+    packaged = loader.packaged_tokenizer(model)
     try:
-        loader.check_vocab(tok, config)
+        loader.check_vocab(tok, config, packaged=packaged)
     except CheckpointError as e:
-        raise UsageError(f"{e} (e.g. --model_config '{{\"vocab_size\": {tok.vocab_size}}}')") from None
+        hint = "" if packaged else f" (e.g. --model_config '{{\"vocab_size\": {tok.vocab_size}}}')"
+        raise UsageError(f"{e}{hint}") from None
     if max_seq_length > config.max_position_embeddings:
         raise UsageError(
             f"--max_seq_length {max_seq_length} > the model's max_position_embeddings "

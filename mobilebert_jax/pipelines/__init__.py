@@ -46,7 +46,7 @@ def _user_tokenizer(tokenizer: Any):
 
 
 def _jax_model(model: Any, model_class: str, dtype: Any, scan_layers: bool, config_overrides: dict[str, Any]):
-    """(model, params, tokenizer or None) from a (model, params) pair, or anything `load_model` reads
+    """(model, params, tokenizer or None, whether that is the packaged stand-in) from a (model, params) pair, or anything `load_model` reads
     (a preset, an HF directory, a checkpoint, a hub id)."""
     from mobilebert_jax.checkpoints.loader import load_model
 
@@ -54,14 +54,14 @@ def _jax_model(model: Any, model_class: str, dtype: Any, scan_layers: bool, conf
         module, params = model
         if not hasattr(module, "config") or not hasattr(module, "apply"):
             raise TypeError(f"model=(module, params): {type(module).__name__} is not a mobilebert_jax model")
-        return module, params, None
+        return module, params, None, False
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(
             f"model must be an HF directory, a preset, a hub id or a (model, params) pair, got {type(model).__name__}"
         )
     loaded = load_model(model, model_class, init=False, **config_overrides)
     module, params = loaded.build(dtype=dtype, scan_layers=scan_layers)
-    return module, params, loaded.tokenizer
+    return module, params, loaded.tokenizer, loaded.packaged_tokenizer
 
 
 def pipeline(
@@ -101,7 +101,7 @@ def pipeline(
         config_overrides: config fields for a preset or directory (e.g. {"vocab_size": 30522}).
         **defaults: default call parameters of the task (top_k, aggregation_strategy, ...).
     """
-    from mobilebert_jax.checkpoints.loader import check_vocab, load_tokenizer
+    from mobilebert_jax.checkpoints.loader import check_vocab, load_tokenizer, tokenizer_folder
     from mobilebert_jax.model.config import MobileBertConfig
 
     task = ALIASES.get(task, task)
@@ -115,14 +115,16 @@ def pipeline(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     cls, model_class = TASKS[task]
     tok = _user_tokenizer(tokenizer)
+    packaged = False  # the packaged vocab standing in for a checkpoint's missing tokenizer files
     if backend == "jax":
-        module, params, model_tok = _jax_model(
+        module, params, model_tok, model_packaged = _jax_model(
             model, model_class, dtype, scan_layers, dict(config_overrides or {})
         )
         runner: Backend = JaxBackend(module, params, device=device)
         config = module.config
         if tok is None:
             tok = model_tok if model_tok is not None else load_tokenizer(None)
+            packaged = model_packaged
     else:
         path = os.fspath(model)
         folder = path if os.path.isdir(path) else os.path.dirname(path)
@@ -132,8 +134,8 @@ def pipeline(
         runner_cls = LiteRtBackend if backend == "litert" else OnnxBackend
         runner = runner_cls(path, pad_token_id=config.pad_token_id)
         if tok is None:
-            tok = load_tokenizer(folder)
-    check_vocab(tok, config)  # ids past the embedding table would be filled silently inside jit
+            tok, packaged = load_tokenizer(folder), tokenizer_folder(folder) is None
+    check_vocab(tok, config, packaged)  # ids past the embedding table would be filled silently inside jit
     defaults = {**cls.config_defaults(config), **defaults}  # the fine-tune's settings, unless given
     return cls(runner, tok, config, batch_size=batch_size, buckets=buckets, progress=progress, **defaults)
 
