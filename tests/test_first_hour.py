@@ -325,3 +325,39 @@ def test_qa_pipeline_answers_what_evaluate_answered(tmp_path):
     assert qa.defaults["max_seq_len"] == 64
     answers = qa([{"question": q["question"], "context": para["context"]} for q in para["qas"]])
     assert {q["id"]: a["answer"] for q, a in zip(para["qas"], answers)} == predicted
+
+
+def test_a_pipeline_cuts_inputs_at_the_fine_tunes_saved_length(tmp_path):
+    """Item 3: a text-classification pipeline truncates where the fine-tune's evaluation did (its
+    `max_seq_length` in config.json), so it scores as HF PyTorch scores that truncation."""
+    import numpy as np
+    import torch
+    from conftest import TINY, perturbed_hf_model
+
+    import mobilebert_jax as mbj
+    from mobilebert_jax.checkpoints.pytorch import from_pytorch
+
+    tok = mbj.MobileBertTokenizer.default()
+    config = mbj.MobileBertConfig(**{**TINY, "vocab_size": tok.vocab_size, "num_labels": 2})
+    hf = perturbed_hf_model(config, "MobileBertForSequenceClassification")
+    params = from_pytorch(
+        {k: v.numpy() for k, v in hf.state_dict().items()}, config, "MobileBertForSequenceClassification"
+    )
+    text = (
+        "a gripping , funny and moving film that never once loses its nerve or its heart , whatever happens"
+    )
+    scores = {}
+    for saved in (None, 12):
+        cfg = config if saved is None else config.replace(extra={**config.extra, "max_seq_length": saved})
+        folder = str(tmp_path / f"clf-{saved}")
+        mbj.save_pretrained(folder, params, cfg, "MobileBertForSequenceClassification")
+        tok.save_pretrained(folder)
+        out = mbj.pipeline("text-classification", folder)(text, top_k=None)
+        scores[saved] = np.array([d["score"] for d in sorted(out, key=lambda d: d["label"])])
+    enc = tok([text], truncation=True, max_length=12)
+    assert len(tok([text])["input_ids"][0]) > 12  # the text is longer than the saved length
+    with torch.no_grad():
+        logits = hf(**{k: torch.tensor(np.asarray(v)) for k, v in enc.items()}).logits
+    ref = torch.softmax(logits, -1).numpy()[0]
+    np.testing.assert_allclose(scores[12], ref, rtol=1e-5, atol=1e-6)
+    assert np.abs(scores[None] - ref).max() > 1e-4  # without the saved length the whole text is read

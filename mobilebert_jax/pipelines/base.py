@@ -64,6 +64,9 @@ class Pipeline:
     call_parameters: tuple[str, ...] = ()
     per_token: tuple[str, ...] = ()  # outputs [B, T, ...] (cut to each feature's length); others [B, ...]
 
+    # truncate at the `max_seq_length` a fine-tune saved in config.json (QA sets its own window length)
+    caps_at_saved_length: bool = True
+
     def __init__(
         self,
         backend: Backend | Runtime,
@@ -85,6 +88,10 @@ class Pipeline:
         self.chunk_batches = max(1, int(chunk_batches))
         self.progress = progress
         self.max_length = int(min(tokenizer.model_max_length, backend.max_length))
+        saved = (getattr(config, "extra", None) or {}).get("max_seq_length")
+        if self.caps_at_saved_length and isinstance(saved, int) and saved > 0:
+            # a fine-tune's length (config.json): inputs are cut where its evaluation cut them
+            self.max_length = min(self.max_length, saved)
         self.buckets = backend.lengths or length_buckets(self.max_length, buckets)
         self.max_length = min(self.max_length, self.buckets[-1])
         self.defaults = self._check_parameters(defaults)

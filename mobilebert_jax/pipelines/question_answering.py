@@ -63,6 +63,8 @@ class QuestionAnsweringPipeline(Pipeline):
             raise TypeError("pass either inputs or question=/context=, not both")
         return super().__call__(inputs, **params)
 
+    caps_at_saved_length = False  # the window length is `max_seq_len`, from the same config.json
+
     @classmethod
     def config_defaults(cls, config: Any) -> dict[str, Any]:
         """A SQuAD fine-tune's settings from its config.json (`max_seq_length`, `task_options`), so the
