@@ -352,8 +352,8 @@ def export_litert() -> nbformat.NotebookNode:
             "mobilebert-jax export RUN out-int8 --format litert --quantize int8 --calibration-file train.tsv\n"
             "mobilebert-jax export RUN out-onnx --format onnx --quantize dynamic-int8\n"
             "```\n"
-            "Static `int8` (weights and activations) calibrates on real text from `--calibration-file`; the "
-            "README's Deploy section lists the measured error, agreement, sizes and latencies."
+            "Static `int8` (weights and activations) calibrates on real text from `--calibration-file`; "
+            "docs/deploy.md lists the measured error, agreement, sizes and latencies."
         ),
     ]
     return new_notebook(cells=cells, metadata=_meta())

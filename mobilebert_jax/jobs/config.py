@@ -126,7 +126,7 @@ class JobConfig:
         "ranges (quant_stats.msgpack) that export then uses",
         ("finetune",),
     )
-    # Unrolled layers trained faster per step on CPU than a scan over them (README); inference outside a
+    # Unrolled layers trained faster per step on CPU than a scan over them (docs/benchmarks.md); inference outside a
     # job (`from_pretrained` + `jit(apply)`) picks by input size (AUTO_UNROLL_MAX_TOKENS). Same params and numbers either way.
     unroll_layers: bool = _f(True, "run the layers unrolled (--no-unroll-layers: one lax.scan over them)")
     attention_implementation: str = _f(

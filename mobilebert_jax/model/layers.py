@@ -32,9 +32,8 @@ def token_major_dot_general(lhs, rhs, dimension_numbers, precision=None, preferr
 
     Same math and params as `nn.Dense`. The point is the backward pass: autodiff of the 2-D product gives
     the weight gradient as `xᵀ·dy` over two 2-D operands, which XLA CPU runs as one GEMM; over the 3-D
-    `[B, T, in]` operand it contracts two axes at once, which XLA CPU runs slower (README "Benchmarks":
-    the full-size training step 1.10x faster, inference unchanged). Other backends keep `nn.Dense`'s
-    contraction (not measured there).
+    `[B, T, in]` operand it contracts two axes at once, which XLA CPU runs slower (measured in
+    docs/benchmarks.md). Other backends keep `nn.Dense`'s contraction.
     """
     (lc, rc), (lb, rb) = dimension_numbers
     token_major = lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,)

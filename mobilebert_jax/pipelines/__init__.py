@@ -96,7 +96,7 @@ def pipeline(
         device: a `jax.Device` for the JAX backend (default: JAX's default device).
         dtype: compute dtype of the JAX model (e.g. jnp.bfloat16); default float32.
         scan_layers: build a model loaded here with its layers in one `nn.scan` (compiles once per
-            shape in seconds instead of minutes for 24 layers, and runs faster on CPU; see README).
+            shape in seconds instead of minutes for 24 layers, and runs faster on CPU; docs/benchmarks.md).
         progress: show a progress bar (default: for long inputs).
         config_overrides: config fields for a preset or directory (e.g. {"vocab_size": 30522}).
         **defaults: default call parameters of the task (top_k, aggregation_strategy, ...).

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 Metrics = dict[str, jax.Array]
 
 __all__ = [
-    "ArrayIterator",  # re-exported from train_io: the trainer's data API in one import
+    "ArrayIterator",  # from training.data: the trainer's data API in one import
     "DataIterator",
     "FitConfig",
     "FitResult",
