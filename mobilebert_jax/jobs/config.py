@@ -50,6 +50,11 @@ _EVAL = (*TRAIN_COMMANDS, "evaluate")
 _PRED = (*TRAIN_COMMANDS, "predict")
 
 
+def _need(ok: bool, flag: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise UsageError(f"--{flag} must be {expected}, got {value!r}")
+
+
 @dataclasses.dataclass
 class JobConfig:
     """One fine-tuning/evaluation job. Field names follow HF's `run_glue.py` / `TrainingArguments`."""
@@ -197,12 +202,14 @@ class JobConfig:
 
     def validate(self, command: str) -> None:
         """Raises `UsageError` naming the flag for a value or combination that cannot run."""
+        self._validate_values()
+        if command in TRAIN_COMMANDS:
+            self._validate_training()
+            self._validate_combinations()
 
-        def need(ok: bool, flag: str, expected: str, value: Any) -> None:
-            if not ok:
-                raise UsageError(f"--{flag} must be {expected}, got {value!r}")
-
-        train = command in TRAIN_COMMANDS
+    def _validate_values(self) -> None:
+        """The fields every command reads."""
+        need = _need
         need(
             self.per_device_eval_batch_size >= 1,
             "per_device_eval_batch_size",
@@ -223,8 +230,10 @@ class JobConfig:
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
             v = getattr(self, name)
             need(v is None or v >= 1, name, ">= 1", v)
-        if not train:
-            return
+
+    def _validate_training(self) -> None:
+        """The fields of a training run."""
+        need = _need
         for name in (
             "per_device_train_batch_size",
             "gradient_accumulation_steps",
@@ -271,6 +280,9 @@ class JobConfig:
             ">= 1",
             self.save_total_limit,
         )
+
+    def _validate_combinations(self) -> None:
+        """Flags that exclude each other in a training run."""
         if self.load_best_model_at_end and not self.eval_steps:
             raise UsageError(
                 "--load_best_model_at_end needs --eval_steps N (the best model is chosen by "
