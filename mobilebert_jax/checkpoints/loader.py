@@ -140,8 +140,12 @@ def check_vocab(tokenizer: MobileBertTokenizer, config: MobileBertConfig, packag
 def packaged_tokenizer(name_or_path: str | os.PathLike) -> bool:
     """True when a checkpoint (not a preset) has no tokenizer files, so `load_tokenizer` gives the
     packaged uncased vocab in their place (`check_vocab(..., packaged=True)` then applies)."""
-    folder = model_folder(name_or_path)
-    return folder is not None and tokenizer_folder(folder) is None
+    return _stands_in(model_folder(name_or_path))
+
+
+def _stands_in(model_path: str | None) -> bool:
+    """The packaged vocab stands in for a checkpoint's tokenizer (`model_path` None: a preset)."""
+    return model_path is not None and tokenizer_folder(model_path) is None
 
 
 def tokenizer_folder(path: str | None) -> str | None:
@@ -194,7 +198,7 @@ class LoadedModel:
     @property
     def packaged_tokenizer(self) -> bool:
         """`tokenizer` is the packaged uncased vocab standing in for files a checkpoint lacks."""
-        return self.source != "preset" and tokenizer_folder(self.path) is None
+        return _stands_in(self.path)
 
     def build(
         self,

@@ -91,7 +91,7 @@ def _task_and_tokenizer(job: JobConfig, command: str) -> tuple[Task, Any]:
 def _model(job: JobConfig, task: Task, tok) -> tuple[JobConfig, Any, Any]:
     """(job with its length decided, model, params) of `job.model`, checked against the tokenizer; a
     preset gets random weights."""
-    config, model, params = load_model(job, task, jax.random.key(job.seed), tok)
+    config, model, params = load_model(job, task, jax.random.key(job.seed))
     job = resolve_max_seq_length(job, config)
     check_compatible(config, tok, job.max_seq_length, job.model)
     if params is None:

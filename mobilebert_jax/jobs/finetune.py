@@ -234,7 +234,7 @@ class Plan:
 def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
     """Loads the model, decides the output dir (`run_dir.decide`), featurises and sizes the run."""
     task, tok = data.task, data.tok
-    config, model, params = load_model(job, task, rng, tok)
+    config, model, params = load_model(job, task, rng)
     job = resolve_max_seq_length(job, config)
     length = job.max_seq_length
     check_compatible(config, tok, length, job.model)

@@ -39,20 +39,21 @@ def load_tokenizer(model: str) -> MobileBertTokenizer:
     return loader.load_tokenizer(loader.model_folder(model))
 
 
-def load_model(job: JobConfig, task: Task, rng: jax.Array, tok: MobileBertTokenizer | None = None):
+def load_model(job: JobConfig, task: Task, rng: jax.Array):
     """(config, model, params or None) through `checkpoints.loader`: a preset gives random init (params
     created sharded later; its vocab_size is the packaged tokenizer's unless `model_config` sets it)."""
     dtype = jnp.bfloat16 if job.bf16 else jnp.float32
     overrides = {**task.config_overrides(), **job.model_config}
     kw = dict(dtype=dtype, scan_layers=job.scan_layers, remat=job.remat, unroll_layers=job.unroll_layers)
     attn = dict(attention_implementation=job.attention_implementation, pad_invariant=job.pad_invariant)
-    if loader.resolve_model(job.model).kind == "preset":
-        try:
-            loaded = loader.load_model(job.model, task.model_class, init=False, **overrides)
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"--model_config: {e}") from None
+    try:  # init=False: a preset's params are created sharded later; a checkpoint's are read
+        loaded = loader.load_model(job.model, task.model_class, rng=rng, init=False, **overrides)
+    except (TypeError, ValueError) as e:
+        if loader.resolve_model(job.model).kind != "preset":
+            raise
+        raise UsageError(f"--model_config: {e}") from None
+    if loaded.source == "preset":
         return loaded.config, loaded.model_class(loaded.config, **kw, **attn), None
-    loaded = loader.load_model(job.model, task.model_class, rng=rng, **overrides)
     model, params = loaded.build(**kw, rng=rng)
     return loaded.config, model.clone(**attn), params
 
@@ -65,9 +66,8 @@ def resolve_max_seq_length(job: JobConfig, config: MobileBertConfig) -> JobConfi
     extra by the finetune job), else 128, or the model's positions where it has fewer (a tiny preset)."""
     if job.max_seq_length is not None:
         return job
-    saved = config.extra.get("max_seq_length")
-    if isinstance(saved, int) and not isinstance(saved, bool) and saved <= config.max_position_embeddings:
-        length, why = saved, "the model's fine-tuning length, from its config.json"
+    if config.saved_max_seq_length is not None:
+        length, why = config.saved_max_seq_length, "the model's fine-tuning length, from its config.json"
     else:
         length = min(DEFAULT_MAX_SEQ_LENGTH, config.max_position_embeddings)
         why = "default" if length == DEFAULT_MAX_SEQ_LENGTH else "the model's max_position_embeddings"

@@ -186,6 +186,14 @@ class MobileBertConfig:
         return self.true_hidden_size // self.num_attention_heads
 
     @property
+    def saved_max_seq_length(self) -> int | None:
+        """The `max_seq_length` a fine-tune saved in `extra` (its config.json), when it is a length this
+        model can run; None otherwise. Evaluation, prediction and the pipelines default to it."""
+        v = self.extra.get("max_seq_length")
+        ok = isinstance(v, int) and not isinstance(v, bool) and 0 < v <= self.max_position_embeddings
+        return v if ok else None
+
+    @property
     def label2id(self) -> dict[str, int]:
         return {v: k for k, v in self.id2label.items()}
 

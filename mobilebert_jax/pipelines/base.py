@@ -88,10 +88,9 @@ class Pipeline:
         self.chunk_batches = max(1, int(chunk_batches))
         self.progress = progress
         self.max_length = int(min(tokenizer.model_max_length, backend.max_length))
-        saved = (getattr(config, "extra", None) or {}).get("max_seq_length")
-        if self.caps_at_saved_length and isinstance(saved, int) and saved > 0:
+        if self.caps_at_saved_length and config.saved_max_seq_length is not None:
             # a fine-tune's length (config.json): inputs are cut where its evaluation cut them
-            self.max_length = min(self.max_length, saved)
+            self.max_length = min(self.max_length, config.saved_max_seq_length)
         self.buckets = backend.lengths or length_buckets(self.max_length, buckets)
         self.max_length = min(self.max_length, self.buckets[-1])
         self.defaults = self._check_parameters(defaults)

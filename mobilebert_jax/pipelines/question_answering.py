@@ -84,8 +84,8 @@ class QuestionAnsweringPipeline(Pipeline):
             null_score_diff_threshold=t.null_score_diff_threshold,
             handle_impossible_answer=t.version_2_with_negative,
         )
-        if isinstance(extra.get("max_seq_length"), int):
-            out["max_seq_len"] = extra["max_seq_length"]
+        if config.saved_max_seq_length is not None:
+            out["max_seq_len"] = config.saved_max_seq_length
         return out
 
     def _is_single(self, inputs: Any) -> bool:
