@@ -1,16 +1,26 @@
-"""text-classification pipelines on the SST-2 dev sentences: ours (JAX; LiteRT) vs HF's, same weights.
+"""text-classification on the SST-2 dev sentences: our pipeline (JAX; LiteRT dynamic-int8), MediaPipe's
+TextClassifier on our int8 device-ready file, and HF's pipeline, all on the same weights.
 
-    python benchmarks/bench_pipeline.py                           # full-size random weights, JAX vs HF
-    python benchmarks/bench_pipeline.py --model runs/sst2/hf_model --batch-size 32
-    python benchmarks/bench_pipeline.py --litert export/sst2-int8  # adds a LiteRT backend run
+    python benchmarks/bench_pipeline.py                                # full-size random weights
+    python benchmarks/bench_pipeline.py --model runs/sst2/hf_model     # a fine-tuned classifier
+    python benchmarks/bench_pipeline.py --work /tmp/bp --rounds 3      # keep (and reuse) the exports
 
+Rows (each in its own worker process; in one process XLA's, torch's and LiteRT's thread pools fight):
+  jax        `mbj.pipeline("text-classification", MODEL)`, batch `--batch-size`, padded to length buckets
+  litert     the same pipeline on `export MODEL --format litert --quantize dynamic-int8
+             --seq-lengths 16,32,48,64` (one row at a time, each padded to the smallest signature)
+  mediapipe  MediaPipe Tasks' `TextClassifier` on `export MODEL --format litert --quantize dynamic-int8
+             --device-ready --seq-lengths 64` (one text at a time; it tokenizes on its own and pads to 64,
+             which holds every SST-2 dev sentence: 55 tokens at most)
+  hf         `transformers.pipeline("text-classification", MODEL)`, batch `--batch-size` (each batch
+             padded to its longest row)
 The model directory (default: a full-size `mobilebert-uncased` MobileBertForSequenceClassification,
-HF's random init, written once to a temp dir with our tokenizer) is loaded by each side in its own
-worker process, one after the other (in one process XLA's and torch's thread pools fight). Each
-worker first warms up (ours: one batch per length bucket, which compiles every shape the run needs;
-HF: one batch), then times `--repeats` passes over all sentences and reports the best examples/s.
-Ratios are ours / HF (> 1: we are faster). Both sides use batch size `--batch-size`; HF pads each
-batch to its longest row, ours to the smallest length bucket.
+HF's random init, written to the work dir with our tokenizer) and the exports are made once, before
+any timing. Each worker warms up (ours: one batch per length bucket, which compiles every shape the
+run needs; HF and MediaPipe: one batch / a few texts), then times `--repeats` passes over all
+sentences and reports its best. Rounds run every worker once, in alternating order; the table gives
+each row's median examples/s over the rounds and the ratio to HF's median (> 1: faster than HF), and
+each row's label agreement with HF's labels. Goals (issue 34): jax >= 1.5x, litert (int8) >= 3x.
 """
 
 from __future__ import annotations
@@ -57,11 +67,29 @@ def _timed(run, texts, repeats):
     return best, out
 
 
+def _mediapipe(path: str, texts: list[str]):
+    from mediapipe.tasks.python import BaseOptions, text
+
+    opts = text.TextClassifierOptions(base_options=BaseOptions(model_asset_path=path), max_results=1)
+    clf = text.TextClassifier.create_from_options(opts)
+
+    def run(x):
+        return [{"label": clf.classify(t).classifications[0].categories[0].category_name} for t in x]
+
+    return run
+
+
 def worker(
     kind: str, model: str, texts: list[str], batch_size: int, repeats: int, torch_threads: int
 ) -> dict:
     t0 = time.perf_counter()
-    if kind == "hf":
+    if kind == "mediapipe":
+        run = _mediapipe(os.path.join(model, "model.tflite"), texts)
+        load = time.perf_counter() - t0
+        t = time.perf_counter()
+        run(texts[:batch_size])
+        warm = time.perf_counter() - t
+    elif kind == "hf":
         import torch
         import transformers
 
@@ -109,107 +137,132 @@ def worker(
         "warmup_s": warm,
         "labels": [o["label"] for o in out],
     }
-    if kind != "hf":
+    if kind in ("jax", "litert"):
         res["compiled_shapes"] = getattr(pipe.backend, "compiled_shapes", None)
     return res
 
 
+EXPORTS = {  # row -> extra `mobilebert-jax export` flags (all: --format litert --quantize dynamic-int8)
+    "litert": ["--seq-lengths", "16,32,48,64"],
+    "mediapipe": ["--seq-lengths", "64", "--device-ready"],
+}
+
+
+def export_for(kind: str, model: str, work: str) -> str:
+    """The export directory the row `kind` runs (made with the CLI unless WORK already holds it)."""
+    out = os.path.join(work, f"{kind}-dynamic-int8")
+    if os.path.exists(os.path.join(out, "export.json")):
+        return out
+    cmd = [sys.executable, "-m", "mobilebert_jax.cli.main", "export", model, out, "--format", "litert"]
+    cmd += ["--quantize", "dynamic-int8", "--overwrite", *EXPORTS[kind]]
+    print("$ mobilebert-jax " + " ".join(cmd[3:]), flush=True)
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if subprocess.run(cmd, env=env).returncode != 0:
+        raise SystemExit(f"export for the {kind} row failed (its error is above)")
+    print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def available(kind: str) -> str | None:
+    """Why the row cannot run here (None: it can)."""
+    mods = {"litert": ("ai_edge_litert", "the export extra"), "mediapipe": ("mediapipe", "the test extra")}
+    if kind not in mods:
+        return None
+    import importlib.util
+
+    mod, extra = mods[kind]
+    if importlib.util.find_spec(mod) is None or importlib.util.find_spec("litert_converter") is None:
+        return f"needs {mod} and litert-converter ({extra}; scripts/setup.sh installs both)"
+    return None
+
+
+def run_worker(kind: str, model: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--model", model, "--data", args.data]
+    cmd += ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+    cmd += ["--torch-threads", str(args.torch_threads)]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report(results: dict[str, list[dict]], n: int, args: argparse.Namespace) -> dict:
+    import statistics
+
+    med = {k: statistics.median(r["examples_per_s"] for r in rs) for k, rs in results.items()}
+    threads = args.torch_threads or "default"
+    print(
+        f"\n{n} SST-2 dev sentences, batch size {args.batch_size}, best of {args.repeats} pass(es) per "
+        f"round, {args.rounds} round(s), torch threads {threads}, {os.cpu_count()} CPUs, "
+        f"load average now {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'':10} {'examples/s':>11} {'per round':>24} {'ratio vs HF':>12} {'labels = HF':>12}")
+    hf_labels = results["hf"][0]["labels"]
+    summary = {}
+    for kind, rs in results.items():
+        agree = sum(a == b for a, b in zip(rs[0]["labels"], hf_labels)) / n
+        per_round = " ".join(f"{r['examples_per_s']:.1f}" for r in rs)
+        ratio = med[kind] / med["hf"]
+        print(f"{kind:10} {med[kind]:11.1f} {per_round:>24} {ratio:11.2f}x {100 * agree:11.1f}%")
+        summary[kind] = {"examples_per_s": med[kind], "ratio_vs_hf": ratio, "label_agreement_with_hf": agree}
+        summary[kind]["rounds"] = [{k: v for k, v in r.items() if k != "labels"} for r in rs]
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="HF directory (default: full-size random weights in a temp dir)")
-    ap.add_argument(
-        "--litert", help="export directory with model.tflite (e.g. dynamic-int8) of the same weights"
-    )
+    ap.add_argument("--model", help="HF directory (default: full-size random weights in the work dir)")
+    ap.add_argument("--work", help="folder for the model and the exports (kept; default: a temp dir)")
     ap.add_argument("--data", default=SST2, help="SST-2 dev.tsv")
+    ap.add_argument("--rows", default="jax,litert,mediapipe,hf", help="comma-separated rows to run")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="timed passes per worker (its best counts)")
+    ap.add_argument("--rounds", type=int, default=2, help="every worker once per round, alternating order")
     ap.add_argument("--limit", type=int, default=None, help="first N sentences only")
     ap.add_argument(
         "--torch-threads", type=int, default=0, help="torch.set_num_threads for HF (0: torch's default)"
     )
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--worker", choices=("jax", "hf", "litert"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("jax", "hf", "litert", "mediapipe"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not os.path.isfile(args.data):
         raise SystemExit(f"{args.data}: SST-2 dev.tsv not found (pass --data)")
     texts = sentences(args.data)[: args.limit]
     if args.worker:
-        model = args.litert if args.worker == "litert" else args.model
-        print(
-            json.dumps(worker(args.worker, model, texts, args.batch_size, args.repeats, args.torch_threads))
-        )
+        res = worker(args.worker, args.model, texts, args.batch_size, args.repeats, args.torch_threads)
+        print(json.dumps(res))
         return
-    tmp = None
+    tmp = None if args.work else tempfile.TemporaryDirectory()
+    work = args.work or tmp.name
+    os.makedirs(work, exist_ok=True)
     if args.model is None:
-        tmp = tempfile.TemporaryDirectory()
-        args.model = tmp.name
-        print("writing a full-size random MobileBertForSequenceClassification ...", flush=True)
-        make_model(args.model)
-    kinds = ["jax", "hf"]
-    if args.litert:
-        try:
-            import ai_edge_litert  # noqa: F401
-        except ImportError:
-            print("litert: skipped, ai-edge-litert is not installed")
+        args.model = os.path.join(work, "hf_model")
+        if not os.path.exists(os.path.join(args.model, "config.json")):
+            print("writing a full-size random MobileBertForSequenceClassification ...", flush=True)
+            make_model(args.model)
+    kinds = [k.strip() for k in args.rows.split(",") if k.strip()]
+    if "hf" not in kinds:
+        kinds.append("hf")  # the reference of every ratio
+    dirs = {}
+    for kind in list(kinds):
+        why = available(kind)
+        if why:
+            print(f"{kind}: skipped, {why}")
+            kinds.remove(kind)
         else:
-            kinds.append("litert")
-    else:
-        print("litert: skipped, no --litert export directory given")
-    results = {}
-    for kind in kinds:
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--worker",
-            kind,
-            "--model",
-            args.model,
-            "--data",
-            args.data,
-            "--batch-size",
-            str(args.batch_size),
-            "--repeats",
-            str(args.repeats),
-            "--torch-threads",
-            str(args.torch_threads),
-        ]
-        if args.litert:
-            cmd += ["--litert", args.litert]
-        if args.limit:
-            cmd += ["--limit", str(args.limit)]
-        print(f"{kind}: running ...", flush=True)
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
-        )
-        if proc.returncode != 0:
-            raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
-        results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
-    hf = results["hf"]
-    threads = args.torch_threads or "default"
-    print(
-        f"\n{len(texts)} SST-2 dev sentences, batch size {args.batch_size}, best of {args.repeats} passes, "
-        f"torch threads {threads}, load average {os.getloadavg()[0]:.1f}"
-    )
-    print(f"{'':8} {'examples/s':>11} {'pass s':>8} {'load s':>7} {'warm-up s':>10} {'ratio vs HF':>12}")
-    for kind, r in results.items():
-        ratio = r["examples_per_s"] / hf["examples_per_s"]
-        print(
-            f"{kind:8} {r['examples_per_s']:11.1f} {r['seconds']:8.2f} {r['load_s']:7.1f} {r['warmup_s']:10.1f} "
-            f"{ratio:11.2f}x"
-        )
-    for kind, r in results.items():
-        if kind != "hf":
-            agree = sum(a == b for a, b in zip(r["labels"], hf["labels"])) / len(texts)
-            print(
-                f"{kind}: label agreement with HF {100 * agree:.1f}%; compiled shapes {r.get('compiled_shapes')}"
-            )
+            dirs[kind] = export_for(kind, args.model, work) if kind in EXPORTS else args.model
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for r in range(args.rounds):
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            print(f"round {r + 1}: {kind} ...", flush=True)
+            results[kind].append(run_worker(kind, dirs[kind], args))
+    summary = report(results, len(texts), args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {k: {kk: vv for kk, vv in v.items() if kk != "labels"} for k, v in results.items()},
-                f,
-                indent=2,
-            )
+            json.dump(summary, f, indent=2)
     if tmp is not None:
         tmp.cleanup()
 

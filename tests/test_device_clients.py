@@ -38,7 +38,7 @@ def _sst2(n: int) -> list[str]:
     return [r[0].strip() for r in rows[:n]]
 
 
-def _hf_export(tmp_path, problem_type=None, seed=3):
+def _hf_export(tmp_path, problem_type=None, seed=3, quantize="none"):
     """HF PT classifier (perturbed, [PAD] row zero) with the packaged uncased vocab → HF folder →
     `from_pretrained` → device-ready LiteRT export. Returns (pt model, HF tokenizer, export dir)."""
     torch = pytest.importorskip("torch", reason="torch is the test reference")
@@ -63,7 +63,14 @@ def _hf_export(tmp_path, problem_type=None, seed=3):
     model, params = from_pretrained(str(hf_dir))
     out = tmp_path / "device"
     ex.export(
-        model, params, str(out), format="litert", seq_lengths=(LENGTH,), tokenizer=tok, device_ready=True
+        model,
+        params,
+        str(out),
+        format="litert",
+        seq_lengths=(LENGTH,),
+        tokenizer=tok,
+        device_ready=True,
+        quantize=quantize,
     )
     return pt, transformers.BertTokenizerFast.from_pretrained(hf_dir), out
 
@@ -128,6 +135,25 @@ def test_mediapipe_text_classifier_matches_hf_pytorch_on_sst2(classifier):
     manifest = json.loads((out / "export.json").read_text())
     assert "MediaPipe Tasks TextClassifier" in manifest["clients"]["model.tflite"]
     assert manifest["signatures"][0]["outputs"][0]["name"] == "probability"
+
+
+def test_mediapipe_dynamic_int8_agrees_with_hf_pytorch(tmp_path):
+    """The device-ready dynamic-int8 file (per-tensor weight scales, which the Task Library's older
+    TFLite also runs) in MediaPipe: the same label as HF PyTorch fp32 on >= 99% of 48 SST-2 texts."""
+    import torch
+
+    pt, hf_tok, out = _hf_export(tmp_path, quantize="dynamic-int8")
+    texts = [t for t in _sst2(N_TEXTS) if t.isascii()]
+    got = _mediapipe_scores(out / "model.tflite", texts)
+    ref = _hf_scores(pt, hf_tok, texts, lambda x: torch.softmax(x, -1))
+    agree = (got.argmax(1) == ref.argmax(1)).mean()
+    err = np.abs(got - ref).max()
+    print(f"MediaPipe dynamic-int8 vs HF PyTorch fp32: agreement {agree:.3f}, max|diff| {err:.3g}")
+    assert agree >= 0.99, agree
+    assert 1e-6 < err < 0.05, err  # quantized (not the fp32 file), and close
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["weight_scales"] == "per-tensor"
+    assert "TFLite Task Library BertNLClassifier" in manifest["clients"]["model.tflite"]
 
 
 def test_mediapipe_multi_label_scores_are_sigmoids(tmp_path):
@@ -251,6 +277,9 @@ def test_clients_say_who_loads_each_file():
     assert "TFLite Task Library BertQuestionAnswerer" in clients("litert", qa, [384], device_ready=True)
     assert "TFLite Task Library BertQuestionAnswerer" not in clients("litert", qa, [128], device_ready=True)
     assert clients("onnx", seq, [128])[0] == OUR_RUNTIME
-    # the Task Library's TFLite computes our int8 files wrongly (docs/deploy_clients.md)
-    int8 = clients("litert", seq, [128], device_ready=True, quantize="dynamic-int8")
+    # dynamic-int8 device files have per-tensor weight scales, which the Task Library's TFLite runs
+    # (scripts/check_task_library.sh); static int8 files are not checked in it
+    dyn = clients("litert", seq, [128], device_ready=True, quantize="dynamic-int8")
+    assert "MediaPipe Tasks TextClassifier" in dyn and "TFLite Task Library BertNLClassifier" in dyn
+    int8 = clients("litert", seq, [128], device_ready=True, quantize="int8")
     assert "MediaPipe Tasks TextClassifier" in int8 and not any("Task Library" in c for c in int8)

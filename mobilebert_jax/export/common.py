@@ -214,19 +214,19 @@ def clients(
     """The runtimes that load a file of this export as is (export.json's "clients"). A device-ready
     LiteRT file (TFLite Metadata, one length, batch 1) adds the app clients of its task; other LiteRT
     files have no metadata and are for signature runners only. The Task Library (tflite-support 0.4.4)
-    is listed for fp32 files only: its older TFLite runs our int8 files' per-channel hybrid
-    FULLY_CONNECTED kernels wrongly (docs/deploy_clients.md)."""
+    is listed for fp32 and dynamic-int8 files (a device-ready dynamic-int8 file has per-tensor weight
+    scales: its older TFLite runs per-channel hybrid FULLY_CONNECTED kernels wrongly); static int8 files
+    are not checked in it (docs/deploy_clients.md)."""
+    task_library = quantize in ("none", "dynamic-int8")
     out = [OUR_RUNTIME, *_FORMAT_CLIENTS[format]]
     if format == "onnx" and model_class in _OPTIMUM_CLASSES:
         out.append(f"HF optimum {_OPTIMUM_CLASSES[model_class]} (and transformers pipelines on it)")
     if format == "litert" and device_ready:
-        out += [
-            c for c in _DEVICE_CLIENTS.get(model_class, ()) if quantize == "none" or "Task Library" not in c
-        ]
+        out += [c for c in _DEVICE_CLIENTS.get(model_class, ()) if task_library or "Task Library" not in c]
         if (
             model_class == "MobileBertForQuestionAnswering"
             and list(lengths) == [QA_TASK_LIBRARY_LENGTH]
-            and quantize == "none"
+            and task_library
         ):
             out.append("TFLite Task Library BertQuestionAnswerer")
     return out

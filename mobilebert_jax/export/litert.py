@@ -134,12 +134,19 @@ def _device_metadata(
     return {"metadata": buffer, "associated_files": metadata.associated_files(vocab, id2label)}
 
 
-def _dynamic_int8(src: str, dst: str) -> None:
+def _dynamic_int8(src: str, dst: str, per_channel: bool = True) -> None:
+    """litert-quantizer's dynamic int8 recipe (`dynamic_wi8_afp32`) with one weight scale per output
+    channel, or per tensor (`per_channel=False`: the TFLite Task Library 0.4.4's runtime computes the
+    per-channel hybrid FULLY_CONNECTED wrongly, its answers do not depend on the text)."""
     from litert_quantizer import Quantizer
+    from litert_quantizer.recipe import TFLOperationName, recipe_manager
 
     with open(src, "rb") as f:
         buf = f.read()
-    q = Quantizer(bytearray(buf), "dynamic_wi8_afp32")
+    rm = recipe_manager.RecipeManager()
+    granularity = "CHANNELWISE" if per_channel else "TENSORWISE"
+    rm.add_dynamic_config(".*", TFLOperationName.ALL_SUPPORTED, 8, granularity=granularity)
+    q = Quantizer(bytearray(buf), rm.get_quantization_recipe())
     result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
     with open(dst, "wb") as f:
         f.write(bytes(result.quantized_model))
@@ -199,7 +206,7 @@ def write_litert(
     float_path = path + ".fp32.tmp" if quantize == "dynamic-int8" else path
     _convert(exported, names, float_path, qdq)
     if quantize == "dynamic-int8":
-        _dynamic_int8(float_path, path)
+        _dynamic_int8(float_path, path, per_channel=not device_ready)
         os.remove(float_path)
     from mobilebert_jax.export.flatbuffer import compact
 
@@ -230,6 +237,11 @@ def write_litert(
     return {
         "file": MODEL_FILE,
         "device_ready": device_ready,
+        **(
+            {"weight_scales": "per-tensor" if device_ready else "per-channel"}
+            if quantize == "dynamic-int8"
+            else {}
+        ),
         **({"metadata_files": sorted(meta["associated_files"])} if device_ready else {}),
         "signatures": signatures,
         "batch_size": batch_size,
