@@ -30,6 +30,7 @@ RUNTIMES = (
     "litert-fp32",
     "litert-dynamic-int8",
     "litert-int8",
+    "litert-int8-full",
     "onnx-fp32",
     "onnx-dynamic-int8",
     "hf-pt",
@@ -124,6 +125,7 @@ def prepare(work: str, model_dir: str | None, calibration_rows: int, only: list[
         ("litert", "none"),
         ("litert", "dynamic-int8"),
         ("litert", "int8"),
+        ("litert", "int8-full"),
         ("onnx", "none"),
         ("onnx", "dynamic-int8"),
     ):

@@ -197,6 +197,10 @@ def export(
     cfg = model.config
     if quant_stats is not None and not (format == "litert" and quantize == "int8"):
         raise common.ExportError("QAT quant stats apply to --format litert --quantize int8 only")
+    if quantize == "int8-full" and format != "litert":
+        raise common.ExportError(
+            "--quantize int8-full (a full-integer graph) applies to --format litert only"
+        )
     if keep_tensor_names and format != "litert":
         raise common.ExportError("--keep-tensor-names applies to --format litert only")
     if (device_ready or model_info) and format != "litert":
