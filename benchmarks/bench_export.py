@@ -4,10 +4,12 @@ setting), each runtime in its own process, rounds alternating the order, the sam
     python benchmarks/bench_export.py                       # random init (speed does not depend on weights)
     python benchmarks/bench_export.py --model runs/sst2/hf_model --rounds 3 --threads 2
 
-Rows: JAX jit, LiteRT fp32 / dynamic-int8 / int8 (static, calibrated on SST-2 dev sentences), onnxruntime
+Rows: JAX jit, LiteRT fp32 / dynamic-int8 / int8 (static, calibrated on SST-2 dev sentences) / int8-full (the
+full-integer graph, same calibration), onnxruntime
 fp32 / dynamic-int8, HF PyTorch eager (the reference). Prints ms (median of the rounds' medians), the
 speed-up over HF PT eager (its ms / ours), the file size, and each artifact's error vs JAX fp32 on the
-benchmark input. Exports are written once into --work and reused.
+benchmark input, with the load average before and after and this host's fp32 matmul peak (bench.py's).
+Exports are written once into --work and reused.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ RUNTIMES = (
     "litert-fp32",
     "litert-dynamic-int8",
     "litert-int8",
+    "litert-int8-full",
     "onnx-fp32",
     "onnx-dynamic-int8",
     "hf-pt",
@@ -124,6 +127,7 @@ def prepare(work: str, model_dir: str | None, calibration_rows: int, only: list[
         ("litert", "none"),
         ("litert", "dynamic-int8"),
         ("litert", "int8"),
+        ("litert", "int8-full"),
         ("onnx", "none"),
         ("onnx", "dynamic-int8"),
     ):
@@ -171,6 +175,13 @@ def main() -> int:
         print("RESULT " + json.dumps(res))
         return 0
     prepare(args.work, args.model, args.calibration_rows, args.only)
+    from bench import matmul_peak_flops  # benchmarks/bench.py: one jitted 2048^3 fp32 matmul, best of 5
+
+    peak = matmul_peak_flops() / 1e9
+    load_before = os.getloadavg()
+    print(
+        f"host fp32 matmul peak {peak:.0f} GFLOP/s (JAX, all cores); load average {load_before}", flush=True
+    )
     times: dict[str, list[float]] = {n: [] for n in args.only}
     logits: dict[str, np.ndarray] = {}
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
@@ -208,7 +219,10 @@ def main() -> int:
     jax_logits = logits.get("jax")
     rows = []
     print(
-        f"\nB=1, L=128, {args.threads} threads, {args.rounds} rounds x {args.iters} iterations (median of medians);"
+        f"\nload average before {load_before}, after {os.getloadavg()}; host fp32 matmul peak {peak:.0f} GFLOP/s"
+    )
+    print(
+        f"B=1, L=128, {args.threads} threads, {args.rounds} rounds x {args.iters} iterations (median of medians);"
         f" HF PT eager with {args.hf_attention} attention"
     )
     print(f"{'runtime':22s} {'ms':>8s} {'vs HF PT eager':>15s} {'size MB':>8s} {'rel err vs JAX':>15s}")
@@ -237,7 +251,16 @@ def main() -> int:
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump(
+                {
+                    "rows": rows,
+                    "matmul_peak_gflops": peak,
+                    "load_before": load_before,
+                    "load_after": os.getloadavg(),
+                },
+                f,
+                indent=2,
+            )
     return 0
 
 

@@ -34,6 +34,7 @@ VARIANTS = (  # static int8 last: the slowest export
     ("onnx", "none"),
     ("onnx", "dynamic-int8"),
     ("litert", "int8"),
+    ("litert", "int8-full"),
 )
 
 
@@ -55,7 +56,7 @@ def ensure_export(
     print("$ " + " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    if quantize == "int8" and not KEEP_FOLDING:
+    if quantize.startswith("int8") and not KEEP_FOLDING:
         # qwix's calibration jits the forward with the weights as closure constants; XLA's constant
         # folding then evaluates every weight's fake-quant reductions in its interpreter (minutes per
         # layer on 2 cores). Numerically it changes nothing to compute them at run time instead.

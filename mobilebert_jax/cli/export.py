@@ -48,9 +48,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         default="none",
-        choices=("none", "dynamic-int8", "int8"),
+        choices=("none", "dynamic-int8", "int8", "int8-full"),
         help="none: float32; dynamic-int8: int8 weights, float activations (no data needed); int8: "
-        "weights and activations, calibrated on --calibration-file (default: none)",
+        "weights and activations, calibrated on --calibration-file; int8-full (litert): a full-integer "
+        "graph, int8 weights, int8 activations and int16 in the residual stream, calibrated on "
+        "--calibration-file (docs/deploy.md) (default: none)",
     )
     parser.add_argument(
         "--seq-lengths",
@@ -127,6 +129,13 @@ def run_export(args: argparse.Namespace) -> int:
     on_text = (
         f", {text[0]['max_rel_error']:.2e} on {text[0]['rows']} rows of the calibration text" if text else ""
     )
+    audit = m.get("graph_audit")
+    if audit is not None:  # the full-integer graph: what still computes in float
+        inside = audit["encoder_float_ops"]
+        on_text += (
+            f"; float ops {audit['float_ops'] or 'none'}, {len(inside)} inside the encoder"
+            f"{' (' + '; '.join(inside) + ')' if inside else ''}"
+        )
     extra = [f for f in m.get("files", []) if f != m["file"]]  # ONNX's external data (model.onnx.data)
     print(
         f"wrote {os.path.join(config.out_dir, m['file'])}{' + ' + ', '.join(extra) if extra else ''} "

@@ -150,6 +150,21 @@ def _write_config(out_dir: str, config: dict[str, Any]) -> None:
         f.write("\n")
 
 
+def _check_litert_only(
+    format: str, quantize: str, quant_stats: Any, keep_tensor_names: bool, device_ready: bool
+) -> None:
+    """Raises for a LiteRT-only request of another format."""
+    if quant_stats is not None and not (format == "litert" and quantize == "int8"):
+        raise common.ExportError("QAT quant stats apply to --format litert --quantize int8 only")
+    litert_only = {
+        "--quantize int8-full": quantize == "int8-full",
+        "--keep-tensor-names": keep_tensor_names,
+        "a device-ready export (TFLite Metadata)": device_ready,
+    }
+    for flag in (f for f, asked in litert_only.items() if asked and format != "litert"):
+        raise common.ExportError(f"{flag} applies to --format litert only")
+
+
 def export(
     model: Any,
     params: Any,
@@ -195,12 +210,7 @@ def export(
     _prepare(out_dir, overwrite)
     t0 = time.perf_counter()
     cfg = model.config
-    if quant_stats is not None and not (format == "litert" and quantize == "int8"):
-        raise common.ExportError("QAT quant stats apply to --format litert --quantize int8 only")
-    if keep_tensor_names and format != "litert":
-        raise common.ExportError("--keep-tensor-names applies to --format litert only")
-    if (device_ready or model_info) and format != "litert":
-        raise common.ExportError("a device-ready export (TFLite Metadata) applies to --format litert only")
+    _check_litert_only(format, quantize, quant_stats, keep_tensor_names, bool(device_ready or model_info))
     vocab = device_vocab(tokenizer) if device_ready else None
     model = model.clone(pad_invariant=bool(pad_invariant))
     if format in ("litert", "onnx"):

@@ -19,7 +19,7 @@ import numpy as np
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 MANIFEST = "export.json"
 FP32_TOLERANCE = 1e-5  # max|runtime - jax| / max|jax| an fp32 export must meet
-QUANTIZATIONS = ("none", "dynamic-int8", "int8")
+QUANTIZATIONS = ("none", "dynamic-int8", "int8", "int8-full")
 # Outputs of each exportable class, in the order the graph returns them (None fields are dropped).
 OUTPUT_FIELDS = {
     "MobileBertModel": ("last_hidden_state", "pooler_output"),

@@ -152,6 +152,58 @@ def _dynamic_int8(src: str, dst: str, per_channel: bool = True) -> None:
         f.write(bytes(result.quantized_model))
 
 
+def _graph_forward(
+    model: Any, params: Any, forward: Any, quantize: str, calibration: Any, quant_stats: Any
+) -> tuple[Any, bool]:
+    """(the forward to convert, whether it carries qwix's fake-quant ops) for `quantize`."""
+    if quantize == "int8-full":
+        if calibration is None:
+            raise common.ExportError("--quantize int8-full needs calibration text: pass --calibration-file")
+        # the same math with the softmax as one op and a bounded mask (model/attention.py "integer")
+        return common.make_forward(model.clone(attention_implementation="integer"), params), False
+    graph_fn, qdq = forward, False
+    if quantize == "int8":
+        from mobilebert_jax.export.quantize import qwix_static_int8_forward
+
+        if calibration is None and quant_stats is None:
+            raise common.ExportError("--quantize int8 needs calibration text: pass --calibration-file")
+        graph_fn, qdq = qwix_static_int8_forward(model, params, calibration, quant_stats), True
+    if quantize != "none":
+        from mobilebert_jax.export.quantize import with_int8_lookup
+
+        graph_fn = with_int8_lookup(graph_fn, params)
+    return graph_fn, qdq
+
+
+def _convert_and_quantize(
+    exported: Any,
+    names: Sequence[str],
+    path: str,
+    quantize: str,
+    qdq: bool,
+    calibration: Any,
+    lengths: Sequence[int],
+    batch_size: int,
+    device_ready: bool,
+) -> dict[str, Any] | None:
+    """Converts into `path`, quantizing after the conversion where `quantize` does (a device-ready
+    dynamic-int8 file with per-tensor weight scales, `_dynamic_int8`); returns the graph audit of a
+    full-integer file (else None)."""
+    float_path = path + ".fp32.tmp" if quantize in ("dynamic-int8", "int8-full") else path
+    _convert(exported, names, float_path, qdq)
+    audit = None
+    if quantize == "dynamic-int8":
+        _dynamic_int8(float_path, path, per_channel=not device_ready)
+    elif quantize == "int8-full":
+        from mobilebert_jax.export.quantize import full_integer, graph_audit
+
+        full_integer(float_path, path, _signature_calibration(calibration, lengths, batch_size))
+        audit = graph_audit(path)  # before the compaction drops the tensor names it places ops by
+    if float_path != path:
+        os.remove(float_path)
+    return audit
+
+
 def write_litert(
     model: Any,
     params: Any,
@@ -188,26 +240,14 @@ def write_litert(
     if device_ready:
         _check_device_ready(lengths, batch_size, vocab)
     forward = common.make_forward(model, params)
-    graph_fn, qdq = forward, False
-    if quantize == "int8":
-        from mobilebert_jax.export.quantize import qwix_static_int8_forward
-
-        if calibration is None and quant_stats is None:
-            raise common.ExportError("--quantize int8 needs calibration text: pass --calibration-file")
-        graph_fn, qdq = qwix_static_int8_forward(model, params, calibration, quant_stats), True
-    if quantize != "none":
-        from mobilebert_jax.export.quantize import with_int8_lookup
-
-        graph_fn = with_int8_lookup(graph_fn, params)
+    graph_fn, qdq = _graph_forward(model, params, forward, quantize, calibration, quant_stats)
     if device_ready:
         forward, graph_fn = device_forward(model, forward), device_forward(model, graph_fn)
     exported = [(signature_name(t), _export_fixed(graph_fn, batch_size, t)) for t in lengths]
     names = _out_keys(exported[0][1])
-    float_path = path + ".fp32.tmp" if quantize == "dynamic-int8" else path
-    _convert(exported, names, float_path, qdq)
-    if quantize == "dynamic-int8":
-        _dynamic_int8(float_path, path, per_channel=not device_ready)
-        os.remove(float_path)
+    audit = _convert_and_quantize(
+        exported, names, path, quantize, qdq, calibration, lengths, batch_size, device_ready
+    )
     from mobilebert_jax.export.flatbuffer import compact
 
     meta = _device_metadata(model, path, lengths[0], vocab, model_info or {}) if device_ready else {}
@@ -248,6 +288,7 @@ def write_litert(
         "seq_lengths": lengths,
         "export_seconds": round(seconds, 2),
         "kernels": rt.op_summary(),
+        **({"graph_audit": audit} if audit is not None else {}),
         "compaction": compaction,
         "verification": {
             "how": "ai-edge-litert Interpreter, every signature, padded sample batch",
@@ -256,6 +297,24 @@ def write_litert(
             "checks": checks,
         },
         "runtime_versions": common.versions("litert-converter", "ai-edge-litert", "litert-quantizer", "qwix"),
+    }
+
+
+def _signature_calibration(
+    calibration: dict[str, np.ndarray], lengths: Sequence[int], batch_size: int
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The calibration rows as each signature takes them: batches of `batch_size` (the last one
+    dropped if short), cut to the signature's length (a row longer than a shorter signature loses its
+    tail there, as the input of that length would)."""
+    n = len(calibration["input_ids"]) // batch_size * batch_size
+    if n == 0:
+        raise common.ExportError(f"the calibration text has fewer rows than --batch-size {batch_size}")
+    return {
+        signature_name(t): [
+            {k: np.ascontiguousarray(v[s : s + batch_size, :t], np.int32) for k, v in calibration.items()}
+            for s in range(0, n, batch_size)
+        ]
+        for t in lengths
     }
 
 

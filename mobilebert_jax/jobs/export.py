@@ -29,7 +29,7 @@ class ExportConfig:
     out_dir: str
     # "stablehlo" | "litert" | "onnx"
     format: str
-    # "none" | "dynamic-int8" | "int8"
+    # "none" | "dynamic-int8" | "int8" | "int8-full" (LiteRT: the full-integer graph)
     quantize: str = "none"
     # one LiteRT signature seq_L each; ONNX (dynamic axes) and stablehlo are verified at each
     seq_lengths: tuple[int, ...] = (128,)
@@ -108,8 +108,8 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
         calibration = ex.calibration_batch(
             texts, tok, max(config.seq_lengths), limit=config.calibration_samples
         )
-    elif config.quantize == "int8" and stats is None:
-        raise UsageError("--quantize int8 needs --calibration-file (real text to calibrate on)")
+    elif (config.quantize == "int8" and stats is None) or config.quantize == "int8-full":
+        raise UsageError(f"--quantize {config.quantize} needs --calibration-file (real text to calibrate on)")
     _say(
         f"export: {type(model).__name__} → {config.format} ({config.quantize}), lengths "
         f"{list(config.seq_lengths)}, batch {config.batch_size}"

@@ -9,12 +9,20 @@ dropout, HF's numerics) unless `choose_attention` picks a fused kernel:
 | `"blockwise"` | the same, one block of `QUERY_BLOCK` (128) queries at a time (`lax.map`) | CPU backend, no active attention dropout, T a static multiple of 128 above 128 |
 | `"cudnn"` | `jax.nn.dot_product_attention(implementation="cudnn")` (cuDNN flash attention) | GPU backend, bf16/fp16 compute, head dim a multiple of 8 and ≤ 128, even length, no active attention dropout |
 | `"xla"` | `jax.nn.dot_product_attention(implementation="xla")` | never (the portable twin of "cudnn", for tests and other backends) |
+| `"integer"` | our einsum attention as a full-integer graph takes it: `softmax(where(mask, s, -INTEGER_MASK_FILL)) @ v` | never (the `--quantize int8-full` export, `export/quantize.py`) |
 
 "blockwise" computes what "default" does, row by row the same arithmetic: on CPU the full path streams
 the [B, N, T, T] scores through memory several times, a block's [B, N, 128, T] slice stays in cache
 (L=512 attention ~2.5x faster). It draws no dropout masks (they would be drawn per block), so it
 too runs only without active attention dropout. Exports of fixed-shape artifacts (LiteRT, ONNX) use
 "default": those runtimes take no `while` loop.
+
+"integer" is "default" in another order: the probabilities are normalised before the second matmul
+(the converter then writes one SOFTMAX op, which has int8 and int16 kernels; "default" divides the
+context instead), and padded keys get the score -INTEGER_MASK_FILL instead of finfo(float32).min, a
+value a quantized tensor can hold beside the real scores (finfo.min would take the whole int16 range).
+Each padded key then weighs at most exp(-64 - row max) of the row: zero in float32 for any row max
+above -23 (the fp32 export equals "default" to rounding).
 
 The fused kernels have no attention dropout: they run in eval/inference and in training with
 `attention_probs_dropout_prob=0`; asked for explicitly while dropout is active, they raise.
@@ -27,7 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "default", "blockwise", "cudnn", "xla")
+IMPLEMENTATIONS = ("auto", "default", "blockwise", "cudnn", "xla", "integer")
+INTEGER_MASK_FILL = 64.0  # the "integer" attention's score for a padded key
 QUERY_BLOCK = 128  # query rows per block of "blockwise": 128 rows of 512 float32 scores stay in cache
 _FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
 
@@ -61,7 +70,7 @@ def choose_attention(
         if gpu and fused_dtype and shape_ok and not dropout_active:
             return "cudnn"
         return "blockwise" if backend == "cpu" and blocks_ok and not dropout_active else "default"
-    if requested != "default" and dropout_active:
+    if requested not in ("default", "integer") and dropout_active:
         raise ValueError(
             f"attention_implementation={requested!r} has no attention dropout; set "
             "attention_probs_dropout_prob=0 or use 'default'/'auto'"

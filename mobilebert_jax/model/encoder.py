@@ -255,6 +255,10 @@ class MobileBertModel(_ModelBase):
         input_ids = None if input_ids is None else jnp.asarray(input_ids)
         attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
         mask_bias = attention_bias(attention_mask)
+        if self.attention_implementation == "integer" and attention_mask is not None:
+            # the integer attention takes the mask itself ([B, 1, 1, T] bool): deriving it from the
+            # float bias would leave a float comparison in every layer of the full-integer graph
+            mask_bias = attention_mask[:, None, None, :] > 0
 
         h = MobileBertEmbeddings(**self.kw, name="embeddings")(
             input_ids,

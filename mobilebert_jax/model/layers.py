@@ -301,6 +301,14 @@ class MobileBertSelfAttention(_Base):
         q, k, v = (x.reshape(b, t, n, d).transpose(0, 2, 1, 3) for x in (q, k, v))
         if impl == "blockwise":
             return self._blockwise(q, k, v, mask_bias)
+        if impl == "integer":
+            scores = self._scores(q, k, None)
+            if mask_bias is not None:
+                scores = jnp.where(mask_bias, scores, -attention.INTEGER_MASK_FILL)  # bool: encoder.py
+            probs = jax.nn.softmax(scores, axis=-1)
+            drop = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+            ctx = jnp.einsum("bnqk,bnkd->bnqd", drop.astype(self.dtype), v, precision=self.precision)
+            return ctx.transpose(0, 2, 1, 3).reshape(b, t, n * d), probs
         scores = self._scores(q, k, mask_bias)
         # softmax(s) @ v computed as (exp(s - max) @ v) / sum(exp(s - max)): the normalisation moves
         # from the [B, N, T, T] probabilities to the [B, N, T, d] context (same math, rounding ~1e-7).
