@@ -123,7 +123,8 @@ def _fs(url: str) -> Any:
     check_access(url)
     import fsspec
 
-    return fsspec.filesystem(url.split("://", 1)[0])
+    # no listings cache: other processes (the hosts of a pod, a rerun, a reader) write the same bucket
+    return fsspec.filesystem(url.split("://", 1)[0], use_listings_cache=False)
 
 
 def path(p: str | os.PathLike) -> Any:
