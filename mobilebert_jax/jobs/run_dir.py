@@ -44,7 +44,7 @@ ARTEFACTS = (
     RUN_FILE,
 )
 # (not the evaluate_*/predict_* folders: those are other commands' results, kept by --overwrite_output_dir)
-ARTEFACT_GLOBS = ("predictions*", "test_predictions*", storage.TMP_PREFIX + "*", storage.WRITING)
+ARTEFACT_GLOBS = ("predictions*", "test_predictions*", storage.TMP_PREFIX + "*")
 LOCK_FILE = ".lock"
 # Hyperparameters that change what training computes (logging/saving intervals do not).
 RESULT_FIELDS = (
