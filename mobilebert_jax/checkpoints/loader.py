@@ -17,6 +17,7 @@ import os
 import re
 from typing import Any
 
+from mobilebert_jax import storage
 from mobilebert_jax.checkpoints.errors import CheckpointError
 from mobilebert_jax.checkpoints.formats import READERS, detect_source, dominant_float_dtype
 from mobilebert_jax.checkpoints.pytorch import LoadReport, loop_to_scan, to_pytorch
@@ -52,10 +53,10 @@ _RUN_MODEL_DIRS = ("final_model", "hf_model")
 # --------------------------------------------------------------------------------------- names
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """Where a model name points: `kind` is "preset", "local" or "hub".
+    """Where a model name points: `kind` is "preset", "local", "url" (gs://) or "hub".
 
     `folder` is the directory holding its files, or for a local checkpoint file (`.h5`, `.safetensors`,
-    `.bin`, a TF1 prefix) that file; None for a preset.
+    `.bin`, a TF1 prefix) that file (for a URL: its local copy, `storage.local_copy`); None for a preset.
     """
 
     kind: str
@@ -70,13 +71,16 @@ def _is_checkpoint_file(name: str) -> bool:
 def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
     """The one rule that turns a model name into a source, for the Python API and the CLI alike.
 
-    In order: an existing directory (so a clone named like a preset loads its weights) or checkpoint
+    In order: a gs:// URL (a folder, a run dir or a file in a bucket, copied locally); an existing
+    directory (so a clone named like a preset loads its weights) or checkpoint
     file (a TF1 prefix counts); a preset name from `PRESETS` (random init, no files); anything that
     looks like a path (absolute, `./`, `~`, two or more `/`, a backslash): an error that there is no
     such directory; else a Hugging Face Hub id, fetched with huggingface_hub. Every error names what
     was tried.
     """
     name = os.fspath(name_or_path)
+    if storage.is_url(name):  # read from a local copy (the readers and tokenizers take local files)
+        return ModelSource("url", name, storage.local_copy(_remote_model_dir(name)))
     if os.path.isdir(name) or _is_checkpoint_file(name):
         return ModelSource("local", name, name)
     if name in PRESETS:
@@ -109,6 +113,15 @@ def _run_model_dir(path: str) -> str:
             if os.path.isfile(os.path.join(path, sub, "config.json")):
                 return os.path.join(path, sub)
     return path
+
+
+def _remote_model_dir(url: str) -> str:
+    """`_run_model_dir` on a bucket, so that only the model folder of a run is copied."""
+    if not storage.isfile(storage.join(url, "config.json")) and storage.isdir(url):
+        for sub in _RUN_MODEL_DIRS:
+            if storage.isfile(storage.join(url, sub, "config.json")):
+                return storage.join(url, sub)
+    return url
 
 
 def model_folder(name_or_path: str | os.PathLike) -> str | None:

@@ -5,14 +5,16 @@ runtime against the JAX forward (an fp32 export off by more than 1e-5 relative r
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.export import common
 
 FORMATS = ("stablehlo", "litert", "onnx")
@@ -41,7 +43,7 @@ def calibration_batch(
 def read_calibration_file(path: str) -> list[str]:
     """Text lines of a .txt file, or the sentence column(s) of a GLUE-style .tsv with a header."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path, encoding="utf-8") as f:
             lines = [ln.rstrip("\n") for ln in f]
     except FileNotFoundError:
         raise common.ExportError(f"--calibration-file {path} not found") from None
@@ -165,6 +167,24 @@ def _check_litert_only(
         raise common.ExportError(f"{flag} applies to --format litert only")
 
 
+def _url_out_dir(export_fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """An export whose gs:// `out_dir` is written and verified in a local folder, then put in place whole
+    (`storage.replace_dir`)."""
+
+    @functools.wraps(export_fn)
+    def export_anywhere(model: Any, params: Any, out_dir: str, **kw: Any) -> dict[str, Any]:
+        if not storage.is_url(out_dir):
+            return export_fn(model, params, out_dir, **kw)
+        if storage.listdir(out_dir) and not kw.get("overwrite"):
+            raise common.ExportError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite)")
+        manifest: dict[str, Any] = {}
+        storage.replace_dir(out_dir, lambda tmp: manifest.update(export_fn(model, params, tmp, **kw)))
+        return manifest
+
+    return export_anywhere
+
+
+@_url_out_dir
 def export(
     model: Any,
     params: Any,
@@ -201,7 +221,8 @@ def export(
     `pad_invariant` (default True): the graph zeroes the word embeddings where `attention_mask` is 0
     (`model.clone(pad_invariant=True)`), so the padding to its fixed length and batch changes no output
     whatever the [PAD] embedding row; the self-check compares with the JAX forward built the same way.
-    False exports HF's padded computation. Recorded as `pad_invariant` in export.json and config.json."""
+    False exports HF's padded computation. Recorded as `pad_invariant` in export.json and config.json.
+    `out_dir` may be a gs:// URL (written and verified locally, then uploaded whole)."""
     if format not in FORMATS:
         raise common.ExportError(f"unknown format {format!r}; one of {FORMATS}")
     if quantize not in common.QUANTIZATIONS:

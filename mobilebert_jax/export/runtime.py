@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.export import common
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -287,7 +288,9 @@ def _require(module: str, pip_name: str, fmt: str) -> Any:
 
 
 def load_runtime(directory: str, num_threads: int | None = None) -> Runtime:
-    """The runtime for an export directory (`export.json` says which format)."""
+    """The runtime for an export directory (`export.json` says which format); a gs:// one is copied
+    locally first (`storage.local_copy`)."""
+    directory = storage.local_copy(directory)
     m = common.read_manifest(directory)
     fmt = m.get("format")
     kw = dict(model_class=m.get("model_class"), pad_id=int(m.get("pad_token_id", 0)))

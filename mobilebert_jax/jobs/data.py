@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.jobs.config import JobConfig, UsageError
 from mobilebert_jax.jobs.model_io import saved_model_config
 from mobilebert_jax.jobs.run_dir import say
@@ -58,7 +59,7 @@ def split_path(task: Task, path: str | None, split: str) -> str:
         path = task.default_file(split)
         if path is None or not os.path.exists(path):
             raise UsageError(f"task {task.name!r} needs {flag}")
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise DataError(f"{flag}: no such file", path)
     return path
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.jobs import run_dir
 from mobilebert_jax.jobs.config import JobConfig
 from mobilebert_jax.jobs.data import (
@@ -26,8 +26,9 @@ from mobilebert_jax.jobs.model_io import (
     load_tokenizer,
     resolve_max_seq_length,
 )
-from mobilebert_jax.jobs.run_dir import predictions_path, say, write_json
+from mobilebert_jax.jobs.run_dir import predictions_path, say
 from mobilebert_jax.model.heads import init_params
+from mobilebert_jax.storage import write_json
 from mobilebert_jax.tasks import Task
 from mobilebert_jax.tasks.metrics import check_finite
 from mobilebert_jax.training import sharding as shd
@@ -114,12 +115,12 @@ def run_evaluate(job: JobConfig) -> dict[str, float]:
     cut = count_truncation(task, tok, job.max_seq_length, {"evaluation": (eval_ex, feats)})
     metrics, predictions = evaluate_task(task, model, params, eval_ex, feats, job.per_device_eval_batch_size)
     if jax.process_index() == 0:
-        os.makedirs(out, exist_ok=True)
-        write_json(os.path.join(out, "eval_results.json"), metrics | ({"truncated": cut} if cut else {}))
+        storage.makedirs(out)
+        write_json(storage.join(out, "eval_results.json"), metrics | ({"truncated": cut} if cut else {}))
         if predictions is not None:
             task.write_predictions(predictions_path(task, out), eval_ex, predictions)
     say(f"eval: {json.dumps(metrics)}")
-    say(f"wrote {os.path.join(out, 'eval_results.json')}")
+    say(f"wrote {storage.join(out, 'eval_results.json')}")
     return metrics
 
 
@@ -137,7 +138,7 @@ def run_predict(job: JobConfig) -> str:
     predictions = task.postprocess(examples, feats, outputs)
     out = predictions_path(task, out_dir)
     if jax.process_index() == 0:
-        os.makedirs(out_dir, exist_ok=True)
+        storage.makedirs(out_dir)
         task.write_predictions(out, examples, predictions)
     say(f"wrote predictions for {len(examples)} examples to {out}")
     return out

@@ -14,8 +14,8 @@ import os
 import sys
 from typing import Any
 
+from mobilebert_jax import storage
 from mobilebert_jax.checkpoints.loader import LoadedModel, check_vocab, load_model, tokenizer_folder
-from mobilebert_jax.jobs import run_dir
 from mobilebert_jax.jobs.config import UsageError
 
 
@@ -94,7 +94,7 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
     """
     from mobilebert_jax import export as ex
 
-    if os.path.isdir(config.out_dir) and os.listdir(config.out_dir) and not config.overwrite:
+    if storage.isdir(config.out_dir) and storage.listdir(config.out_dir) and not config.overwrite:
         raise ex.ExportError(f"{config.out_dir} exists and is not empty (pass --overwrite)")
     loaded = _load(config)
     model, params = loaded.build()
@@ -138,7 +138,7 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
         )
 
     # written beside OUT_DIR, then renamed into place: a reader sees the old export or the new one
-    run_dir.replace_dir(out, write)
+    storage.replace_dir(out, write)
     return manifest
 
 

@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import jax
 import optax
 
+from mobilebert_jax import storage
 from mobilebert_jax.jobs import run_dir
 from mobilebert_jax.jobs.config import JobConfig, UsageError
 from mobilebert_jax.jobs.data import (
@@ -49,8 +49,9 @@ from mobilebert_jax.jobs.model_io import (
     resolve_max_seq_length,
     save_hf_model,
 )
-from mobilebert_jax.jobs.run_dir import predictions_path, say, write_json
+from mobilebert_jax.jobs.run_dir import predictions_path, say
 from mobilebert_jax.model.config import MobileBertConfig
+from mobilebert_jax.storage import write_json
 from mobilebert_jax.tasks import DataError, Task
 from mobilebert_jax.tasks import pretraining_data as prepared_data
 from mobilebert_jax.text.tokenizer import MobileBertTokenizer
@@ -290,15 +291,14 @@ class BestModel:
     collective); process 0 writes."""
 
     def __init__(self, out: str, metric: str, greater: bool, save: Callable[[str, Any], None]):
-        self.file, self.dir = os.path.join(out, "best.json"), os.path.join(out, "best_model")
+        self.file, self.dir = storage.join(out, "best.json"), storage.join(out, "best_model")
         self.metric, self.greater, self._save = metric, greater, save
         self.best: dict[str, Any] | None = None
 
     def load(self) -> None:
         """Reads the best so far of the run in the output dir (call it once the dir is decided)."""
-        if os.path.exists(self.file):
-            with open(self.file, encoding="utf-8") as f:
-                self.best = json.load(f)
+        if storage.exists(self.file):
+            self.best = json.loads(storage.read_text(self.file))
 
     def better(self, value: float | None) -> bool:
         if value is None or not math.isfinite(value):
@@ -315,7 +315,7 @@ class BestModel:
         host_params = to_host(params)
         self.best = {"step": step, "metric": self.metric, "value": value}
         if jax.process_index() == 0:
-            run_dir.replace_dir(self.dir, lambda tmp: self._save(tmp, host_params))
+            storage.replace_dir(self.dir, lambda tmp: self._save(tmp, host_params))
             write_json(self.file, self.best)
             say(f"step {step}: best {self.metric} so far ({value:.4f}): saved {self.dir}")
 
@@ -475,7 +475,7 @@ def write_test_predictions(plan: Plan, params: Any, kw: dict[str, Any]) -> None:
     outputs = predict_outputs(task, plan.model, params, plan.test_feats, batch_size, **kw)
     test_pred = task.postprocess(test_ex, plan.test_feats, outputs)
     if jax.process_index() == 0:
-        path = os.path.join(out, "test_" + os.path.basename(predictions_path(task, out)))
+        path = storage.join(out, "test_" + storage.basename(predictions_path(task, out)))
         task.write_predictions(path, test_ex, test_pred)
         say(f"wrote predictions for {len(test_ex)} test examples to {path}")
 
@@ -508,11 +508,11 @@ def finish(
     if jax.process_index() == 0:
         if predictions is not None:
             data.task.write_predictions(predictions_path(data.task, out), data.eval_ex, predictions)
-        run_dir.replace_dir(os.path.join(out, "hf_model"), export)
+        storage.replace_dir(storage.join(out, "hf_model"), export)
     if data.test_ex is not None:
         write_test_predictions(plan, params, evaluator.kw)
     if jax.process_index() == 0:  # last: "stopped": "done" means every file above is complete
-        write_json(os.path.join(out, "eval_results.json"), report)
+        write_json(storage.join(out, "eval_results.json"), report)
     if metrics is not None:
         say(f"eval: {json.dumps(metrics)}")
     if baseline is not None:
@@ -566,9 +566,9 @@ def _signals_stop() -> Iterator[None]:
 
 def _preempted(plan: Plan, result: Any, report: dict[str, Any]) -> dict[str, Any]:
     out = plan.job.output_dir
-    report.update(signal=result.signal, checkpoint=os.path.join(out, "checkpoints", str(result.step)))
+    report.update(signal=result.signal, checkpoint=storage.join(out, "checkpoints", str(result.step)))
     if jax.process_index() == 0:
-        write_json(os.path.join(out, "eval_results.json"), report)
+        write_json(storage.join(out, "eval_results.json"), report)
     say(
         f"stopped ({result.signal or 'preempted'}) at step {result.step} of {plan.num_steps}: checkpoint saved; "
         "no final evaluation or export; run the same command again to resume"

@@ -6,26 +6,26 @@ hyperparameters that change the result, and the training file's size and SHA-256
 same identity resumes; a different one is refused before anything is written, with the differences
 listed, unless `--overwrite_output_dir` (start clean) or `--resume_from_checkpoint PATH`.
 
-A job holds `.lock` in the dir for its life (`locked`); folders it exports are written beside and
-renamed into place (`replace_dir`), JSON files through a renamed temporary file (`write_json`). These
-functions and `training/state.py`'s checkpoint code hold the file-system operations on a run dir.
+A job holds `.lock` in the dir for its life (`locked`); folders it exports are put in place whole
+(`storage.replace_dir`), JSON files written whole (`storage.write_json`). The dir may be local or a
+gs:// URL: every file operation goes through `mobilebert_jax.storage`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
+import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 
+from mobilebert_jax import storage
 from mobilebert_jax.jobs.config import UsageError
 from mobilebert_jax.model.config import PRESETS
 from mobilebert_jax.training.state import stored_checkpoints
@@ -43,9 +43,8 @@ ARTEFACTS = (
     "best.json",
     RUN_FILE,
 )
-TMP_PREFIX = ".tmp-"  # folders and files being written (`replace_dir`, `write_json`)
 # (not the evaluate_*/predict_* folders: those are other commands' results, kept by --overwrite_output_dir)
-ARTEFACT_GLOBS = ("predictions*", "test_predictions*", TMP_PREFIX + "*")
+ARTEFACT_GLOBS = ("predictions*", "test_predictions*", storage.TMP_PREFIX + "*")
 LOCK_FILE = ".lock"
 # Hyperparameters that change what training computes (logging/saving intervals do not).
 RESULT_FIELDS = (
@@ -75,37 +74,9 @@ def say(msg: str) -> None:
         print(msg, flush=True)
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Writes `obj` as JSON through a temporary file renamed over `path` (never half a file)."""
-    parent, name = os.path.split(path)
-    tmp = os.path.join(parent, f"{TMP_PREFIX}{name}-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def replace_dir(path: str, write: Callable[[str], None]) -> None:
-    """`write(folder)` into a temporary folder beside `path`, then renamed to `path` (an earlier one is
-    removed only after): a reader sees the old folder or the new one, never half of one."""
-    parent, name = os.path.split(os.path.abspath(path))
-    tmp, old = (os.path.join(parent, f"{TMP_PREFIX}{name}-{tag}-{os.getpid()}") for tag in ("new", "old"))
-    for p in (tmp, old):
-        shutil.rmtree(p, ignore_errors=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.lexists(path):
-        os.rename(path, old)
-    os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def predictions_path(task: Any, output_dir: str) -> str:
     """`predictions` plus the task's suffix (.tsv, .json, .txt) in `output_dir`."""
-    return os.path.join(output_dir, "predictions" + task.predictions_suffix)
+    return storage.join(output_dir, "predictions" + task.predictions_suffix)
 
 
 def file_fingerprint(path: str) -> dict[str, Any]:
@@ -113,25 +84,26 @@ def file_fingerprint(path: str) -> dict[str, Any]:
 
     A prepared pretraining folder (`prepare-pretraining-data`) is identified by its `dataset.json`, which
     records the inputs, options, vocabulary hash, shard plan and counts."""
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "dataset.json")):
-        return {**file_fingerprint(os.path.join(path, "dataset.json")), "path": os.path.abspath(path)}
+    manifest = storage.join(path, "dataset.json")
+    if storage.isfile(manifest):
+        return {**file_fingerprint(manifest), "path": storage.abspath(path)}
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+    return {"path": storage.abspath(path), "bytes": storage.getsize(path), "sha256": h.hexdigest()}
 
 
 def model_fingerprint(model: str) -> dict[str, Any]:
     """A preset or hub id by name; a local directory by its config and weight files' sizes and hashes."""
-    if not os.path.isdir(model):
+    if (model in PRESETS or not storage.is_url(model)) and not os.path.isdir(model):
         return {"name": model, "random_init": True} if model in PRESETS else {"name": model}
     files = {}
-    for name in sorted(os.listdir(model)):
+    for name in storage.listdir(model):
         if name == "config.json" or name.endswith((".safetensors", ".bin", ".h5", ".index.json")):
-            fp = file_fingerprint(os.path.join(model, name))
+            fp = file_fingerprint(storage.join(model, name))
             files[name] = {"bytes": fp["bytes"], "sha256": fp["sha256"]}
-    return {"name": os.path.abspath(model), "files": files}
+    return {"name": storage.abspath(model), "files": files}
 
 
 def run_identity(job: Any, task: Any, config: Any, num_devices: int) -> dict[str, Any]:
@@ -181,25 +153,22 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def has_checkpoints(output_dir: str) -> bool:
     """The dir holds checkpoint data (steps set aside as unreadable count: never a new run over them)."""
-    return bool(stored_checkpoints(os.path.join(output_dir, "checkpoints")))
+    return bool(stored_checkpoints(storage.join(output_dir, "checkpoints")))
 
 
 def holds_run(output_dir: str) -> bool:
     """A fine-tune wrote here (its identity file, checkpoints, or exported model)."""
-    return any(os.path.exists(os.path.join(output_dir, n)) for n in (RUN_FILE, "checkpoints", "hf_model"))
+    return any(storage.exists(storage.join(output_dir, n)) for n in (RUN_FILE, "checkpoints", "hf_model"))
 
 
 def clean(output_dir: str) -> list[str]:
     """Removes what a fine-tune writes (never anything else); returns the names removed."""
-    gone = []
-    names = [n for n in ARTEFACTS if os.path.lexists(os.path.join(output_dir, n))]
-    for pattern in ARTEFACT_GLOBS:
-        names += sorted(os.path.basename(p) for p in glob.glob(os.path.join(output_dir, pattern)))
+    present = storage.listdir(output_dir) if storage.isdir(output_dir) else []
+    names = [n for n in ARTEFACTS if n in present]
+    names += [n for n in present if n not in names and any(fnmatch.fnmatch(n, g) for g in ARTEFACT_GLOBS)]
     for name in names:
-        p = os.path.join(output_dir, name)
-        shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
-        gone.append(name)
-    return gone
+        storage.rmtree(storage.join(output_dir, name))
+    return names
 
 
 def decide(job: Any, identity: dict[str, Any], say: Any) -> tuple[str, bool]:
@@ -212,23 +181,22 @@ def decide(job: Any, identity: dict[str, Any], say: Any) -> tuple[str, bool]:
     Raises `UsageError` listing the differences when the dir holds another run.
     """
     out = job.output_dir
-    path = os.path.join(out, RUN_FILE)
+    path = storage.join(out, RUN_FILE)
     old = None
-    if os.path.exists(path):
+    if storage.exists(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f)
+            old = json.loads(storage.read_text(path))
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = {"unreadable": path}
-    started = has_checkpoints(out) or os.path.isdir(os.path.join(out, "hf_model"))
+    started = has_checkpoints(out) or storage.isdir(storage.join(out, "hf_model"))
     if job.overwrite_output_dir:
-        return "new", os.path.isdir(out)
+        return "new", storage.isdir(out)
     if job.resume_from_checkpoint:
         diff = differences(old, identity) if old is not None else []
         if diff:
             say(f"warning: --resume_from_checkpoint: {out} held a run with other settings: {'; '.join(diff)}")
-        src, mine = os.path.abspath(job.resume_from_checkpoint), os.path.abspath(out)
-        inside = src == mine or src.startswith(mine + os.sep)
+        src, mine = storage.abspath(job.resume_from_checkpoint), storage.abspath(out)
+        inside = src == mine or src.startswith(mine + "/") or src.startswith(mine + os.sep)
         return "explicit", started and not inside and (bool(diff) or old is None)
     if not started:
         return "new", False  # run.json without checkpoints: nothing to lose, the new identity replaces it
@@ -253,43 +221,37 @@ def decide(job: Any, identity: dict[str, Any], say: Any) -> tuple[str, bool]:
 def locked(output_dir: str) -> Iterator[None]:
     """Holds `output_dir/.lock` (pid, host, start time; created exclusively) for the block: a second
     job on the dir is refused with the holder named. A lock of a dead process on this host is stale
-    and taken over. A dir created here and left empty is removed again. Process 0 locks."""
+    and taken over. A dir created here and left empty is removed again. Process 0 locks. On a bucket
+    the lock object is created only if absent (`storage.create_new`)."""
     if jax.process_index() != 0:
         yield
         return
-    created = not os.path.isdir(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, LOCK_FILE)
+    created = not storage.isdir(output_dir)
+    storage.makedirs(output_dir)
+    path = storage.join(output_dir, LOCK_FILE)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for attempt in (0, 1):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        if storage.create_new(path, json.dumps(me)):
             break
-        except FileExistsError:
-            holder = _lock_holder(path)
-            if attempt or not _stale(holder):
-                raise UsageError(
-                    f"{output_dir} is in use by another job (pid {holder.get('pid')} on {holder.get('host')} "
-                    f"since {holder.get('started')}): wait for it, or remove {path} if that job is gone"
-                ) from None
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(me, f)
+        holder = _lock_holder(path)
+        if attempt or not _stale(holder):
+            raise UsageError(
+                f"{output_dir} is in use by another job (pid {holder.get('pid')} on {holder.get('host')} "
+                f"since {holder.get('started')}): wait for it, or remove {path} if that job is gone"
+            ) from None
+        storage.remove(path)
     try:
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-        if created:
+        storage.remove(path)
+        if created and not storage.is_url(output_dir):
             with contextlib.suppress(OSError):
                 os.rmdir(output_dir)  # only when empty
 
 
 def _lock_holder(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(storage.read_text(path))
     except (OSError, ValueError):
         return {}  # being written, or unreadable: not stale (its process may be starting)
 
@@ -309,16 +271,12 @@ def _stale(holder: dict[str, Any]) -> bool:
 
 def write_identity(output_dir: str, identity: dict[str, Any]) -> None:
     """Records the run identity (a file that already holds it is left as it is)."""
-    os.makedirs(output_dir, exist_ok=True)
+    storage.makedirs(output_dir)
+    path = storage.join(output_dir, RUN_FILE)
     with contextlib.suppress(OSError, ValueError):
-        with open(os.path.join(output_dir, RUN_FILE), encoding="utf-8") as f:
-            if json.load(f) == json.loads(json.dumps(identity)):
-                return
-    tmp = os.path.join(output_dir, RUN_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(identity, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(output_dir, RUN_FILE))
+        if json.loads(storage.read_text(path)) == json.loads(json.dumps(identity)):
+            return
+    storage.write_json(path, identity, sort_keys=True)
 
 
 def command_output_dir(command: str, model: str, output_dir: str | None, data_file: str) -> str:
@@ -328,13 +286,13 @@ def command_output_dir(command: str, model: str, output_dir: str | None, data_fi
     when `--output_dir` is not given: beside the fine-tune whose `hf_model/` or `best_model/` is
     evaluated, else under `runs/<model name>/`); an `--output_dir` that holds no run is used as it is.
     """
-    stem = os.path.splitext(os.path.basename(data_file.rstrip("/")))[0] or "data"
+    stem = os.path.splitext(storage.basename(data_file))[0] or "data"
     sub = f"{command}_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in stem)}"
     if output_dir is not None:
-        return os.path.join(output_dir, sub) if holds_run(output_dir) else output_dir
+        return storage.join(output_dir, sub) if holds_run(output_dir) else output_dir
     model = model.rstrip("/")
-    if os.path.isdir(model):
-        parent = os.path.dirname(os.path.abspath(model))
-        if os.path.basename(model) in ("hf_model", "best_model") and holds_run(parent):
-            return os.path.join(parent, sub)
+    if storage.is_url(model) or os.path.isdir(model):
+        parent = storage.dirname(model)
+        if storage.basename(model) in ("hf_model", "best_model") and holds_run(parent):
+            return storage.join(parent, sub)
     return os.path.join("runs", os.path.basename(model) or "model", sub)

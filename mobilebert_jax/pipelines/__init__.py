@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from mobilebert_jax import storage
 from mobilebert_jax.pipelines.backends import Backend, JaxBackend, LiteRtBackend, OnnxBackend
 from mobilebert_jax.pipelines.base import DEFAULT_BUCKETS, Pipeline, length_buckets
 from mobilebert_jax.pipelines.feature_extraction import FeatureExtractionPipeline
@@ -104,6 +105,10 @@ def pipeline(
     from mobilebert_jax.checkpoints.loader import check_vocab, load_tokenizer, tokenizer_folder
     from mobilebert_jax.model.config import MobileBertConfig
 
+    if isinstance(model, (str, os.PathLike)) and storage.is_url(model):  # a local copy of its model folder
+        from mobilebert_jax.checkpoints.loader import model_folder
+
+        model = model_folder(model)
     task = ALIASES.get(task, task)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)} (aliases {sorted(ALIASES)})")

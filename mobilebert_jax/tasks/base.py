@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.tasks.labels import model_label_order
 
 PathLike = str | os.PathLike
@@ -242,7 +243,7 @@ def iter_lines(path: PathLike) -> Iterator[tuple[int, str]]:
     (`\\r`, U+2028, U+0085) inside a line are kept: they occur inside GLUE sentences. Bytes that are
     not UTF-8 raise `DataError` naming the file, line and column.
     """
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for i, raw in enumerate(f, start=1):
             if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
@@ -269,9 +270,9 @@ def check_utf8(path: PathLike) -> None:
 
 def check_file(path: PathLike) -> None:
     """Raise `DataError` if `path` is missing or empty."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise DataError("no such file", path)
-    if os.path.getsize(path) == 0:
+    if storage.getsize(path) == 0:
         raise DataError("empty file", path)
 
 
@@ -292,7 +293,7 @@ def read_records(path: PathLike) -> list[tuple[int, dict[str, Any]]]:
     if ext in (".csv", ".json"):
         check_utf8(path)
     if ext == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with storage.open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 raise DataError("no header row", path, 1)
@@ -324,7 +325,7 @@ def read_records(path: PathLike) -> list[tuple[int, dict[str, Any]]]:
             rows.append((i, rec))
         return rows
     if ext == ".json":
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path, encoding="utf-8") as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:

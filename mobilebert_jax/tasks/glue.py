@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.tasks import metrics as M
 from mobilebert_jax.tasks.base import (
     DataError,
@@ -417,7 +418,7 @@ class GlueTask(Task):
     def write_predictions(self, path: PathLike, examples: Sequence[GlueExample], predictions: Any) -> None:
         """GLUE submission TSV: header `index\\tprediction`, labels as the task's TSV tokens."""
         preds = prediction_rows(path, predictions, len(examples))
-        with open(path, "w", encoding="utf-8") as f:
+        with storage.open(path, "w", encoding="utf-8") as f:
             f.write("index\tprediction\n")
             for i, p in enumerate(preds):
                 value = f"{float(p):.3f}" if self.is_regression else self.layout.tsv_labels[int(p)]

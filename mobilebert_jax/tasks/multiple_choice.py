@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.tasks import metrics as M
 from mobilebert_jax.tasks.base import (
     DataError,
@@ -148,6 +149,6 @@ class MultipleChoiceTask(Task):
     def write_predictions(self, path: PathLike, examples: Sequence[ChoiceExample], predictions: Any) -> None:
         """TSV `index\\tprediction` (the chosen ending's index)."""
         preds = prediction_rows(path, predictions, len(examples))
-        with open(path, "w", encoding="utf-8") as f:
+        with storage.open(path, "w", encoding="utf-8") as f:
             f.write("index\tprediction\n")
             f.writelines(f"{i}\t{int(p)}\n" for i, p in enumerate(preds))

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.tasks.base import DataError, PathLike, Task, check_file, encode, iter_lines, output
 
 CONLL2003_TYPES = ("PER", "ORG", "LOC", "MISC")
@@ -363,7 +364,7 @@ class NerTask(Task):
         """CoNLL format: `word predicted-tag` per line, blank line between sentences (readable by `read`)."""
         if len(predictions) != len(examples):
             raise ValueError(f"{len(predictions)} predictions for {len(examples)} sentences")
-        with open(path, "w", encoding="utf-8") as f:
+        with storage.open(path, "w", encoding="utf-8") as f:
             for e, tags in zip(examples, predictions):
                 f.writelines(f"{w} {t}\n" for w, t in zip(e.words, tags))
                 f.write("\n")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.tasks import metrics as M
 from mobilebert_jax.tasks.base import (
     DataError,
@@ -44,8 +45,8 @@ def is_prepared(path: PathLike | None) -> bool:
     if not path:
         return False
     path = os.fspath(path)
-    return os.path.isfile(os.path.join(path, PREPARED_MANIFEST)) or (
-        os.path.basename(path) == PREPARED_MANIFEST and os.path.isfile(path)
+    return storage.isfile(storage.join(path, PREPARED_MANIFEST)) or (
+        storage.basename(path) == PREPARED_MANIFEST and storage.isfile(path)
     )
 
 
@@ -416,5 +417,5 @@ class PretrainingTask(Task):
 
     def write_predictions(self, path: PathLike, examples: Any, predictions: Mapping[str, np.ndarray]) -> None:
         """JSON with the flat MLM and NSP predictions."""
-        with open(path, "w", encoding="utf-8") as f:
+        with storage.open(path, "w", encoding="utf-8") as f:
             json.dump({k: np.asarray(v).tolist() for k, v in predictions.items()}, f)

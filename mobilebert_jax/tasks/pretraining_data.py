@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.tasks.base import DataError, vocab_tokens
 from mobilebert_jax.tasks.pretraining import (
     PREPARED_MANIFEST,
@@ -315,7 +316,20 @@ def prepare_pretraining_data(
         task_fields: `PretrainingTask` fields (seed, dupe_factor, masked_lm_prob, short_seq_prob,
             max_predictions_per_seq, whole_word_mask); defaults as the `pretrain` job's.
         num_workers: processes (None: one per CPU, at most one per shard; 0: in this process).
+
+    gs:// inputs are read from local copies; a gs:// `output_dir` is built locally and uploaded whole.
     """
+    if storage.is_url(output_dir) or any(storage.is_url(i) for i in inputs):
+        opts = dict(tokenizer=tokenizer, max_seq_length=max_seq_length, shard_size_mb=shard_size_mb)
+        opts.update(num_workers=num_workers, progress=progress, **task_fields)
+        local_inputs = [storage.local_copy(i) for i in inputs]
+        if not storage.is_url(output_dir):
+            return prepare_pretraining_data(local_inputs, output_dir, **opts)
+        out: dict = {}
+        storage.replace_dir(
+            output_dir, lambda tmp: out.update(prepare_pretraining_data(local_inputs, tmp, **opts))
+        )
+        return out
     bad = sorted(set(task_fields) - set(_OPTION_FIELDS))
     if bad:
         raise ValueError(f"unknown option(s) {bad}; known: {list(_OPTION_FIELDS)}")
@@ -372,7 +386,11 @@ def prepare_pretraining_data(
 # Loading
 # ---------------------------------------------------------------------------------------------------
 def read_manifest(path: str) -> tuple[dict, list[str]]:
-    """(manifest, shard paths) of a prepared folder; an unfinished one is an error."""
+    """(manifest, shard paths) of a prepared folder; an unfinished one is an error. A gs:// folder is read
+    from a local copy (ArrayRecord reads local files; each process copies it once)."""
+    if storage.is_url(path):
+        folder = storage.dirname(path) if storage.basename(path) == MANIFEST else path
+        path = storage.local_copy(folder)
     folder = os.path.dirname(path) if os.path.basename(path) == MANIFEST else path
     mpath = os.path.join(folder, MANIFEST)
     if not os.path.isfile(mpath):

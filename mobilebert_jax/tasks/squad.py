@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.tasks import squad_metric
 from mobilebert_jax.tasks.base import (
     DataError,
@@ -108,7 +109,7 @@ def read_squad(path: PathLike) -> list[SquadExample]:
             )
     else:
         check_utf8(path)
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path, encoding="utf-8") as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
@@ -448,11 +449,11 @@ class SquadTask(Task):
         """`path`: {id: text} (the official format); beside it `*_nbest.json` and (v2.0) `*_null_odds.json`."""
         preds = predictions["predictions"] if "predictions" in predictions else predictions
         stem = os.path.splitext(os.fspath(path))[0]
-        with open(path, "w", encoding="utf-8") as f:
+        with storage.open(path, "w", encoding="utf-8") as f:
             json.dump(preds, f, indent=2, ensure_ascii=False)
         for key in ("nbest", "null_odds"):
             if key in predictions:
-                with open(f"{stem}_{key}.json", "w", encoding="utf-8") as f:
+                with storage.open(f"{stem}_{key}.json", "w", encoding="utf-8") as f:
                     json.dump(predictions[key], f, indent=2, ensure_ascii=False)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import time
 from typing import Any
 
 import jax
+
+from mobilebert_jax import storage
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +31,30 @@ def _tensorboard_writer(logdir: str) -> Any:
         return None
 
 
+# A bucket object cannot be appended to: metrics.jsonl on gs:// is rewritten whole, at most this often
+# (and when the writer closes; a killed run loses at most these seconds of rows, which it recomputes).
+REMOTE_FLUSH_S = 30.0
+
+
 class MetricsWriter:
     """metrics.jsonl (always), TensorBoard (when tensorboardX or torch's writer is importable); host 0 only."""
 
     def __init__(self, workdir: str | None):
-        self.path = None if workdir is None else os.path.join(workdir, "metrics.jsonl")
+        self.path = None if workdir is None else storage.join(workdir, "metrics.jsonl")
         self.tb = None
+        self._text: str | None = None  # gs://: the file's content, uploaded whole by `_flush`
+        self._flushed = 0.0
         if workdir is None or jax.process_index() != 0:
             self.path = None
             return
-        os.makedirs(workdir, exist_ok=True)
-        self.tb = _tensorboard_writer(os.path.join(workdir, "tensorboard"))
+        storage.makedirs(workdir)
+        self.tb = _tensorboard_writer(storage.join(workdir, "tensorboard"))
 
     def truncate(self, step: int) -> None:
         """Drops rows after `step` (a resumed run recomputes them; the plot must not double back)."""
-        if self.path is None or not os.path.exists(self.path):
+        if self.path is None or not storage.exists(self.path):
             return
-        with open(self.path, encoding="utf-8") as f:
+        with storage.open(self.path, encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
         keep = []
         for line in lines:
@@ -56,21 +65,33 @@ class MetricsWriter:
             if int(row.get("step", 0)) <= step:
                 keep.append(json.dumps(row) + "\n")
         if len(keep) != len(lines):
-            tmp = self.path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(keep)
-            os.replace(tmp, self.path)
+            storage.write_text(self.path, "".join(keep))
+            self._text = None
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        line = json.dumps({"step": step, **metrics}) + "\n"
+        if storage.is_url(self.path):
+            if self._text is None:
+                self._text = storage.read_text(self.path) if storage.exists(self.path) else ""
+            self._text += line
+            if time.monotonic() - self._flushed > REMOTE_FLUSH_S:
+                self._flush()
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)
 
+    def _flush(self) -> None:
+        if self._text is not None:
+            storage.write_text(self.path, self._text)
+            self._flushed = time.monotonic()
+
     def close(self) -> None:
+        self._flush()
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
@@ -89,7 +110,7 @@ def eval_metric_series(rows: list[dict], metric: str | None = None) -> tuple[str
 def plot_loss_curve(jsonl_path: str, png_path: str, metric: str | None = None) -> str | None:
     """Writes train (and eval) loss vs step from metrics.jsonl to a PNG (matplotlib, Agg); with eval
     metrics logged (`--eval_steps`), a second panel shows `metric` (see `eval_metric_series`)."""
-    if not os.path.exists(jsonl_path):
+    if not storage.exists(jsonl_path):
         return None
     import matplotlib
 
@@ -97,7 +118,7 @@ def plot_loss_curve(jsonl_path: str, png_path: str, metric: str | None = None) -
     import matplotlib.pyplot as plt
 
     rows = []
-    for line in open(jsonl_path, encoding="utf-8"):
+    for line in storage.read_text(jsonl_path).splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -123,6 +144,7 @@ def plot_loss_curve(jsonl_path: str, png_path: str, metric: str | None = None) -
         ax2.legend()
         ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    with storage.staged_file(png_path) as local:
+        fig.savefig(local, dpi=100)
     plt.close(fig)
     return png_path

@@ -29,6 +29,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mobilebert_jax import storage
 from mobilebert_jax.training import sharding as shd
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def checkpoint_manager(
         cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(
-        os.path.abspath(os.fspath(directory)), options=options, item_names=("state", "data")
+        storage.path(storage.abspath(directory)), options=options, item_names=("state", "data")
     )
 
 
@@ -274,7 +275,7 @@ def restore_checkpoint(
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no committed checkpoint in {mngr.directory}")
-    step_dir = os.path.join(os.fspath(mngr.directory), str(step))
+    step_dir = storage.join(os.fspath(mngr.directory), str(step))
     verify_checkpoint(step_dir)
     target = jax.tree.map(_as_abstract, abstract_state)
     _with_timeout(lambda: check_fits(step_dir, target), step_dir, READ_TIMEOUT_S)
@@ -313,7 +314,7 @@ class CheckpointMismatchError(ValueError):
 
 # ---------------------------------------------------------------------------------------------------
 # Integrity and the restore policy. Every file-system operation on checkpoint directories is in the
-# few functions below (a gs:// backend replaces them).
+# few functions below, through `mobilebert_jax.storage` (a local dir or a gs:// URL).
 # ---------------------------------------------------------------------------------------------------
 MANIFEST = "integrity.json"  # {"sha256": {relative path: hex digest}} of a committed step's files
 READ_TIMEOUT_S = 600.0  # a checkpoint whose files take longer to read is treated as unreadable
@@ -322,9 +323,11 @@ QUARANTINE = ".unreadable-"  # `<step>.unreadable-<time>`: set aside, kept in th
 
 def _step_files(step_dir: str) -> list[str]:
     """Relative paths of the files of a step directory; anything but regular files and directories
-    (a FIFO, a device, a link) is refused before it is opened."""
+    (a FIFO, a device, a link) is refused before it is opened (a bucket holds only objects)."""
     import stat
 
+    if storage.is_url(step_dir):
+        return [f for f in storage.files_under(step_dir) if f != MANIFEST]
     out = []
     for root, dirs, files in os.walk(step_dir):
         for name in dirs + files:
@@ -341,7 +344,7 @@ def _sha256(path: str) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -377,14 +380,12 @@ def seal_checkpoints(mngr: ocp.CheckpointManager) -> None:
     if jax.process_index() != 0:
         return
     for step in mngr.all_steps():
-        d = os.path.join(os.fspath(mngr.directory), str(step))
-        path = os.path.join(d, MANIFEST)
-        if not os.path.isdir(d) or os.path.exists(path):
+        d = storage.join(os.fspath(mngr.directory), str(step))
+        path = storage.join(d, MANIFEST)
+        if not storage.isdir(d) or storage.exists(path):
             continue
-        digests = {f: _sha256(os.path.join(d, f)) for f in _step_files(d)}
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"sha256": digests}, f, indent=1, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        digests = {f: _sha256(storage.join(d, f)) for f in _step_files(d)}
+        storage.write_json(path, {"sha256": digests}, indent=1, sort_keys=True)
 
 
 def verify_checkpoint(step_dir: str, timeout: float = READ_TIMEOUT_S) -> None:
@@ -394,15 +395,14 @@ def verify_checkpoint(step_dir: str, timeout: float = READ_TIMEOUT_S) -> None:
 
     def check():
         files = _step_files(step_dir)
-        path = os.path.join(step_dir, MANIFEST)
-        if not os.path.exists(path):
+        path = storage.join(step_dir, MANIFEST)
+        if not storage.exists(path):
             return
-        with open(path, encoding="utf-8") as f:
-            want = json.load(f)["sha256"]
+        want = json.loads(storage.read_text(path))["sha256"]
         missing = sorted(set(want) - set(files))
         if missing:
             raise CheckpointUnreadable(f"{step_dir}: missing {missing[:3]}")
-        bad = [f for f in sorted(want) if _sha256(os.path.join(step_dir, f)) != want[f]]
+        bad = [f for f in sorted(want) if _sha256(storage.join(step_dir, f)) != want[f]]
         if bad:
             raise CheckpointUnreadable(f"{step_dir}: {bad[:3]} differ from the checksum written at save")
 
@@ -418,7 +418,9 @@ def check_fits(step_dir: str, target: Any) -> None:
     """Raises `CheckpointMismatchError` naming the keys and shapes where the checkpoint's saved tree
     differs from `target`'s (missing, unexpected, other shape)."""
     try:
-        meta = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata
+        meta = (
+            ocp.StandardCheckpointer().metadata(storage.path(storage.join(step_dir, "state"))).item_metadata
+        )
     except Exception as e:  # the metadata file itself is unreadable
         raise CheckpointUnreadable(f"{step_dir}: tree metadata: {_first_line(e)}") from e
     got = {_key_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(meta)}
@@ -446,19 +448,21 @@ def check_fits(step_dir: str, target: Any) -> None:
 def stored_checkpoints(directory: str | os.PathLike) -> list[str]:
     """Names of the step directories in a checkpoints directory, the set-aside (unreadable) ones too."""
     d = os.fspath(directory)
-    if not os.path.isdir(d):
+    if not storage.isdir(d):
         return []
-    return sorted(n for n in os.listdir(d) if n.isdigit() or (QUARANTINE in n and n.split(".")[0].isdigit()))
+    return sorted(
+        n for n in storage.listdir(d) if n.isdigit() or (QUARANTINE in n and n.split(".")[0].isdigit())
+    )
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     """Moves step `step` to `<step>.unreadable-<time>` beside it (orbax then no longer lists it, so the
     continuing run can save that step again); returns the new name."""
-    bad = os.path.join(os.fspath(mngr.directory), str(step))
+    bad = storage.join(os.fspath(mngr.directory), str(step))
     aside = f"{bad}{QUARANTINE}{time.strftime('%Y%m%d-%H%M%S')}"
-    if jax.process_index() == 0 and os.path.isdir(bad):
-        os.rename(bad, aside)
-    return os.path.basename(aside)
+    if jax.process_index() == 0 and storage.isdir(bad):
+        storage.rename_dir(bad, aside)
+    return storage.basename(aside)
 
 
 def restore_latest(
@@ -505,15 +509,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, int | None]:
     Accepts a step directory (`run/checkpoints/120`), a checkpoints directory or a run directory
     holding `checkpoints/`.
     """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
+    path = storage.abspath(path)
+    if not storage.isdir(path):
         raise FileNotFoundError(f"--resume_from_checkpoint {path}: no such directory")
-    base = os.path.basename(path)
-    if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
-        return os.path.dirname(path), int(base)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
-    steps = [int(n) for n in os.listdir(path) if n.isdigit()]
+    base = storage.basename(path)
+    if base.isdigit() and storage.isdir(storage.join(path, "state")):
+        return storage.dirname(path), int(base)
+    if storage.isdir(storage.join(path, "checkpoints")):
+        path = storage.join(path, "checkpoints")
+    steps = [int(n) for n in storage.listdir(path) if n.isdigit()]
     if not steps:
         raise FileNotFoundError(
             f"--resume_from_checkpoint {path}: no checkpoint here (expected a step directory such as "
