@@ -108,3 +108,15 @@ def save_pretrained(path: str, params: Any, config: MobileBertConfig, model_clas
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(weights, 0o666 & ~umask)
+
+
+def save_orbax(path: str, params: Any, config: MobileBertConfig) -> None:
+    """Writes the local folder `path`: `config.json` and `params/` (an orbax checkpoint of the Flax
+    params) that `load_model` reads back; `config.extra["architectures"]` tells the reader the class.
+    (`jobs.convert` writes a gs:// destination through `storage.replace_dir`.)"""
+    import orbax.checkpoint as ocp
+
+    os.makedirs(path, exist_ok=True)
+    config.save(path)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(os.path.join(os.path.abspath(path), "params"), params)

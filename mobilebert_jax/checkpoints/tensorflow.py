@@ -24,11 +24,13 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.checkpoints.pytorch import LoadReport, from_pytorch, to_pytorch
 from mobilebert_jax.checkpoints.tf_bundle import BundleReader
 from mobilebert_jax.model.config import MobileBertConfig
@@ -150,8 +152,7 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> MobileBertConfig:
     """An HF `config.json` or a google `bert_config.json` (told apart by HF's `model_type` key)."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        d = json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"no config file at {path}") from None
     except json.JSONDecodeError as e:
@@ -532,8 +533,15 @@ def load_tf_h5(
 def save_tf1_checkpoint(params: Mapping, config: MobileBertConfig, prefix: str | os.PathLike) -> str:
     """Flax params → a google TF1 name-based checkpoint (for the original code's TFLite exporter).
 
-    Needs TensorFlow (the bundle is written with `tf.raw_ops.SaveV2`). Returns the prefix written.
+    Needs TensorFlow (the bundle is written with `tf.raw_ops.SaveV2`). Returns the prefix written; a
+    gs:// prefix is written locally, then its files (`.index`, `.data-*`) uploaded beside it.
     """
+    prefix = os.fspath(prefix)
+    if storage.is_url(prefix):
+        with tempfile.TemporaryDirectory(prefix="mobilebert-jax-tf1-") as tmp:
+            save_tf1_checkpoint(params, config, os.path.join(tmp, storage.basename(prefix)))
+            storage.upload_dir(tmp, storage.dirname(prefix))
+        return prefix
     try:
         import tensorflow as tf
     except ImportError:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from mobilebert_jax import storage
 from mobilebert_jax.cli.common import json_object
 from mobilebert_jax.tasks.base import DataError, check_file, iter_lines
 
@@ -136,7 +137,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         config_overrides=args.model_config or None,
         **args.params,
     )
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    out = sys.stdout if args.output == "-" else storage.open(args.output, "w", encoding="utf-8")
     try:
         answers = pipe.stream([item for _, _, item in rows])
         for (line, rid, _), answer in zip(rows, answers):

@@ -22,7 +22,6 @@ import functools
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.checkpoints.hub import save_pretrained
 from mobilebert_jax.distill import objectives as D
 from mobilebert_jax.model.config import MobileBertConfig
@@ -47,6 +47,7 @@ from mobilebert_jax.training.state import (
 from mobilebert_jax.training.trainer import FitConfig, FitResult, fit, make_train_step, to_host
 
 log = logging.getLogger(__name__)
+RUN_FILE = "distill_run.json"  # the settings a resume must match
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,15 +151,14 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
     """A recipe: the name of a preset ("paper", "tiny") or a JSON file of the same form (`train/configs/`)."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
-    if not os.path.isfile(name_or_path):
+    if not storage.isfile(name_or_path):
         raise ValueError(
             f"--config {name_or_path!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a JSON recipe file"
         )
-    with open(name_or_path, encoding="utf-8") as f:
-        try:
-            recipe = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{name_or_path}: not valid JSON ({e})") from None
+    try:
+        recipe = json.loads(storage.read_text(name_or_path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name_or_path}: not valid JSON ({e})") from None
     if not isinstance(recipe, dict):
         raise ValueError(f"{name_or_path}: a recipe is a JSON object with keys {sorted(_RECIPE_KEYS)}")
     bad = sorted(set(recipe) - _RECIPE_KEYS)
@@ -280,8 +280,8 @@ class DistillResult:
 
 
 def _latest_step(workdir: str) -> int | None:
-    path = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(path):
+    path = storage.join(workdir, "checkpoints")
+    if not storage.isdir(path):
         return None
     mngr = checkpoint_manager(path, async_save=False)
     try:
@@ -290,12 +290,23 @@ def _latest_step(workdir: str) -> int | None:
         mngr.close()
 
 
-def _check_run_file(output_dir: str, record: dict) -> None:
-    path = os.path.join(output_dir, "distill_run.json")
+def run_record(cfg: DistillConfig, student: MobileBertConfig, teacher: MobileBertConfig) -> dict[str, Any]:
+    """What `distill_run.json` records: the settings a resume must match."""
+    plan = stage_plan(cfg, student.num_hidden_layers)
+    return {
+        "distill": cfg.to_dict(),
+        "student": student.to_dict(),
+        "teacher": teacher.to_dict(),
+        "stages": [dataclasses.asdict(s) for s in plan],
+    }
+
+
+def check_run_file(output_dir: str, record: dict) -> None:
+    """Refuses a dir holding a run of other settings; records `record` in a new one (local or gs://)."""
+    path = storage.join(output_dir, RUN_FILE)
     ignore = ("checkpoint_every", "max_to_keep", "log_every")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+    if storage.exists(path):
+        old = json.loads(storage.read_text(path))
         strip = lambda d: {**d, "distill": {k: v for k, v in d["distill"].items() if k not in ignore}}  # noqa: E731
         a, b = strip(old), strip(json.loads(json.dumps(record)))
         if a != b:
@@ -305,9 +316,8 @@ def _check_run_file(output_dir: str, record: dict) -> None:
                 "resume with the same configs or use a new --output-dir"
             )
     elif jax.process_index() == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
+        storage.makedirs(output_dir)
+        storage.write_json(path, record, sort_keys=True)
 
 
 def run_distillation(
@@ -346,15 +356,7 @@ def run_distillation(
     """
     sc, tc = _check_models(student_model, teacher_model)
     plan = stage_plan(cfg, sc.num_hidden_layers)
-    _check_run_file(
-        output_dir,
-        {
-            "distill": cfg.to_dict(),
-            "student": sc.to_dict(),
-            "teacher": tc.to_dict(),
-            "stages": [dataclasses.asdict(s) for s in plan],
-        },
-    )
+    check_run_file(output_dir, run_record(cfg, sc, tc))
     teacher_params, t_shard = place_params(teacher_model, teacher_params, mesh, rules)
     init_fn, rng = model_init_fn(student_model, example_batch()), jax.random.key(cfg.seed)
     run = _Run(
@@ -372,7 +374,7 @@ def run_distillation(
     )
     params, histories, g0, stopped = None, {}, 0, "done"
     for i, stage in enumerate(plan):
-        if _latest_step(os.path.join(output_dir, stage.name)) == stage.steps:
+        if _latest_step(storage.join(output_dir, stage.name)) == stage.steps:
             say(f"{stage.name}: finished earlier ({stage.steps} steps)")
             params, g0 = None, g0 + stage.steps
             continue
@@ -445,7 +447,7 @@ def _restore_final(run: _Run, stage: Stage) -> tuple[Any, Any]:
     abstract_p = nn.meta.unbox(jax.eval_shape(run.init_fn, run.rng))["params"]
     tx, _, _ = stage_setup(stage, run.student_model, run.teacher_model, abstract_p, run.cfg)
     target, _, _ = abstract_train_state(run.init_fn, tx, run.rng, run.mesh, run.rules)
-    workdir = os.path.join(run.output_dir, stage.name, "checkpoints")
+    workdir = storage.join(run.output_dir, stage.name, "checkpoints")
     state, data_state, _ = restore_checkpoint(workdir, target, step=stage.steps)
     return state.params, data_state
 
@@ -478,7 +480,7 @@ def _fit_stage(
     cfg = run.cfg
     fit_config = FitConfig(
         num_steps=n,
-        workdir=os.path.join(run.output_dir, stage.name),
+        workdir=storage.join(run.output_dir, stage.name),
         log_every=min(cfg.log_every, n),
         checkpoint_every=cfg.checkpoint_every,
         max_to_keep=cfg.max_to_keep,
@@ -505,8 +507,11 @@ def _fit_stage(
 def _save_final(params: Any, config: MobileBertConfig, output_dir: str, say: Callable[[str], None]) -> None:
     host_params = to_host(params)  # every process: gathers FSDP/tensor shards
     if jax.process_index() == 0:
-        final = os.path.join(output_dir, "final_model")
-        save_pretrained(final, host_params, config, "MobileBertForPreTraining")
+        final = storage.join(output_dir, "final_model")
+        # put in place whole: a reader (or a rerun) sees no final_model or all of it, never half of one
+        storage.replace_dir(
+            final, lambda tmp: save_pretrained(tmp, host_params, config, "MobileBertForPreTraining")
+        )
         say(f"wrote {final}")
 
 

@@ -15,6 +15,8 @@ import os
 import typing
 from typing import Any
 
+from mobilebert_jax import storage
+
 TRAIN_COMMANDS = ("finetune", "pretrain", "demo")
 ALL_COMMANDS = (*TRAIN_COMMANDS, "evaluate", "predict")
 LR_SCHEDULES = ("linear", "constant", "constant_with_warmup", "cosine")
@@ -306,8 +308,7 @@ class JobConfig:
 def read_job_file(path: str) -> dict[str, Any]:
     """The JSON object of a `--config_file` (errors name the file)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        d = json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise UsageError(f"--config_file {path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

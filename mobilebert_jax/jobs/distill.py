@@ -5,14 +5,17 @@
 The recipe (`distill.run.DistillConfig`) comes from a preset ("paper", "tiny") or a JSON recipe file,
 with `recipe_overrides` on top. Teacher and student checkpoints are read by the one loader
 (`checkpoints.loader.load_model`); without a teacher, the tiny recipe first pre-trains its own.
-Rerunning the same config resumes where it stopped (`distill.run.run_distillation`).
+Rerunning the same config resumes where it stopped (`distill.run.run_distillation`); a dir holding
+a run of other settings is refused, and a second job on the dir is refused by its `.lock`
+(`jobs.run_dir.locked`). Every path (recipe, configs, checkpoints, data, output dir) may be a gs:// URL
+(`mobilebert_jax.storage`): orbax writes the stage checkpoints to the bucket, the model folders are put in
+place whole (`storage.replace_dir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,21 +23,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mobilebert_jax import storage
 from mobilebert_jax.checkpoints.formats import has_teacher_model
 from mobilebert_jax.checkpoints.hub import save_pretrained
-from mobilebert_jax.checkpoints.loader import load_model
+from mobilebert_jax.checkpoints.loader import load_model, model_folder
 from mobilebert_jax.checkpoints.tensorflow import load_config
 from mobilebert_jax.distill.objectives import bind_teacher, pretraining_distill_loss
 from mobilebert_jax.distill.run import (
     DistillConfig,
+    check_run_file,
     compile_report,
     load_recipe,
     place_params,
     preset_configs,
     pretrain,
     run_distillation,
+    run_record,
     stage_plan,
 )
+from mobilebert_jax.jobs.run_dir import locked
 from mobilebert_jax.model.config import PRESETS, MobileBertConfig
 from mobilebert_jax.model.heads import MobileBertForPreTraining
 from mobilebert_jax.tasks import pretraining_data
@@ -111,9 +118,8 @@ def load_teacher(path: str, config_file: str | None = None) -> tuple[MobileBertC
     A run folder (`final_model/` or `hf_model/` inside) is followed; a TF1 checkpoint with
     `teacher/...` variables gives its teacher, one without gives its only model.
     """
-    loaded = load_model(
-        path, "MobileBertForPreTraining", config_file=config_file, teacher=has_teacher_model(path)
-    )
+    teacher = has_teacher_model(model_folder(path) or path)  # a gs:// checkpoint: its local copy
+    loaded = load_model(path, "MobileBertForPreTraining", config_file=config_file, teacher=teacher)
     print(loaded.report.summary(), flush=True)
     return loaded.config, loaded.params
 
@@ -178,8 +184,9 @@ def _close(data: Any) -> None:
         data.close()  # Grain's reading processes
 
 
-def _pretrained_teacher(config, preset, tc, cfg, data, mesh, rules, teacher_dtype) -> tuple[Any, Any]:
-    """(teacher model, params): the given checkpoint, else one pre-trained here on the training data."""
+def _pretrained_teacher(config, preset, sc, tc, cfg, data, mesh, rules, teacher_dtype) -> tuple[Any, Any]:
+    """(teacher model, params): the given checkpoint, else one pre-trained here on the training data
+    (in `teacher/` of the output dir, once the dir's `distill_run.json` is known to match)."""
     if config.teacher:
         tc, params = load_teacher(config.teacher, config.teacher_config)
         return MobileBertForPreTraining(tc, dtype=teacher_dtype, param_dtype=teacher_dtype), params
@@ -189,8 +196,9 @@ def _pretrained_teacher(config, preset, tc, cfg, data, mesh, rules, teacher_dtyp
             "--teacher is required for --config paper (pre-train IB-BERT with `mobilebert-jax "
             "pretrain` first), or pass --teacher-pretrain-steps"
         )
+    check_run_file(config.output_dir, run_record(cfg, sc, tc))  # before teacher/ is written
     teacher = MobileBertForPreTraining(tc, dtype=teacher_dtype, param_dtype=teacher_dtype)
-    tdir = os.path.join(config.output_dir, "teacher")
+    tdir = storage.join(config.output_dir, "teacher")
     _say(
         f"pre-training a teacher ({tc.num_hidden_layers} layers, I={tc.intra_bottleneck_size}) for {steps} steps"
     )
@@ -213,7 +221,8 @@ def _pretrained_teacher(config, preset, tc, cfg, data, mesh, rules, teacher_dtyp
         _say(f"teacher: mlm_true {hist[0]['mlm_true']:.3f} -> {hist[-1]['mlm_true']:.3f}")
     host_params = to_host(params)  # every process: gathers FSDP/tensor shards
     if jax.process_index() == 0:
-        save_pretrained(os.path.join(tdir, "hf_model"), host_params, tc, "MobileBertForPreTraining")
+        write = lambda tmp: save_pretrained(tmp, host_params, tc, "MobileBertForPreTraining")  # noqa: E731
+        storage.replace_dir(storage.join(tdir, "hf_model"), write)
     return teacher, params
 
 
@@ -239,6 +248,20 @@ def _held_out(config, task, tok, cfg, mesh, rules, models: Mapping[str, tuple[An
     return report
 
 
+def _tokenizer_and_task(config: DistillJobConfig, cfg: DistillConfig) -> tuple[Any, PretrainingTask]:
+    tok = (
+        MobileBertTokenizer.from_pretrained(config.tokenizer)
+        if config.tokenizer
+        else MobileBertTokenizer.default()
+    )
+    task = PretrainingTask(
+        dupe_factor=config.dupe_factor,
+        max_predictions_per_seq=cfg.max_predictions_per_seq or 20,
+        seed=cfg.seed,
+    )
+    return tok, task
+
+
 def run_distill(config: DistillJobConfig) -> dict[str, Any]:
     """Runs (or resumes) the distillation; returns the report also written to `distill_results.json`."""
     t0 = time.perf_counter()
@@ -250,49 +273,40 @@ def run_distill(config: DistillJobConfig) -> dict[str, Any]:
         return _compile_only(config, sc, tc, cfg, mesh, rules, teacher_dtype)
     if not config.train_file:
         raise ValueError("--train-file is required (plain text, one sentence per line)")
-    tok = (
-        MobileBertTokenizer.from_pretrained(config.tokenizer)
-        if config.tokenizer
-        else MobileBertTokenizer.default()
-    )
-    task = PretrainingTask(
-        dupe_factor=config.dupe_factor,
-        max_predictions_per_seq=cfg.max_predictions_per_seq or 20,
-        seed=cfg.seed,
-    )
+    tok, task = _tokenizer_and_task(config, cfg)
     data, n = _training_data(config, task, tok, cfg)
     _say(f"{n} training instances of {cfg.max_seq_length} tokens from {config.train_file}")
-    os.makedirs(config.output_dir, exist_ok=True)
-    teacher, t_params = _pretrained_teacher(config, preset, tc, cfg, data, mesh, rules, teacher_dtype)
-    student = MobileBertForPreTraining(sc)
-    s_params = load_model(config.student, "MobileBertForPreTraining").params if config.student else None
-    s_data = data(cfg.seed)
-    result = run_distillation(
-        student,
-        teacher,
-        t_params,
-        s_data,
-        cfg,
-        config.output_dir,
-        student_params=s_params,
-        mesh=mesh,
-        rules=rules,
-        stop_at_step=config.stop_at_step,
-        progress=config.progress,
-        say=_say,
-    )
-    _close(s_data)
-    report: dict[str, Any] = {
-        "stopped": result.stopped,
-        "step": result.step,
-        "seconds": time.perf_counter() - t0,
-    }
-    if config.validation_file and result.stopped == "done":
-        models = {"student": (student, result.params), "teacher": (teacher, t_params)}
-        report.update(_held_out(config, task, tok, cfg, mesh, rules, models))
-    if jax.process_index() == 0:
-        with open(os.path.join(config.output_dir, "distill_results.json"), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+    out = config.output_dir
+    with locked(out):  # a second job on the dir (local or gs://) is refused, naming the holder
+        teacher, t_params = _pretrained_teacher(config, preset, sc, tc, cfg, data, mesh, rules, teacher_dtype)
+        student = MobileBertForPreTraining(sc)
+        s_params = load_model(config.student, "MobileBertForPreTraining").params if config.student else None
+        s_data = data(cfg.seed)
+        result = run_distillation(
+            student,
+            teacher,
+            t_params,
+            s_data,
+            cfg,
+            out,
+            student_params=s_params,
+            mesh=mesh,
+            rules=rules,
+            stop_at_step=config.stop_at_step,
+            progress=config.progress,
+            say=_say,
+        )
+        _close(s_data)
+        report: dict[str, Any] = {
+            "stopped": result.stopped,
+            "step": result.step,
+            "seconds": time.perf_counter() - t0,
+        }
+        if config.validation_file and result.stopped == "done":
+            models = {"student": (student, result.params), "teacher": (teacher, t_params)}
+            report.update(_held_out(config, task, tok, cfg, mesh, rules, models))
+        if jax.process_index() == 0:
+            storage.write_json(storage.join(out, "distill_results.json"), report)  # whole, last
     _say(f"distill: {result.stopped} at global step {result.step} in {report['seconds']:.0f} s")
     return report
 

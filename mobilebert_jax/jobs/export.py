@@ -77,7 +77,7 @@ def _quant_stats(config: ExportConfig, loaded: LoadedModel) -> Any:
         return None
     from mobilebert_jax.export.quantize import load_quant_stats
 
-    path = loaded.path
+    path = loaded.path  # a gs:// model's local copy (its folder holds the ranges the run saved beside it)
     found = load_quant_stats(path if os.path.isdir(path) else os.path.dirname(path))
     if found is None:
         return None
@@ -147,7 +147,7 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 def _read_pairs(path: str, limit: int | None) -> tuple[list, list[str]]:
     """(texts or (a, b) pairs, labels) from a GLUE-style TSV with a header."""
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, encoding="utf-8") as f:
         rows = [ln.rstrip("\n").split("\t") for ln in f if ln.strip()]
     header, rows = rows[0], rows[1 : limit + 1 if limit else None]
     for a, b in (("question", "sentence"), ("sentence1", "sentence2"), ("sentence", None)):
@@ -181,7 +181,6 @@ def deploy_check(
 ) -> dict[str, Any] | None:
     """The user's last step: OUT/hf_model → LiteRT fp32 and dynamic-int8 (OUT/litert-*), run in LiteRT on
     the held-out pairs at batch 1; prints argmax agreement with JAX, logit error and latency beside JAX."""
-    import json
     import statistics
     import time
 
@@ -198,7 +197,7 @@ def deploy_check(
             "pip install 'mobilebert-jax[export]' (scripts/setup.sh does)"
         )
         return None
-    loaded = load_model(os.path.join(output_dir, "hf_model"))
+    loaded = load_model(storage.join(output_dir, "hf_model"))
     model, params = loaded.build()
     texts, _ = _read_pairs(eval_file, limit)
     batch = ex.calibration_batch(texts, loaded.tokenizer, max_seq_length, limit=len(texts))  # same tokens
@@ -220,7 +219,7 @@ def deploy_check(
     _say(f"deploy: exporting {output_dir}/hf_model to LiteRT (fp32, dynamic-int8), {n} held-out pairs")
     for q in ("none", "dynamic-int8"):
         name = "litert-" + ("fp32" if q == "none" else q)
-        out_dir = os.path.join(output_dir, name)
+        out_dir = storage.join(output_dir, name)
         m = ex.to_litert(
             model,
             params,
@@ -239,6 +238,5 @@ def deploy_check(
             "size_mb": m["size_bytes"] / 1e6,
         }
     _print_deploy_table(results)
-    with open(os.path.join(output_dir, "deploy_results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    storage.write_json(storage.join(output_dir, "deploy_results.json"), results)
     return results

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from importlib import resources
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from mobilebert_jax import storage
 from mobilebert_jax.text.batching import as_batch, check_int, clean_up_tokenization, pack, to_lists
 from mobilebert_jax.text.vocab import (
     CONFIG_FILE,
@@ -228,9 +230,14 @@ class MobileBertTokenizer:
         `transformers.AutoTokenizer.from_pretrained(directory)` loads it and gives the same ids.
 
         Returns:
-            The paths written.
+            The paths written (a gs:// `directory`: written locally, then uploaded file by file).
         """
         directory = os.fspath(directory)
+        if storage.is_url(directory):
+            with tempfile.TemporaryDirectory(prefix="mobilebert-jax-tok-") as tmp:
+                names = [os.path.basename(p) for p in self.save_pretrained(tmp)]
+                storage.upload_dir(tmp, directory)
+            return [storage.join(directory, n) for n in names]
         os.makedirs(directory, exist_ok=True)
         vocab = self._backend.get_vocab(with_added_tokens=False)
         tokens = sorted(vocab, key=vocab.__getitem__)

@@ -13,6 +13,8 @@ import re
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from mobilebert_jax import storage
+
 MODEL_MAX_LENGTH = 512  # MobileBERT's max_position_embeddings
 VOCAB_FILE = "vocab.txt"
 TOKENIZER_FILE = "tokenizer.json"
@@ -32,7 +34,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def load_vocab(path: str | os.PathLike) -> dict[str, int]:
     """Reads a WordPiece `vocab.txt` (one token a line; the line number is the id), as HF does."""
     vocab: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, encoding="utf-8") as f:
         for index, line in enumerate(f):
             token = line.rstrip("\n")
             if token in vocab:
@@ -88,6 +90,10 @@ def build_backend(
 
 
 def resolve_folder(name_or_path: str, revision: str | None, cache_dir: str | None) -> str:
+    if storage.is_url(name_or_path):  # the tokenizers library reads local files: a copy of the folder
+        if not storage.isdir(name_or_path):
+            raise FileNotFoundError(f"{name_or_path}: no such folder")
+        return storage.local_copy(name_or_path)
     if os.path.isdir(name_or_path):
         return name_or_path
     if os.path.exists(name_or_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import threading
 import time
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mobilebert_jax import storage
 from mobilebert_jax.training import sharding as shd
 from mobilebert_jax.training.data import ArrayIterator, DataIterator
 from mobilebert_jax.training.metrics import MetricsWriter, plot_loss_curve
@@ -470,7 +470,7 @@ def _resume(
     mngr = None
     if wd is not None:
         mngr = checkpoint_manager(
-            os.path.join(wd, "checkpoints"),
+            storage.join(wd, "checkpoints"),
             config.checkpoint_every,
             config.max_to_keep,
             config.async_checkpoint,
@@ -640,7 +640,7 @@ def fit(
             mngr.close()
         writer.close()
     if wd is not None and main and config.plot and writer.path is not None and stopped == "done":
-        plot_loss_curve(writer.path, os.path.join(wd, "loss.png"), config.plot_metric)
+        plot_loss_curve(writer.path, storage.join(wd, "loss.png"), config.plot_metric)
     return FitResult(
         state=state,
         step=step,
