@@ -272,3 +272,164 @@ def test_a_gs_path_without_credentials_fails_at_once_with_one_line(tmp_path):
     assert "gcloud auth application-default login" in proc.stderr and "STORAGE_EMULATOR_HOST" in proc.stderr
     assert took < 30, f"{took:.1f} s (gcsfs alone retries for about 50 s)"
     _no_local_gs(tmp_path)
+
+
+# --------------------------------------------------------------------------------------- distillation
+DISTILL_RECIPE = os.path.join(ROOT, "train", "configs", "distillation.json")
+DISTILL_FILES = ("--config", "--student-config", "--teacher-config", "--train-file", "--validation-file")
+
+
+def _swap(argv: list[str], flags: dict[str, str]) -> list[str]:
+    """`argv` with the values of `flags` replaced."""
+    argv = list(argv)
+    for flag, value in flags.items():
+        argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def _final_weights(path: str) -> str:
+    return storage.join(path, "final_model", "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def distill_runs(tmp_path_factory, gcs_emulator, compile_cache):  # noqa: F811
+    """The recipe's smoke distillation (2-layer pair, a 3-step pre-trained teacher, 2 + 2 transfer steps,
+    3 distillation steps, held-out MLM/NSP) into a local dir (in this process), and the same command with
+    the recipe, both model configs, the training and validation text and the output dir on the bucket:
+    stopped at global step 3 (inside transfer_01), then rerun (subprocesses in an empty cwd)."""
+    sys.path.insert(0, os.path.join(ROOT, "train"))
+    import smoke
+
+    d = tmp_path_factory.mktemp("distill")
+    local_argv = smoke.smoke_argv(DISTILL_RECIPE, str(d / "local"), None)
+    gs = {"--output-dir": f"{BUCKET}/distill/run"}
+    for flag in DISTILL_FILES:
+        path = local_argv[local_argv.index(flag) + 1]
+        gs[flag] = f"{BUCKET}/distill/inputs/{os.path.basename(path)}"
+        storage.write_text(gs[flag], open(path, encoding="utf-8").read())
+    gs_argv = _swap(local_argv, gs)
+    assert main(local_argv) == 0
+    cwd = d / "cwd"
+    cwd.mkdir()
+    env = _env(gcs_emulator, compile_cache)
+    texts = []
+    for argv in ([*gs_argv, "--stop-at-step", "3"], gs_argv):
+        proc = _cli(argv, env, cwd)
+        texts.append(proc.communicate(timeout=300)[0])
+        assert proc.returncode == 0, texts[-1][-3000:]
+        if len(texts) == 1:
+            stopped = json.loads(storage.read_text(f"{gs['--output-dir']}/distill_results.json"))
+    return d / "local", gs["--output-dir"], local_argv, gs_argv, cwd, texts, stopped
+
+
+def test_a_distillation_into_a_bucket_resumes_and_equals_the_local_run(distill_runs):
+    local, out, _, _, cwd, (first, rerun), stopped = distill_runs
+    assert stopped["stopped"] == "stopped" and stopped["step"] == 3, stopped
+    assert "transfer_00: finished earlier (2 steps)" in rerun and "resuming from step 1 of 2" in rerun, rerun
+    names = storage.listdir(out)
+    for name in ("distill_run.json", "teacher", "transfer_00", "transfer_01", "distill", "final_model"):
+        assert name in names, names
+    assert ".lock" not in names and storage.WRITING not in storage.listdir(f"{out}/final_model")
+    assert [n for n in storage.listdir(f"{out}/distill/checkpoints") if n.isdigit()] == ["2", "3"]
+    assert "integrity.json" in storage.listdir(f"{out}/distill/checkpoints/3")
+    assert "metrics.jsonl" in storage.listdir(f"{out}/distill")
+    assert json.loads(storage.read_text(f"{out}/distill_run.json")) == json.loads(
+        (local / "distill_run.json").read_text()
+    )
+    # the teacher pre-trained on the bucket's text, the student resumed mid-stage: the local run's bytes
+    teacher = "teacher/hf_model/model.safetensors"
+    assert _bytes(f"{out}/{teacher}") == (local / teacher).read_bytes()
+    assert _bytes(_final_weights(out)) == (local / "final_model" / "model.safetensors").read_bytes()
+    report = json.loads(storage.read_text(f"{out}/distill_results.json"))
+    want = json.loads((local / "distill_results.json").read_text())
+    assert report["stopped"] == "done" and report["step"] == want["step"] == 7
+    for who in ("eval_student", "eval_teacher"):
+        for k, v in want[who].items():
+            np.testing.assert_allclose(report[who][k], v, rtol=1e-6, err_msg=f"{who}.{k}")
+    from mobilebert_jax import from_pretrained
+
+    _, params = from_pretrained(f"{out}/final_model")
+    _, local_params = from_pretrained(str(local / "final_model"))
+    for a, b in zip(jax_leaves(params), jax_leaves(local_params)):
+        np.testing.assert_array_equal(a, b)
+    _no_local_gs(cwd, local)
+
+
+def jax_leaves(tree) -> list:
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_a_distillation_rerun_with_other_settings_or_on_a_locked_bucket_dir_is_refused(distill_runs, capsys):
+    from mobilebert_jax.jobs import run_dir
+
+    local, out, local_argv, gs_argv, _, _, _ = distill_runs
+    before = {f: _sha(storage.join(out, f)) for f in storage.files_under(out)}
+    other = {"--distill-steps": "4"}
+    capsys.readouterr()
+    assert main(_swap(local_argv, other)) == 1
+    local_err = capsys.readouterr().err
+    assert main(_swap(gs_argv, other)) == 1  # refused before the teacher or a stage writes anything
+    gs_err = capsys.readouterr().err
+    assert f"{out} holds a run with other settings (distill, stages differ)" in gs_err, gs_err
+    assert gs_err.replace(out, "DIR") == local_err.replace(str(local), "DIR")
+    with run_dir.locked(out):
+        assert main(gs_argv) == 2
+    assert f"{out} is in use by another job (pid {os.getpid()}" in capsys.readouterr().err
+    assert {f: _sha(storage.join(out, f)) for f in storage.files_under(out)} == before
+
+
+# --------------------------------------------------------------------------------------- convert, deploy
+def test_convert_to_the_bucket_then_from_pretrained_equals_the_local_conversion(
+    bucket_run,
+    gcs_emulator,
+    compile_cache,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    from mobilebert_jax import from_pretrained
+
+    d, _, out, _, _ = bucket_run
+    src_local, dst_local, dst = str(d / "local" / "hf_model"), tmp_path / "hf", f"{BUCKET}/converted/hf"
+    assert main(["convert", src_local, str(dst_local)]) == 0
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = _cli(["convert", f"{out}/hf_model", dst], _env(gcs_emulator, compile_cache), cwd)
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, text[-3000:]
+    files = sorted(os.listdir(dst_local))
+    assert storage.listdir(dst) == files and {"model.safetensors", "vocab.txt", "tokenizer.json"} <= set(
+        files
+    )
+    for f in files:
+        assert _bytes(f"{dst}/{f}") == (dst_local / f).read_bytes(), f
+    model, params = from_pretrained(dst)
+    local_model, local_params = from_pretrained(str(dst_local))
+    assert type(model) is type(local_model) and model.config == local_model.config
+    for a, b in zip(jax_leaves(params), jax_leaves(local_params)):
+        np.testing.assert_array_equal(a, b)
+    orbax = f"{BUCKET}/converted/orbax"
+    assert main(["convert", dst, orbax, "--to", "orbax"]) == 0
+    assert {"config.json", "params"} <= set(storage.listdir(orbax))
+    for a, b in zip(jax_leaves(from_pretrained(orbax)[1]), jax_leaves(local_params)):
+        np.testing.assert_array_equal(a, b)
+    capsys.readouterr()
+    assert main(["convert", src_local, dst]) == 2
+    assert f"{dst} exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    _no_local_gs(cwd, tmp_path)
+
+
+def test_deploy_check_on_a_bucket_run_writes_its_exports_and_results_there(bucket_run, tmp_path):
+    for mod in ("litert_converter", "ai_edge_litert"):
+        pytest.importorskip(mod, reason=f"{mod} (the export extra) is not installed")
+    from mobilebert_jax.jobs.export import deploy_check
+
+    _, gs_train, out, _, _ = bucket_run
+    results = deploy_check(out, gs_train, 32, limit=4)
+    assert json.loads(storage.read_text(f"{out}/deploy_results.json")) == json.loads(json.dumps(results))
+    for name in ("litert-fp32", "litert-dynamic-int8"):
+        assert "export.json" in storage.listdir(f"{out}/{name}")
+    fp32 = results["litert-fp32"]
+    assert results["pairs"] == 4 and fp32["agreement_with_jax"] == 1.0 and fp32["rel_logit_error"] <= 1e-5
+    _no_local_gs(tmp_path)
