@@ -6,8 +6,11 @@ a fine-tune whose train file, validation file and output dir are gs:// URLs writ
 and computes what the same run into a local dir computes (byte-identical weights); the same run stopped
 by SIGTERM after a checkpoint and rerun ends with the same weights; `export gs://... gs://... --format
 onnx` works and the export loads with `load_runtime` from the bucket; `from_pretrained` and `pipeline`
-read the gs:// hf_model; without credentials a gs:// path fails at once with one line. Nothing local is
-ever named `gs:`.
+read the gs:// hf_model; without credentials a gs:// path fails at once with one line. The distillation
+recipe's smoke run with its inputs and output dir on the bucket, stopped and rerun, ends byte-identical to
+the same run into a local dir, and refuses other settings and a locked dir as the local run does;
+`convert` to and from the bucket writes the local conversion's bytes; the deploy check writes to a bucket
+run. Nothing local is ever named `gs:`.
 """
 
 from __future__ import annotations
@@ -347,10 +350,17 @@ def test_a_distillation_into_a_bucket_resumes_and_equals_the_local_run(distill_r
         for k, v in want[who].items():
             np.testing.assert_allclose(report[who][k], v, rtol=1e-6, err_msg=f"{who}.{k}")
     from mobilebert_jax import from_pretrained
+    from mobilebert_jax.jobs.distill import load_teacher
 
     _, params = from_pretrained(f"{out}/final_model")
     _, local_params = from_pretrained(str(local / "final_model"))
     for a, b in zip(jax_leaves(params), jax_leaves(local_params)):
+        np.testing.assert_array_equal(a, b)
+    # what `--teacher gs://.../teacher` reads (a run folder: its hf_model/)
+    tc, tp = load_teacher(f"{out}/teacher")
+    local_tc, local_tp = load_teacher(str(local / "teacher"))
+    assert tc == local_tc
+    for a, b in zip(jax_leaves(tp), jax_leaves(local_tp)):
         np.testing.assert_array_equal(a, b)
     _no_local_gs(cwd, local)
 
