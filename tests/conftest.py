@@ -74,6 +74,7 @@ def pytest_addoption(parser):
 # so that no long file starts last and runs alone; the rest keep their order.
 LONGEST_FIRST = (
     "test_docs.py",
+    "test_gcs.py",
     "test_recipes_distillation.py",
     "test_trainer.py",
     "test_export.py",
