@@ -318,6 +318,19 @@ def full_integer_recipe(recipe: Any = None) -> list[dict[str, Any]]:
     return rows + [{"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"}]
 
 
+def _inline_model(raw: bytes) -> Any:
+    """The flatbuffer `raw` as a schema `ModelT` with every buffer inline (the converter and the
+    quantizer write large ones after the tables, at offsets that re-serialisation would drop)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
+    for buf in model.buffers or []:
+        if buf.offset > 1 and buf.size:
+            buf.data = np.frombuffer(raw[buf.offset : buf.offset + buf.size], np.uint8)
+            buf.offset = buf.size = 0
+    return model
+
+
 def _quantizer_ready(path: str) -> bytes:
     """The fp32 flatbuffer at `path` as the quantizer reads it: weights inline (the converter writes them
     after the tables, which the quantizer's re-serialisation drops) and every FULLY_CONNECTED bias 1-D
@@ -328,11 +341,7 @@ def _quantizer_ready(path: str) -> bytes:
 
     with open(path, "rb") as f:
         raw = f.read()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
-    for buf in model.buffers or []:
-        if buf.offset > 1 and buf.size:
-            buf.data = np.frombuffer(raw[buf.offset : buf.offset + buf.size], np.uint8)
-            buf.offset = buf.size = 0
+    model = _inline_model(raw)
     fc = schema.BuiltinOperator.FULLY_CONNECTED
     for sg in model.subgraphs or []:
         for op in sg.operators or []:
@@ -363,9 +372,106 @@ def full_integer(src: str, dst: str, calibration: dict[str, list[dict[str, np.nd
         bytes(model), num_threads=os.cpu_count() or 1, qsv_update_func=qsv_utils.min_max_update
     )
     calib.calibrate(calibration, q._recipe_manager)  # the recipe the Quantizer parsed (no public getter)
-    result = q.quantize(calib.get_model_qsvs(), enable_progress_bar=False, enable_progress_report=False)
+    qsvs = zero_point_free_matmul_operands(bytes(model), calib.get_model_qsvs())
+    result = q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
     with open(dst, "wb") as f:
-        f.write(bytes(result.quantized_model))
+        f.write(coarser_add_constants(bytes(result.quantized_model)))
+
+
+# XNNPACK takes an int8 ADD only where each input's scale is at least 2**-10 of the output's (its
+# qs8 add kernel's fixed-point range); TFLite's builtin kernel, which runs the others, is ~5x slower.
+_XNNPACK_ADD_MIN_SCALE_RATIO = 2.0**-10
+
+
+def coarser_add_constants(model: bytes) -> bytes:
+    """The quantized flatbuffer `model` with every constant int8 operand of an ADD whose scale is below
+    `_XNNPACK_ADD_MIN_SCALE_RATIO` of the ADD's output scale requantized (symmetric) to a scale just
+    above it, so that XNNPACK takes the op. These are NoNorm shifts far smaller than a step of the
+    residual stream they are added to: the constant's new step is ~1/1000 of the output's, so the
+    sums round as before up to that."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = _inline_model(model)
+    changed = 0
+    for sg in graph.subgraphs or []:
+        for op in sg.operators or []:
+            code = graph.operatorCodes[op.opcodeIndex]
+            out = sg.tensors[op.outputs[0]]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) != schema.BuiltinOperator.ADD or (
+                out.type != schema.TensorType.INT8 or out.quantization is None
+            ):
+                continue
+            floor = float(out.quantization.scale[0]) * _XNNPACK_ADD_MIN_SCALE_RATIO * (1 + 1e-3)
+            for t in op.inputs:
+                changed += _requantize_constant(graph, sg.tensors[t], floor)
+    if not changed:
+        return model
+    builder = flatbuffers.Builder(len(model) + (1 << 20))
+    builder.Finish(graph.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _requantize_constant(graph: Any, tensor: Any, floor: float) -> int:
+    """Requantizes the constant int8 per-tensor `tensor` symmetric with a scale >= `floor` where its
+    scale is below `floor`; returns 1 if it did."""
+    buf = graph.buffers[tensor.buffer] if tensor.buffer else None
+    q = tensor.quantization
+    if buf is None or buf.data is None or not len(buf.data) or q is None or q.scale is None:
+        return 0
+    if len(q.scale) != 1 or float(q.scale[0]) >= floor:
+        return 0
+    from ai_edge_litert import schema_py_generated as schema
+
+    real = (np.asarray(buf.data).view(np.int8).astype(np.float64) - q.zeroPoint[0]) * q.scale[0]
+    scale = max(floor, float(np.abs(real).max()) / 127.0)
+    new = schema.BufferT()  # a buffer of its own: the old one may be shared
+    new.data = np.clip(np.rint(real / scale), -127, 127).astype(np.int8).view(np.uint8)
+    graph.buffers.append(new)
+    tensor.buffer = len(graph.buffers) - 1
+    q.scale = np.asarray([scale], np.float32)
+    q.zeroPoint = np.asarray([0], np.int64)
+    return 1
+
+
+# Ops that pass their input's quantization on to their output (the quantizer's SAME_AS_INPUT_SCALE):
+# a range set on the tensor before them is the range of the tensor after them.
+_PASS_THROUGH = ("RESHAPE", "TRANSPOSE")
+
+
+def zero_point_free_matmul_operands(model: bytes, qsvs: dict[str, Any]) -> dict[str, Any]:
+    """`qsvs` (calibrated min/max by tensor name) with the second operand of every BATCH_MATMUL (the
+    attention's keys and values) and the RESHAPE/TRANSPOSE chain that makes it given the range
+    [-128/127 M, M], M its largest |value|: quantized asymmetric, such a range has zero point 0, what
+    XNNPACK's int8 batch matmul needs of that operand to take the op (with any other zero point it runs
+    in TFLite's builtin kernel, 40x slower at [4, 128, 32] x [4, 32, 128]). The scale is that of a
+    symmetric range: for keys and values, spread about 0, about what their asymmetric range had."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    out = dict(qsvs)
+    for sg in graph.subgraphs or []:
+        producer = {int(t): op for op in sg.operators or [] for t in op.outputs}
+
+        def kind(op) -> str:
+            code = graph.operatorCodes[op.opcodeIndex]
+            return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+        for op in sg.operators or []:
+            if kind(op) != "BATCH_MATMUL":
+                continue
+            t = int(op.inputs[1])
+            while True:
+                name = sg.tensors[t].name.decode()
+                if name in out:
+                    m = np.maximum(np.abs(out[name]["min"]), np.abs(out[name]["max"]))
+                    out[name] = {**out[name], "min": -m * 128.0 / 127.0, "max": m}
+                src = producer.get(t)
+                if src is None or kind(src) not in _PASS_THROUGH:
+                    break
+                t = int(src.inputs[0])
+    return out
 
 
 def graph_audit(path: str) -> dict[str, Any]:
