@@ -4,7 +4,7 @@ XNNPACK delegate (applied by default) takes.
     python benchmarks/litert_op_profile.py out/sst2-int8-full/model.tflite --threads 2
 
 The Python Interpreter reports no time per op, so each op of the first subgraph is cut out into a
-file of its own (its tensors, their quantization and constant buffers) and timed alone, with the
+file of its own (`export.quantize.single_op_model`: its tensors, their quantization and constant buffers) and timed alone, with the
 default delegates: invokes of that one op, median, minus the cost of invoking the cheapest op (the
 call overhead). Its node count tells whether XNNPACK took it (a delegated op adds the delegate's node).
 The whole file is timed too (with and without the default delegates) and its nodes listed: the sum of
@@ -19,71 +19,12 @@ import time
 
 import numpy as np
 
-
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema
+from mobilebert_jax.export.quantize import inline_model, op_type, single_op_model
 
 
 def read_model(path: str):
-    """The flatbuffer at `path` as the object API's ModelT, every buffer inline."""
-    schema = _schema()
     with open(path, "rb") as f:
-        raw = f.read()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
-    for buf in model.buffers or []:
-        if buf.offset > 1 and buf.size:
-            buf.data = np.frombuffer(raw[buf.offset : buf.offset + buf.size], np.uint8)
-            buf.offset = buf.size = 0
-    return model
-
-
-def op_name(model, op) -> str:
-    schema = _schema()
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    code = model.operatorCodes[op.opcodeIndex]
-    return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-
-
-def single_op_file(model, sg, op) -> bytes:
-    """A file whose one subgraph is `op` alone: its constant inputs as buffers, the others as inputs."""
-    import copy
-
-    import flatbuffers
-
-    schema = _schema()
-    used = [t for t in dict.fromkeys([*op.inputs, *op.outputs]) if t >= 0]
-    remap = {t: i for i, t in enumerate(used)}
-    buffers = [schema.BufferT()]
-    tensors, inputs = [], []
-    for t in used:
-        tensor = copy.copy(sg.tensors[t])
-        data = model.buffers[tensor.buffer].data if tensor.buffer else None
-        if data is not None and len(data):
-            buffers.append(model.buffers[tensor.buffer])
-            tensor.buffer = len(buffers) - 1
-        else:
-            tensor.buffer = 0
-            if t in op.inputs:
-                inputs.append(remap[t])
-        tensors.append(tensor)
-    one = copy.copy(op)
-    one.opcodeIndex = 0
-    one.inputs = np.asarray([remap.get(t, -1) for t in op.inputs], np.int32)
-    one.outputs = np.asarray([remap[t] for t in op.outputs], np.int32)
-    one.intermediates = None
-    sub = schema.SubGraphT()
-    sub.tensors, sub.operators = tensors, [one]
-    sub.inputs = np.asarray(inputs, np.int32)
-    sub.outputs = np.asarray([remap[t] for t in op.outputs], np.int32)
-    out = schema.ModelT()
-    out.version, out.description = 3, "one op"
-    out.operatorCodes = [model.operatorCodes[op.opcodeIndex]]
-    out.subgraphs, out.buffers = [sub], buffers
-    builder = flatbuffers.Builder(1 << 16)
-    builder.Finish(out.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+        return inline_model(f.read())
 
 
 def _fill(interp, rng) -> None:
@@ -116,16 +57,16 @@ def time_invokes(interp, iters: int, repeats: int) -> float:
 def profile_ops(path: str, threads: int, iters: int = 20, repeats: int = 5) -> list[dict]:
     """Per op of the first subgraph: type, input->output dtypes, shape of the first output, whether the
     default delegate took it, microseconds alone."""
+    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.interpreter import Interpreter
 
-    schema = _schema()
     types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     model = read_model(path)
     sg = model.subgraphs[0]
     rng = np.random.default_rng(0)
     rows = []
     for i, op in enumerate(sg.operators):
-        interp = Interpreter(model_content=single_op_file(model, sg, op), num_threads=threads)
+        interp = Interpreter(model_content=single_op_model(model, sg, op), num_threads=threads)
         interp.allocate_tensors()
         _fill(interp, rng)
         nodes = interp._get_ops_details()  # private: a delegated op adds the delegate's node
@@ -134,7 +75,7 @@ def profile_ops(path: str, threads: int, iters: int = 20, repeats: int = 5) -> l
         rows.append(
             {
                 "index": i,
-                "op": op_name(model, op),
+                "op": op_type(model, op),
                 "dtypes": f"{','.join(ins)}->{','.join(outs)}",
                 "shape": [int(s) for s in sg.tensors[op.outputs[0]].shape],
                 "delegated": len(nodes) > 1,
@@ -158,7 +99,7 @@ def whole_file(path: str, threads: int) -> dict:
         _fill(interp, np.random.default_rng(0))
         if resolver == OpResolverType.AUTO:
             names = [n["op_name"] for n in interp._get_ops_details()]
-            out["delegate_nodes"] = sum(1 for n in names if "elegate" in n)
+            out["delegate_nodes"] = names.count("DELEGATE")
         out[label] = time_invokes(interp, 5, 5) / 1e3
     return out
 

@@ -318,7 +318,7 @@ def full_integer_recipe(recipe: Any = None) -> list[dict[str, Any]]:
     return rows + [{"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"}]
 
 
-def _inline_model(raw: bytes) -> Any:
+def inline_model(raw: bytes) -> Any:
     """The flatbuffer `raw` as a schema `ModelT` with every buffer inline (the converter and the
     quantizer write large ones after the tables, at offsets that re-serialisation would drop)."""
     from ai_edge_litert import schema_py_generated as schema
@@ -341,7 +341,7 @@ def _quantizer_ready(path: str) -> bytes:
 
     with open(path, "rb") as f:
         raw = f.read()
-    model = _inline_model(raw)
+    model = inline_model(raw)
     fc = schema.BuiltinOperator.FULLY_CONNECTED
     for sg in model.subgraphs or []:
         for op in sg.operators or []:
@@ -372,7 +372,7 @@ def full_integer(src: str, dst: str, calibration: dict[str, list[dict[str, np.nd
         bytes(model), num_threads=os.cpu_count() or 1, qsv_update_func=qsv_utils.min_max_update
     )
     calib.calibrate(calibration, q._recipe_manager)  # the recipe the Quantizer parsed (no public getter)
-    qsvs = zero_point_free_matmul_operands(bytes(model), calib.get_model_qsvs())
+    qsvs = cpu_ready_ranges(bytes(model), calib.get_model_qsvs())
     result = q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
     with open(dst, "wb") as f:
         f.write(coarser_add_constants(bytes(result.quantized_model)))
@@ -392,7 +392,7 @@ def coarser_add_constants(model: bytes) -> bytes:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    graph = _inline_model(model)
+    graph = inline_model(model)
     changed = 0
     for sg in graph.subgraphs or []:
         for op in sg.operators or []:
@@ -439,13 +439,25 @@ def _requantize_constant(graph: Any, tensor: Any, floor: float) -> int:
 _PASS_THROUGH = ("RESHAPE", "TRANSPOSE")
 
 
-def zero_point_free_matmul_operands(model: bytes, qsvs: dict[str, Any]) -> dict[str, Any]:
-    """`qsvs` (calibrated min/max by tensor name) with the second operand of every BATCH_MATMUL (the
-    attention's keys and values) and the RESHAPE/TRANSPOSE chain that makes it given the range
-    [-128/127 M, M], M its largest |value|: quantized asymmetric, such a range has zero point 0, what
-    XNNPACK's int8 batch matmul needs of that operand to take the op (with any other zero point it runs
-    in TFLite's builtin kernel, 40x slower at [4, 128, 32] x [4, 32, 128]). The scale is that of a
-    symmetric range: for keys and values, spread about 0, about what their asymmetric range had."""
+# How far below the lowest calibrated score the attention's padded keys sit (`cpu_ready_ranges`): each
+# then weighs at most exp(-12) of a row's largest, 0 in the int8 probabilities and at most 127 * 6e-6
+# of their sum.
+MASK_FILL_MARGIN = 12.0
+
+
+def cpu_ready_ranges(model: bytes, qsvs: dict[str, Any]) -> dict[str, Any]:
+    """`qsvs` (calibrated min/max by tensor name, of the fp32 flatbuffer `model`) adjusted in two places.
+
+    1. The second operand of every BATCH_MATMUL (the attention's keys and values) and the RESHAPE /
+       TRANSPOSE chain that makes it get the range [-128/127 M, M], M its largest |value|: quantized
+       asymmetric, zero point 0, which XNNPACK's int8 batch matmul needs of that operand to take the op
+       (with another zero point it runs in TFLite's builtin kernel, 40x slower at [4, 128, 32] x
+       [4, 32, 128]); the scale is a symmetric range's, about what keys and values, spread about 0, had.
+    2. The masked scores (a SELECT_V2 feeding a SOFTMAX: real scores, or -INTEGER_MASK_FILL at padded
+       keys) get the range of the real scores widened down by `MASK_FILL_MARGIN`, not down to the fill:
+       the fill rounds to the range's low end, still negligible after the softmax, and the scores keep
+       a step of (range + 12) / 255 instead of (max + 64) / 255.
+    """
     from ai_edge_litert import schema_py_generated as schema
 
     graph = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
@@ -453,24 +465,42 @@ def zero_point_free_matmul_operands(model: bytes, qsvs: dict[str, Any]) -> dict[
     out = dict(qsvs)
     for sg in graph.subgraphs or []:
         producer = {int(t): op for op in sg.operators or [] for t in op.outputs}
+        consumers: dict[int, list] = {}
+        for op in sg.operators or []:
+            for t in op.inputs:
+                consumers.setdefault(int(t), []).append(op)
 
         def kind(op) -> str:
             code = graph.operatorCodes[op.opcodeIndex]
             return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
 
+        def name(t: int, sg: Any = sg) -> str:
+            return sg.tensors[t].name.decode()
+
         for op in sg.operators or []:
-            if kind(op) != "BATCH_MATMUL":
-                continue
-            t = int(op.inputs[1])
-            while True:
-                name = sg.tensors[t].name.decode()
-                if name in out:
-                    m = np.maximum(np.abs(out[name]["min"]), np.abs(out[name]["max"]))
-                    out[name] = {**out[name], "min": -m * 128.0 / 127.0, "max": m}
-                src = producer.get(t)
-                if src is None or kind(src) not in _PASS_THROUGH:
-                    break
-                t = int(src.inputs[0])
+            if kind(op) == "BATCH_MATMUL":
+                t = int(op.inputs[1])
+                while True:
+                    if name(t) in out:
+                        m = np.maximum(np.abs(out[name(t)]["min"]), np.abs(out[name(t)]["max"]))
+                        out[name(t)] = {**out[name(t)], "min": -m * 128.0 / 127.0, "max": m}
+                    src = producer.get(t)
+                    if src is None or kind(src) not in _PASS_THROUGH:
+                        break
+                    t = int(src.inputs[0])
+            masked, scores = int(op.outputs[0]), int(op.inputs[1]) if len(op.inputs) > 1 else -1
+            if (
+                kind(op) == "SELECT_V2"
+                and any(kind(c) == "SOFTMAX" for c in consumers.get(masked, []))
+                and name(masked) in out
+                and name(scores) in out
+            ):
+                real = out[name(scores)]
+                out[name(masked)] = {
+                    **out[name(masked)],
+                    "min": np.asarray(real["min"]) - MASK_FILL_MARGIN,
+                    "max": np.maximum(real["max"], out[name(masked)]["max"]),
+                }
     return out
 
 
@@ -509,3 +539,73 @@ def graph_audit(path: str) -> dict[str, Any]:
         "float_ops": dict(sorted(float_ops.items())),
         "encoder_float_ops": inside,
     }
+
+
+def single_op_model(model: Any, sg: Any, op: Any) -> bytes:
+    """A flatbuffer whose one subgraph is `op` of subgraph `sg` of `model` (a schema `ModelT` with its
+    buffers inline, `inline_model`) alone: its constant inputs as buffers, its other inputs as the
+    subgraph's inputs, its outputs as outputs (same tensors, types and quantization)."""
+    import copy
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    used = [t for t in dict.fromkeys([*op.inputs, *op.outputs]) if t >= 0]
+    remap = {t: i for i, t in enumerate(used)}
+    buffers, tensors, inputs = [schema.BufferT()], [], []
+    for t in used:
+        tensor = copy.copy(sg.tensors[t])
+        data = model.buffers[tensor.buffer].data if tensor.buffer else None
+        if data is not None and len(data):
+            buffers.append(model.buffers[tensor.buffer])
+            tensor.buffer = len(buffers) - 1
+        else:
+            tensor.buffer = 0
+            if t in op.inputs:
+                inputs.append(remap[t])
+        tensors.append(tensor)
+    one = copy.copy(op)
+    one.opcodeIndex, one.intermediates = 0, None
+    one.inputs = np.asarray([remap.get(t, -1) for t in op.inputs], np.int32)
+    one.outputs = np.asarray([remap[t] for t in op.outputs], np.int32)
+    sub = schema.SubGraphT()
+    sub.tensors, sub.operators = tensors, [one]
+    sub.inputs, sub.outputs = np.asarray(inputs, np.int32), one.outputs
+    out = schema.ModelT()
+    out.version, out.description = 3, "one op"
+    out.operatorCodes, out.subgraphs, out.buffers = [model.operatorCodes[op.opcodeIndex]], [sub], buffers
+    builder = flatbuffers.Builder(1 << 16)
+    builder.Finish(out.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def op_type(model: Any, op: Any) -> str:
+    """The builtin operator name of `op` (schema object API) in `model`."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    code = model.operatorCodes[op.opcodeIndex]
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+
+def cpu_delegate_audit(path: str) -> dict[str, Any]:
+    """Which ops of the first subgraph of the `.tflite` at `path` ai-edge-litert's default CPU delegate
+    (XNNPACK) takes: each op is cut out into a file of its own (`single_op_model`) and loaded; a taken
+    op adds the delegate's node. Returns `not_taken` ({op type: count}) and `partitions` (the delegate
+    nodes of the whole file: the graph runs as that many XNNPACK partitions with the ops not taken
+    between them, in TFLite's builtin kernels)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with open(path, "rb") as f:
+        model = inline_model(f.read())
+    sg = model.subgraphs[0]
+    not_taken: dict[str, int] = {}
+    for op in sg.operators or []:
+        interp = Interpreter(model_content=single_op_model(model, sg, op), num_threads=1)
+        interp.allocate_tensors()  # the default delegate is applied here
+        if len(interp._get_ops_details()) == 1:  # private API: the node list, delegate nodes included
+            not_taken[op_type(model, op)] = not_taken.get(op_type(model, op), 0) + 1
+    whole = Interpreter(model_path=path, num_threads=1)
+    whole.allocate_tensors()
+    partitions = sum(1 for n in whole._get_ops_details() if n["op_name"] == "DELEGATE")
+    return {"delegate": "XNNPACK", "not_taken": dict(sorted(not_taken.items())), "partitions": partitions}
