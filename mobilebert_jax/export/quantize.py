@@ -453,8 +453,8 @@ def cpu_ready_ranges(model: bytes, qsvs: dict[str, Any]) -> dict[str, Any]:
        asymmetric, zero point 0, which XNNPACK's int8 batch matmul needs of that operand to take the op
        (with another zero point it runs in TFLite's builtin kernel, 40x slower at [4, 128, 32] x
        [4, 32, 128]); the scale is a symmetric range's, about what keys and values, spread about 0, had.
-    2. The masked scores (a SELECT_V2 feeding a SOFTMAX: real scores, or -INTEGER_MASK_FILL at padded
-       keys) get the range of the real scores widened down by `MASK_FILL_MARGIN`, not down to the fill:
+    2. The masked scores (an ADD or SELECT_V2 of a BATCH_MATMUL's scores feeding a SOFTMAX: real scores,
+       or about -INTEGER_MASK_FILL at padded keys) get the range of the real scores widened down by `MASK_FILL_MARGIN`, not down to the fill:
        the fill rounds to the range's low end, still negligible after the softmax, and the scores keep
        a step of (range + 12) / 255 instead of (max + 64) / 255.
     """
@@ -488,18 +488,26 @@ def cpu_ready_ranges(model: bytes, qsvs: dict[str, Any]) -> dict[str, Any]:
                     if src is None or kind(src) not in _PASS_THROUGH:
                         break
                     t = int(src.inputs[0])
-            masked, scores = int(op.outputs[0]), int(op.inputs[1]) if len(op.inputs) > 1 else -1
+            masked = int(op.outputs[0])
+            scores = [int(t) for t in op.inputs if t in producer and kind(producer[t]) == "BATCH_MATMUL"]
             if (
-                kind(op) == "SELECT_V2"
+                kind(op) in ("ADD", "SELECT_V2")
+                and len(scores) == 1
                 and any(kind(c) == "SOFTMAX" for c in consumers.get(masked, []))
                 and name(masked) in out
-                and name(scores) in out
+                and name(scores[0]) in out
             ):
-                real = out[name(scores)]
-                out[name(masked)] = {
-                    **out[name(masked)],
-                    "min": np.asarray(real["min"]) - MASK_FILL_MARGIN,
-                    "max": np.maximum(real["max"], out[name(masked)]["max"]),
+                real = out[name(scores[0])]
+                lo, hi = np.asarray(real["min"]) - MASK_FILL_MARGIN, np.maximum(real["max"], 0.0)
+                out[name(masked)] = {**out[name(masked)], "min": lo, "max": hi}
+                # an ADD's inputs need >= 2**-10 of its output's scale (`coarser_add_constants`): near-0
+                # scores (early layers) get a range that wide, finer than the sum's step all the same
+                half = np.maximum((hi - lo) * _XNNPACK_ADD_MIN_SCALE_RATIO * 1.01 / 2, 0)
+                mid = (np.asarray(real["min"]) + np.asarray(real["max"])) / 2
+                out[name(scores[0])] = {
+                    **real,
+                    "min": np.minimum(real["min"], mid - half),
+                    "max": np.maximum(real["max"], mid + half),
                 }
     return out
 

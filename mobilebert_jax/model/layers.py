@@ -307,8 +307,8 @@ class MobileBertSelfAttention(_Base):
             return self._blockwise(q, k, v, mask_bias)
         if impl == "integer":
             scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
-            if mask_bias is not None:
-                scores = jnp.where(mask_bias, scores, -attention.INTEGER_MASK_FILL)  # bool: encoder.py
+            if mask_bias is not None:  # 0 or -INTEGER_MASK_FILL (encoder.py)
+                scores = scores + mask_bias
             probs = jax.nn.softmax(scores, axis=-1)
             drop = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
             ctx = jnp.einsum("bnqk,bnkd->bnqd", drop.astype(self.dtype), v, precision=self.precision)
