@@ -136,6 +136,9 @@ def run_export(args: argparse.Namespace) -> int:
             f"; float ops {audit['float_ops'] or 'none'}, {len(inside)} inside the encoder"
             f"{' (' + '; '.join(inside) + ')' if inside else ''}"
         )
+        cpu = audit.get("cpu_delegate")
+        if cpu:
+            on_text += f"; on CPU, ops XNNPACK does not take: {cpu['not_taken'] or 'none'}"
     extra = [f for f in m.get("files", []) if f != m["file"]]  # ONNX's external data (model.onnx.data)
     print(
         f"wrote {os.path.join(config.out_dir, m['file'])}{' + ' + ', '.join(extra) if extra else ''} "

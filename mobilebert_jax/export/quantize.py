@@ -286,10 +286,11 @@ def qwix_static_int8_forward(
 # (litert-quantizer) on the fp32 flatbuffer of the "integer" attention graph; the last matching row
 # decides. Weights: int8, symmetric, one scale per output channel. Activations: int8 (asymmetric, one
 # range per tensor); a row with 16 makes them int16 (symmetric: TFLite's 16x8 kernels). Measured on the
-# fine-tuned full-size SST-2 model (docs/deploy.md): int8 everywhere agreed with fp32 on 98.5% of 272
-# held-out sentences at 40 ms a sentence; the residual stream and NoNorm in int16 (rows
-# ("mobilebert/(embeddings|encoder)/", "ADD" and "MUL", 16)) on 97.8% at 113 ms (TFLite's int16
-# elementwise kernels and 364 int8<->int16 QUANTIZE ops): int8 held that model's residual stream.
+# fine-tuned full-size SST-2 model (docs/deploy.md), before `cpu_ready_ranges`: int8 everywhere agreed
+# with fp32 on 98.5% of 272 held-out sentences at 40 ms a sentence; the residual stream and NoNorm in
+# int16 (rows ("mobilebert/(embeddings|encoder)/", "ADD" and "MUL", 16)) on 97.8% at 113 ms (TFLite's
+# int16 elementwise kernels and 364 int8<->int16 QUANTIZE ops): int8 held that model's residual stream.
+# With `cpu_ready_ranges` and `coarser_add_constants` (what XNNPACK needs to take the ops): 99.6%.
 FULL_INT_RECIPE = ((".*", "*", 8),)
 # Ops kept float in a full-integer file (`graph_audit`): none inside the encoder. The three int32
 # inputs enter as integers; the outputs leave float (one DEQUANTIZE each) so that callers read logits.
@@ -318,6 +319,19 @@ def full_integer_recipe(recipe: Any = None) -> list[dict[str, Any]]:
     return rows + [{"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"}]
 
 
+def inline_model(raw: bytes) -> Any:
+    """The flatbuffer `raw` as a schema `ModelT` with every buffer inline (the converter and the
+    quantizer write large ones after the tables, at offsets that re-serialisation would drop)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
+    for buf in model.buffers or []:
+        if buf.offset > 1 and buf.size:
+            buf.data = np.frombuffer(raw[buf.offset : buf.offset + buf.size], np.uint8)
+            buf.offset = buf.size = 0
+    return model
+
+
 def _quantizer_ready(path: str) -> bytes:
     """The fp32 flatbuffer at `path` as the quantizer reads it: weights inline (the converter writes them
     after the tables, which the quantizer's re-serialisation drops) and every FULLY_CONNECTED bias 1-D
@@ -328,11 +342,7 @@ def _quantizer_ready(path: str) -> bytes:
 
     with open(path, "rb") as f:
         raw = f.read()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
-    for buf in model.buffers or []:
-        if buf.offset > 1 and buf.size:
-            buf.data = np.frombuffer(raw[buf.offset : buf.offset + buf.size], np.uint8)
-            buf.offset = buf.size = 0
+    model = inline_model(raw)
     fc = schema.BuiltinOperator.FULLY_CONNECTED
     for sg in model.subgraphs or []:
         for op in sg.operators or []:
@@ -363,9 +373,144 @@ def full_integer(src: str, dst: str, calibration: dict[str, list[dict[str, np.nd
         bytes(model), num_threads=os.cpu_count() or 1, qsv_update_func=qsv_utils.min_max_update
     )
     calib.calibrate(calibration, q._recipe_manager)  # the recipe the Quantizer parsed (no public getter)
-    result = q.quantize(calib.get_model_qsvs(), enable_progress_bar=False, enable_progress_report=False)
+    qsvs = cpu_ready_ranges(bytes(model), calib.get_model_qsvs())
+    result = q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
     with open(dst, "wb") as f:
-        f.write(bytes(result.quantized_model))
+        f.write(coarser_add_constants(bytes(result.quantized_model)))
+
+
+# XNNPACK takes an int8 ADD only where each input's scale is at least 2**-10 of the output's (its
+# qs8 add kernel's fixed-point range); TFLite's builtin kernel, which runs the others, is ~5x slower.
+_XNNPACK_ADD_MIN_SCALE_RATIO = 2.0**-10
+
+
+def coarser_add_constants(model: bytes) -> bytes:
+    """The quantized flatbuffer `model` with every constant int8 operand of an ADD whose scale is below
+    `_XNNPACK_ADD_MIN_SCALE_RATIO` of the ADD's output scale requantized (symmetric) to a scale just
+    above it, so that XNNPACK takes the op. These are NoNorm shifts far smaller than a step of the
+    residual stream they are added to: the constant's new step is ~1/1000 of the output's, so the
+    sums round as before up to that."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = inline_model(model)
+    changed = 0
+    for sg in graph.subgraphs or []:
+        for op in sg.operators or []:
+            code = graph.operatorCodes[op.opcodeIndex]
+            out = sg.tensors[op.outputs[0]]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) != schema.BuiltinOperator.ADD or (
+                out.type != schema.TensorType.INT8 or out.quantization is None
+            ):
+                continue
+            floor = float(out.quantization.scale[0]) * _XNNPACK_ADD_MIN_SCALE_RATIO * (1 + 1e-3)
+            for t in op.inputs:
+                changed += _requantize_constant(graph, sg.tensors[t], floor)
+    if not changed:
+        return model
+    builder = flatbuffers.Builder(len(model) + (1 << 20))
+    builder.Finish(graph.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _requantize_constant(graph: Any, tensor: Any, floor: float) -> int:
+    """Requantizes the constant int8 per-tensor `tensor` symmetric with a scale >= `floor` where its
+    scale is below `floor`; returns 1 if it did."""
+    buf = graph.buffers[tensor.buffer] if tensor.buffer else None
+    q = tensor.quantization
+    if buf is None or buf.data is None or not len(buf.data) or q is None or q.scale is None:
+        return 0
+    if len(q.scale) != 1 or float(q.scale[0]) >= floor:
+        return 0
+    from ai_edge_litert import schema_py_generated as schema
+
+    real = (np.asarray(buf.data).view(np.int8).astype(np.float64) - q.zeroPoint[0]) * q.scale[0]
+    scale = max(floor, float(np.abs(real).max()) / 127.0)
+    new = schema.BufferT()  # a buffer of its own: the old one may be shared
+    new.data = np.clip(np.rint(real / scale), -127, 127).astype(np.int8).view(np.uint8)
+    graph.buffers.append(new)
+    tensor.buffer = len(graph.buffers) - 1
+    q.scale = np.asarray([scale], np.float32)
+    q.zeroPoint = np.asarray([0], np.int64)
+    return 1
+
+
+# Ops that pass their input's quantization on to their output (the quantizer's SAME_AS_INPUT_SCALE):
+# a range set on the tensor before them is the range of the tensor after them.
+_PASS_THROUGH = ("RESHAPE", "TRANSPOSE")
+
+
+# How far below the lowest calibrated score the attention's padded keys sit (`cpu_ready_ranges`): each
+# then weighs at most exp(-12) of a row's largest, 0 in the int8 probabilities and at most 127 * 6e-6
+# of their sum.
+MASK_FILL_MARGIN = 12.0
+
+
+def cpu_ready_ranges(model: bytes, qsvs: dict[str, Any]) -> dict[str, Any]:
+    """`qsvs` (calibrated min/max by tensor name, of the fp32 flatbuffer `model`) adjusted in two places.
+
+    1. The second operand of every BATCH_MATMUL (the attention's keys and values) and the RESHAPE /
+       TRANSPOSE chain that makes it get the range [-128/127 M, M], M its largest |value|: quantized
+       asymmetric, zero point 0, which XNNPACK's int8 batch matmul needs of that operand to take the op
+       (with another zero point it runs in TFLite's builtin kernel, 40x slower at [4, 128, 32] x
+       [4, 32, 128]); the scale is a symmetric range's, about what keys and values, spread about 0, had.
+    2. The masked scores (an ADD or SELECT_V2 of a BATCH_MATMUL's scores feeding a SOFTMAX: real scores,
+       or about -INTEGER_MASK_FILL at padded keys) get the range of the real scores widened down by `MASK_FILL_MARGIN`, not down to the fill:
+       the fill rounds to the range's low end, still negligible after the softmax, and the scores keep
+       a step of (range + 12) / 255 instead of (max + 64) / 255.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    out = dict(qsvs)
+    for sg in graph.subgraphs or []:
+        producer = {int(t): op for op in sg.operators or [] for t in op.outputs}
+        consumers: dict[int, list] = {}
+        for op in sg.operators or []:
+            for t in op.inputs:
+                consumers.setdefault(int(t), []).append(op)
+
+        def kind(op) -> str:
+            code = graph.operatorCodes[op.opcodeIndex]
+            return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+        def name(t: int, sg: Any = sg) -> str:
+            return sg.tensors[t].name.decode()
+
+        for op in sg.operators or []:
+            if kind(op) == "BATCH_MATMUL":
+                t = int(op.inputs[1])
+                while True:
+                    if name(t) in out:
+                        m = np.maximum(np.abs(out[name(t)]["min"]), np.abs(out[name(t)]["max"]))
+                        out[name(t)] = {**out[name(t)], "min": -m * 128.0 / 127.0, "max": m}
+                    src = producer.get(t)
+                    if src is None or kind(src) not in _PASS_THROUGH:
+                        break
+                    t = int(src.inputs[0])
+            masked = int(op.outputs[0])
+            scores = [int(t) for t in op.inputs if t in producer and kind(producer[t]) == "BATCH_MATMUL"]
+            if (
+                kind(op) in ("ADD", "SELECT_V2")
+                and len(scores) == 1
+                and any(kind(c) == "SOFTMAX" for c in consumers.get(masked, []))
+                and name(masked) in out
+                and name(scores[0]) in out
+            ):
+                real = out[name(scores[0])]
+                lo, hi = np.asarray(real["min"]) - MASK_FILL_MARGIN, np.maximum(real["max"], 0.0)
+                out[name(masked)] = {**out[name(masked)], "min": lo, "max": hi}
+                # an ADD's inputs need >= 2**-10 of its output's scale (`coarser_add_constants`): near-0
+                # scores (early layers) get a range that wide, finer than the sum's step all the same
+                half = np.maximum((hi - lo) * _XNNPACK_ADD_MIN_SCALE_RATIO * 1.01 / 2, 0)
+                mid = (np.asarray(real["min"]) + np.asarray(real["max"])) / 2
+                out[name(scores[0])] = {
+                    **real,
+                    "min": np.minimum(real["min"], mid - half),
+                    "max": np.maximum(real["max"], mid + half),
+                }
+    return out
 
 
 def graph_audit(path: str) -> dict[str, Any]:
@@ -403,3 +548,73 @@ def graph_audit(path: str) -> dict[str, Any]:
         "float_ops": dict(sorted(float_ops.items())),
         "encoder_float_ops": inside,
     }
+
+
+def single_op_model(model: Any, sg: Any, op: Any) -> bytes:
+    """A flatbuffer whose one subgraph is `op` of subgraph `sg` of `model` (a schema `ModelT` with its
+    buffers inline, `inline_model`) alone: its constant inputs as buffers, its other inputs as the
+    subgraph's inputs, its outputs as outputs (same tensors, types and quantization)."""
+    import copy
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    used = [t for t in dict.fromkeys([*op.inputs, *op.outputs]) if t >= 0]
+    remap = {t: i for i, t in enumerate(used)}
+    buffers, tensors, inputs = [schema.BufferT()], [], []
+    for t in used:
+        tensor = copy.copy(sg.tensors[t])
+        data = model.buffers[tensor.buffer].data if tensor.buffer else None
+        if data is not None and len(data):
+            buffers.append(model.buffers[tensor.buffer])
+            tensor.buffer = len(buffers) - 1
+        else:
+            tensor.buffer = 0
+            if t in op.inputs:
+                inputs.append(remap[t])
+        tensors.append(tensor)
+    one = copy.copy(op)
+    one.opcodeIndex, one.intermediates = 0, None
+    one.inputs = np.asarray([remap.get(t, -1) for t in op.inputs], np.int32)
+    one.outputs = np.asarray([remap[t] for t in op.outputs], np.int32)
+    sub = schema.SubGraphT()
+    sub.tensors, sub.operators = tensors, [one]
+    sub.inputs, sub.outputs = np.asarray(inputs, np.int32), one.outputs
+    out = schema.ModelT()
+    out.version, out.description = 3, "one op"
+    out.operatorCodes, out.subgraphs, out.buffers = [model.operatorCodes[op.opcodeIndex]], [sub], buffers
+    builder = flatbuffers.Builder(1 << 16)
+    builder.Finish(out.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def op_type(model: Any, op: Any) -> str:
+    """The builtin operator name of `op` (schema object API) in `model`."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    code = model.operatorCodes[op.opcodeIndex]
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+
+def cpu_delegate_audit(path: str) -> dict[str, Any]:
+    """Which ops of the first subgraph of the `.tflite` at `path` ai-edge-litert's default CPU delegate
+    (XNNPACK) takes: each op is cut out into a file of its own (`single_op_model`) and loaded; a taken
+    op adds the delegate's node. Returns `not_taken` ({op type: count}) and `partitions` (the delegate
+    nodes of the whole file: the graph runs as that many XNNPACK partitions with the ops not taken
+    between them, in TFLite's builtin kernels)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with open(path, "rb") as f:
+        model = inline_model(f.read())
+    sg = model.subgraphs[0]
+    not_taken: dict[str, int] = {}
+    for op in sg.operators or []:
+        interp = Interpreter(model_content=single_op_model(model, sg, op), num_threads=1)
+        interp.allocate_tensors()  # the default delegate is applied here
+        if len(interp._get_ops_details()) == 1:  # private API: the node list, delegate nodes included
+            not_taken[op_type(model, op)] = not_taken.get(op_type(model, op), 0) + 1
+    whole = Interpreter(model_path=path, num_threads=1)
+    whole.allocate_tensors()
+    partitions = sum(1 for n in whole._get_ops_details() if n["op_name"] == "DELEGATE")
+    return {"delegate": "XNNPACK", "not_taken": dict(sorted(not_taken.items())), "partitions": partitions}

@@ -9,7 +9,7 @@ dropout, HF's numerics) unless `choose_attention` picks a fused kernel:
 | `"blockwise"` | the same, one block of `QUERY_BLOCK` (128) queries at a time (`lax.map`) | CPU backend, no active attention dropout, T a static multiple of 128 above 128 |
 | `"cudnn"` | `jax.nn.dot_product_attention(implementation="cudnn")` (cuDNN flash attention) | GPU backend, bf16/fp16 compute, head dim a multiple of 8 and ≤ 128, even length, no active attention dropout |
 | `"xla"` | `jax.nn.dot_product_attention(implementation="xla")` | never (the portable twin of "cudnn", for tests and other backends) |
-| `"integer"` | our einsum attention as a full-integer graph takes it: `softmax(where(mask, s, -INTEGER_MASK_FILL)) @ v` | never (the `--quantize int8-full` export, `export/quantize.py`) |
+| `"integer"` | our einsum attention as a full-integer graph takes it: `softmax(s + bias) @ v`, bias 0 or -INTEGER_MASK_FILL | never (the `--quantize int8-full` export, `export/quantize.py`) |
 
 "blockwise" computes what "default" does, row by row the same arithmetic: on CPU the full path streams
 the [B, N, T, T] scores through memory several times, a block's [B, N, 128, T] slice stays in cache
@@ -17,12 +17,14 @@ the [B, N, T, T] scores through memory several times, a block's [B, N, 128, T] s
 too runs only without active attention dropout. Exports of fixed-shape artifacts (LiteRT, ONNX) use
 "default": those runtimes take no `while` loop.
 
-"integer" is "default" in another order: the probabilities are normalised before the second matmul
-(the converter then writes one SOFTMAX op, which has int8 and int16 kernels; "default" divides the
-context instead), and padded keys get the score -INTEGER_MASK_FILL instead of finfo(float32).min, a
+"integer" is "default" in another order: the query is scaled by d**-0.5 before the first matmul (the
+converter folds that into the query's weights; on the scores it is an int8 MUL whose scales XNNPACK
+refuses in early layers), the probabilities are normalised before the second matmul (the converter
+then writes one SOFTMAX op, which has int8 and int16 kernels; "default" divides the context instead),
+and padded keys get the bias -INTEGER_MASK_FILL instead of finfo(float32).min, a
 value a quantized tensor can hold beside the real scores (finfo.min would take the whole int16 range).
-Each padded key then weighs at most exp(-64 - row max) of the row: zero in float32 for any row max
-above -23 (the fp32 export equals "default" to rounding).
+Each padded key then weighs exp(s - 64 - m) of the row's real maximum m: below float32 rounding
+while its own score s is less than 47 above m (the fp32 export equals "default" to rounding).
 
 The fused kernels have no attention dropout: they run in eval/inference and in training with
 `attention_probs_dropout_prob=0`; asked for explicitly while dropout is active, they raise.

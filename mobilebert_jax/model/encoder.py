@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mobilebert_jax.model import attention
 from mobilebert_jax.model.layers import MobileBertEmbeddings, MobileBertLayer, _Base
 from mobilebert_jax.model.outputs import MobileBertModelOutput
 
@@ -256,9 +257,10 @@ class MobileBertModel(_ModelBase):
         attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
         mask_bias = attention_bias(attention_mask)
         if self.attention_implementation == "integer" and attention_mask is not None:
-            # the integer attention takes the mask itself ([B, 1, 1, T] bool): deriving it from the
-            # float bias would leave a float comparison in every layer of the full-integer graph
-            mask_bias = attention_mask[:, None, None, :] > 0
+            # a fill a quantized tensor can hold beside the real scores (model/attention.py), made from
+            # the int mask once here (from the float bias: a float comparison in every layer)
+            fill = -attention.INTEGER_MASK_FILL
+            mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, fill).astype(jnp.float32)
 
         h = MobileBertEmbeddings(**self.kw, name="embeddings")(
             input_ids,

@@ -297,14 +297,18 @@ class MobileBertSelfAttention(_Base):
         )
         if impl in ("cudnn", "xla"):
             return fused_attention(q, k, v, mask_bias, n, impl)
+        if impl == "integer":
+            # the scaling on the query projection, where the converter folds it into its weights: on
+            # the [B, N, T, T] scores it is an int8 MUL whose scales XNNPACK cannot take in early layers
+            q = q * d**-0.5
         # [B, N, T, d]: heads-major operands make both attention matmuls plain batched GEMMs.
         q, k, v = (x.reshape(b, t, n, d).transpose(0, 2, 1, 3) for x in (q, k, v))
         if impl == "blockwise":
             return self._blockwise(q, k, v, mask_bias)
         if impl == "integer":
-            scores = self._scores(q, k, None)
-            if mask_bias is not None:
-                scores = jnp.where(mask_bias, scores, -attention.INTEGER_MASK_FILL)  # bool: encoder.py
+            scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
+            if mask_bias is not None:  # 0 or -INTEGER_MASK_FILL (encoder.py)
+                scores = scores + mask_bias
             probs = jax.nn.softmax(scores, axis=-1)
             drop = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
             ctx = jnp.einsum("bnqk,bnkd->bnqd", drop.astype(self.dtype), v, precision=self.precision)
