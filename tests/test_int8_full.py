@@ -81,3 +81,91 @@ def test_graph_audit_finds_a_float_op_in_the_encoder(tmp_path):
         op.startswith("FULLY_CONNECTED ") and "/encoder/layer/0/" in op for op in audit["encoder_float_ops"]
     )
     assert audit["float_ops"]["FULLY_CONNECTED"] == sum(audit["ops"]["FULLY_CONNECTED"].values())
+
+
+def test_qat_fake_quant_tracks_the_int8_full_file(tmp_path):
+    """`--qat int8-full`'s fake quantization computes what the full-integer LiteRT file computes: on
+    its calibration rows (the fake quantization's batch ranges then equal the file's calibrated ranges)
+    the JAX forward under `full_integer_fake_quant` is much closer to the LiteRT int8-full logits than
+    the fp32 forward is. Measured in docs/deploy.md ("QAT for int8-full")."""
+    _needs("litert")
+    pytest.importorskip("litert_quantizer", reason="litert-quantizer (the export extra) is not installed")
+    import jax
+
+    from mobilebert_jax import export as ex
+    from mobilebert_jax.export.api import flat_layers
+    from mobilebert_jax.export.common import make_forward, sample_batch
+    from mobilebert_jax.export.quantize import full_integer_qat_model, with_full_integer_fake_quant
+
+    model, params = _model("MobileBertForSequenceClassification")  # with the pooler's tanh
+    params = _perturbed(params, 0.2)
+    calibration = sample_batch(model.config, 32, 16, seed=5)
+    ex.to_litert(
+        model, params, str(tmp_path), seq_lengths=(16,), quantize="int8-full", calibration=calibration
+    )
+    got = ex.load_runtime(str(tmp_path))(**calibration)["logits"]
+    flat, flat_params = flat_layers(model.clone(pad_invariant=True), params)
+    fq = full_integer_qat_model(flat)
+    qat = jax.jit(with_full_integer_fake_quant(make_forward(fq, flat_params)))(**calibration)["logits"]
+    qat = np.asarray(qat)
+    ref = np.asarray(jax.jit(make_forward(flat, flat_params))(**calibration)["logits"])
+    e_qat, e_ref = rel_err(got, qat), rel_err(got, ref)
+    print(f"LiteRT int8-full vs JAX fake quant {e_qat:.3g}, vs JAX fp32 {e_ref:.3g}")
+    assert e_qat <= 0.3 * e_ref, (e_qat, e_ref)
+
+
+def test_qat_int8_full_finetune_then_export(tmp_path, capsys):
+    """`finetune --qat int8-full` trains through the full-integer fake quantization (loss falls, every
+    gradient non-zero), records the recipe it trained for beside the float weights, and `export
+    --quantize int8-full` of the run (ranges calibrated on its training text) runs in LiteRT with the
+    audit holding and a bounded error against the run's own fp32 forward."""
+    _needs("litert")
+    pytest.importorskip("litert_quantizer", reason="litert-quantizer (the export extra) is not installed")
+    import json
+
+    import jax
+    from test_export import HELD_OUT, TRAIN
+
+    from mobilebert_jax import MODEL_CLASSES, MobileBertConfig, init_params
+    from mobilebert_jax import export as ex
+    from mobilebert_jax.checkpoints.hub import from_pretrained, save_pretrained
+    from mobilebert_jax.cli.main import main
+    from mobilebert_jax.export.common import make_forward
+    from mobilebert_jax.text.tokenizer import MobileBertTokenizer
+
+    tok = MobileBertTokenizer.default()
+    cfg = MobileBertConfig.from_preset("mobilebert-test", vocab_size=tok.vocab_size, num_hidden_layers=1)
+    start = MODEL_CLASSES["MobileBertForSequenceClassification"](cfg)
+    save_pretrained(
+        str(tmp_path / "start"), _perturbed(init_params(start, 0), 0.1), cfg, type(start).__name__
+    )
+    tok.save_pretrained(str(tmp_path / "start"))
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(TRAIN)))
+    args = ["finetune", "--model", str(tmp_path / "start"), "--task", "sst2", "--train_file", str(train)]
+    args += ["--per_device_train_batch_size", "8", "--mesh_data", "1", "--max_seq_length", "16"]
+    args += ["--no-progress", "--max_steps", "6", "--learning_rate", "3e-4", "--warmup_steps", "0"]
+    args += ["--logging_steps", "1", "--save_steps", "100", "--do_train"]
+    assert main([*args, "--output_dir", str(tmp_path / "bad"), "--qat", "int4"]) == 2
+    assert "--qat must be one of ('int8', 'int8-full'), got 'int4'" in capsys.readouterr().err
+    run = tmp_path / "qat"
+    assert main([*args, "--output_dir", str(run), "--qat", "int8-full"]) == 0
+    assert "--qat int8-full: training with fake int8" in capsys.readouterr().out
+    rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < losses[0] and all(r["grad_norm"] > 0 for r in rows if "grad_norm" in r), rows
+    assert json.loads((run / "run.json").read_text())["hyperparameters"]["qat"] == "int8-full"
+    record = json.loads((run / "hf_model" / "quant_stats.json").read_text())
+    assert record["qat"] == "int8-full" and not (run / "hf_model" / "quant_stats.msgpack").exists()
+
+    q = ["--format", "litert", "--quantize", "int8-full", "--seq-lengths", "16"]
+    assert main(["export", str(run), str(tmp_path / "full"), *q, "--calibration-file", str(train)]) == 0
+    m = json.loads((tmp_path / "full" / "export.json").read_text())
+    assert m["graph_audit"]["encoder_float_ops"] == [] and m["graph_audit"]["float_ops"] == {"DEQUANTIZE": 1}
+    batch = ex.calibration_batch(HELD_OUT + TRAIN, tok, 16)
+    model, params = from_pretrained(str(run / "hf_model"))
+    ref = np.asarray(jax.jit(make_forward(model.clone(pad_invariant=True), params))(**batch)["logits"])
+    got = ex.load_runtime(str(tmp_path / "full"))(**batch)["logits"]
+    err, agree = rel_err(got, ref), float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    print(f"QAT int8-full vs its fp32: relative logit error {err:.3g}, argmax agreement {agree:.3f}")
+    assert err <= 0.2 and agree >= 0.9, (err, agree)

@@ -403,3 +403,203 @@ def graph_audit(path: str) -> dict[str, Any]:
         "float_ops": dict(sorted(float_ops.items())),
         "encoder_float_ops": inside,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# QAT for the full-integer graph (`finetune --qat int8-full`)
+# ---------------------------------------------------------------------------------------------------
+# What the full-integer file quantizes, and so what this fake quantization does (int8, straight-through
+# gradients; activations asymmetric per tensor, their range the batch's min/max widened to hold 0):
+# every dense layer's weights (symmetric, one scale per output channel) and output (after the fused
+# ReLU of the intermediate layers; a NoNorm without a residual folds into its dense layer, whose output
+# is then the norm's), each residual add and each NoNorm's product and sum, the attention's masked
+# scores (the quantizer gives the scaled scores the range of the SELECT after them, which holds the
+# padded keys' -64), the softmax (the int8 SOFTMAX's fixed grid: 1/256, zero point -128), the
+# attention context, the pooler's tanh (fixed grid 1/128), the logits, the word and token-type tables
+# (int8 on each table's range, `_fq_table`), the position rows (one range over the L rows the graph
+# holds) and the two embedding sums. Reshapes, transposes, the trigram's pads and concatenation and
+# the padding SELECTs keep their input's grid: nothing to round.
+
+
+def _fq_grid(x: Any, scale: Any, zero_point: Any) -> Any:
+    """x rounded to the int8 grid `(q - zero_point) * scale`, q in [-128, 127]; the gradient passes
+    straight through."""
+    import jax
+    import jax.numpy as jnp
+
+    q = jnp.clip(jnp.round(x / scale) + zero_point, -128.0, 127.0)
+    return x + jax.lax.stop_gradient((q - zero_point) * scale - x)
+
+
+def _fq_range(x: Any, lo: Any, hi: Any) -> Any:
+    """x on the asymmetric int8 grid of [lo, hi] widened to hold 0 (as a zero point must)."""
+    import jax
+    import jax.numpy as jnp
+
+    lo = jax.lax.stop_gradient(jnp.minimum(lo, 0.0))
+    hi = jax.lax.stop_gradient(jnp.maximum(hi, 0.0))
+    scale = jnp.maximum((hi - lo) / 255.0, 1e-30)
+    return _fq_grid(x, scale, jnp.round(-128.0 - lo / scale))
+
+
+def _fq_act(x: Any) -> Any:
+    """An activation fake-quantized with its batch's range (one per tensor)."""
+    import jax.numpy as jnp
+
+    x = x.astype(jnp.float32)
+    return _fq_range(x, jnp.min(x), jnp.max(x))
+
+
+def _fq_weight(w: Any) -> Any:
+    """A dense kernel [in, out] fake-quantized symmetric int8, one scale per output channel."""
+    import jax
+    import jax.numpy as jnp
+
+    scale = jax.lax.stop_gradient(jnp.max(jnp.abs(w), axis=0, keepdims=True) / 127.0)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    return w + jax.lax.stop_gradient(jnp.clip(jnp.round(w / scale), -127, 127) * scale - w)
+
+
+def _fq_table(table: Any) -> Any:
+    """An embedding table as the full-integer graph gathers it: int8 on its own range, one per table."""
+    return _fq_range(table, table.min(), table.max())
+
+
+def _fq_dense(m: Any, x: Any) -> Any:
+    """`nn.Dense` m on x with its kernel fake-quantized (`_fq_weight`)."""
+    import flax.linen as nn
+    import jax
+
+    p = nn.unbox(m.variables["params"])
+    dims = (((x.ndim - 1,), (0,)), ((), ()))
+    y = jax.lax.dot_general(x, _fq_weight(p["kernel"]), dims, precision=m.precision)
+    return y + p["bias"] if "bias" in p else y
+
+
+def _fq_nonorm(m: Any, call: Callable, x: Any, folded: bool) -> Any:
+    """NoNorm m (`call`: its forward) on x. Folded into the dense layer before it (no residual): one
+    output tensor. Else the residual add (its input), the product and the sum are three int8 tensors."""
+    if folded:
+        return _fq_act(call(x))
+    import flax.linen as nn
+
+    p = nn.unbox(m.variables["params"])
+    return _fq_act(_fq_act(_fq_act(x) * p["weight"]) + p["bias"])
+
+
+def full_integer_fake_quant() -> Callable:
+    """A flax method interceptor (`with nn.intercept_methods(...)`) that fake-quantizes, in the
+    "integer" attention's forward (`full_integer_qat_model`), the tensors `--quantize int8-full`
+    quantizes (see above)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from mobilebert_jax.model.encoder import MobileBertPooler
+    from mobilebert_jax.model.layers import (
+        DenseNorm,
+        MobileBertEmbeddings,
+        MobileBertIntermediate,
+        MobileBertSelfAttention,
+        NoNorm,
+    )
+
+    folded: list[bool] = []  # per DenseNorm being called: True without a residual
+
+    def intercept(next_fun, args, kwargs, context):
+        m, method = context.module, context.method_name
+        if isinstance(m, DenseNorm) and method == "__call__":
+            folded.append((args[1] if len(args) > 1 else kwargs.get("residual")) is None)
+            try:
+                return next_fun(*args, **kwargs)
+            finally:
+                folded.pop()
+        in_fold = isinstance(m.parent, DenseNorm) and folded[-1]
+        if isinstance(m, nn.Dense) and method == "__call__":
+            y = _fq_dense(m, args[0] if args else kwargs["inputs"])
+            return y if in_fold or isinstance(m.parent, MobileBertIntermediate) else _fq_act(y)
+        if isinstance(m, NoNorm) and method == "__call__":
+            return _fq_nonorm(m, next_fun, args[0] if args else kwargs["x"], in_fold)
+        if isinstance(m, nn.Embed) and method == "__call__" and isinstance(m.parent, MobileBertEmbeddings):
+            if m.name == "position_embeddings":  # constant ids: the graph holds the L rows, one range
+                return _fq_act(next_fun(*args, **kwargs))
+            ids = args[0] if args else kwargs["inputs"]
+            table = _fq_table(jnp.asarray(nn.unbox(m.variables["params"])["embedding"], jnp.float32))
+            return jnp.take(table, ids, axis=0).astype(m.dtype)
+        if isinstance(m, MobileBertEmbeddings) and method == "_sum":
+            x, pos, typ = args
+            return _fq_act(_fq_act(x.astype(jnp.float32) + pos) + typ)
+        if (isinstance(m, MobileBertIntermediate) and method == "__call__") or (
+            # the masked scores: the scaled scores share their range (and the -64 of padded keys)
+            isinstance(m, MobileBertSelfAttention) and method == "_integer_scores"
+        ):
+            return _fq_act(next_fun(*args, **kwargs))
+        if isinstance(m, MobileBertSelfAttention) and method == "_integer_softmax":
+            return _fq_grid(next_fun(*args, **kwargs), 1.0 / 256.0, -128.0)
+        if isinstance(m, MobileBertSelfAttention) and method == "__call__":
+            ctx, probs = next_fun(*args, **kwargs)
+            return _fq_act(ctx), probs
+        if isinstance(m, MobileBertPooler) and method == "__call__" and m.config.classifier_activation:
+            return _fq_grid(next_fun(*args, **kwargs), 1.0 / 128.0, 0.0)
+        return next_fun(*args, **kwargs)
+
+    return intercept
+
+
+def full_integer_qat_model(model: Any) -> Any:
+    """The model `finetune --qat int8-full` trains: the graph the full-integer export converts (the
+    "integer" attention, `common.device_graph`); run it under `full_integer_fake_quant`."""
+    from mobilebert_jax.export.common import device_graph
+
+    return device_graph(model).clone(attention_implementation="integer")
+
+
+def with_full_integer_fake_quant(fn: Callable) -> Callable:
+    """`fn` (a loss or forward of a `full_integer_qat_model`) traced under `full_integer_fake_quant`."""
+    import flax.linen as nn
+
+    def wrapped(*args, **kwargs):
+        with nn.intercept_methods(full_integer_fake_quant()):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _full_integer_record() -> list[list]:
+    return [[r, op, bits] for r, op, bits in FULL_INT_RECIPE]
+
+
+def save_full_integer_qat_record(folder: str, info: dict[str, Any]) -> str:
+    """Writes FOLDER/quant_stats.json for a model `finetune --qat int8-full` trained: the recipe it was
+    trained for and no ranges (`export --quantize int8-full` calibrates on text, min/max of the trained
+    model's tensors)."""
+    import json
+
+    path = os.path.join(folder, "quant_stats.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({**info, "qat": "int8-full", "rules": _full_integer_record()}, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def full_integer_qat_info(folder: str) -> dict[str, Any] | None:
+    """The record `save_full_integer_qat_record` left in FOLDER, or None (no `--qat int8-full` model).
+
+    Raises ExportError where it was trained for another full-integer recipe than this version's."""
+    import json
+
+    path = os.path.join(folder, "quant_stats.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    if info.get("qat") != "int8-full":
+        return None
+    if info.get("rules") != _full_integer_record():
+        from mobilebert_jax.export.common import ExportError
+
+        raise ExportError(
+            f"{path}: the model was trained (--qat int8-full) for another full-integer recipe "
+            f"({info.get('rules')}) than this version's {_full_integer_record()}: run finetune --qat "
+            "int8-full again, or delete the file to quantize it post-training"
+        )
+    return info
