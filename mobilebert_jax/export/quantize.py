@@ -412,26 +412,30 @@ def graph_audit(path: str) -> dict[str, Any]:
 # gradients; activations asymmetric per tensor, their range the batch's min/max widened to hold 0):
 # every dense layer's weights (symmetric, one scale per output channel) and output (after the fused
 # ReLU of the intermediate layers; a NoNorm without a residual folds into its dense layer, whose output
-# is then the norm's), each residual add and each NoNorm's product and sum, the attention's masked
-# scores (the quantizer gives the scaled scores the range of the SELECT after them, which holds the
-# padded keys' -64), the softmax (the int8 SOFTMAX's fixed grid: 1/256, zero point -128), the
+# is then the norm's), each residual add and each NoNorm's product and sum, the attention's first
+# matmul and its masked scores (the quantizer gives the scaled scores the range of the SELECT after
+# them, which holds the padded keys' -64), the softmax (the int8 SOFTMAX's fixed grid: 1/256, zero point -128), the
 # attention context, the pooler's tanh (fixed grid 1/128), the logits, the word and token-type tables
 # (int8 on each table's range, `_fq_table`), the position rows (one range over the L rows the graph
 # holds) and the two embedding sums. Reshapes, transposes, the trigram's pads and concatenation and
 # the padding SELECTs keep their input's grid: nothing to round.
 
 
-def _fq_grid(x: Any, scale: Any, zero_point: Any) -> Any:
+def _fq_grid(x: Any, scale: Any, zero_point: Any, observe: Callable | None = None) -> Any:
     """x rounded to the int8 grid `(q - zero_point) * scale`, q in [-128, 127]; the gradient passes
-    straight through."""
+    straight through. `observe(scale, zero_point)` sees each grid (eager calls: the test compares them
+    with the file's)."""
     import jax
     import jax.numpy as jnp
+
+    if observe is not None:
+        observe(scale, zero_point)
 
     q = jnp.clip(jnp.round(x / scale) + zero_point, -128.0, 127.0)
     return x + jax.lax.stop_gradient((q - zero_point) * scale - x)
 
 
-def _fq_range(x: Any, lo: Any, hi: Any) -> Any:
+def _fq_range(x: Any, lo: Any, hi: Any, observe: Callable | None = None) -> Any:
     """x on the asymmetric int8 grid of [lo, hi] widened to hold 0 (as a zero point must)."""
     import jax
     import jax.numpy as jnp
@@ -439,15 +443,15 @@ def _fq_range(x: Any, lo: Any, hi: Any) -> Any:
     lo = jax.lax.stop_gradient(jnp.minimum(lo, 0.0))
     hi = jax.lax.stop_gradient(jnp.maximum(hi, 0.0))
     scale = jnp.maximum((hi - lo) / 255.0, 1e-30)
-    return _fq_grid(x, scale, jnp.round(-128.0 - lo / scale))
+    return _fq_grid(x, scale, jnp.round(-128.0 - lo / scale), observe)
 
 
-def _fq_act(x: Any) -> Any:
+def _fq_act(x: Any, observe: Callable | None = None) -> Any:
     """An activation fake-quantized with its batch's range (one per tensor)."""
     import jax.numpy as jnp
 
     x = x.astype(jnp.float32)
-    return _fq_range(x, jnp.min(x), jnp.max(x))
+    return _fq_range(x, jnp.min(x), jnp.max(x), observe)
 
 
 def _fq_weight(w: Any) -> Any:
@@ -460,9 +464,9 @@ def _fq_weight(w: Any) -> Any:
     return w + jax.lax.stop_gradient(jnp.clip(jnp.round(w / scale), -127, 127) * scale - w)
 
 
-def _fq_table(table: Any) -> Any:
+def _fq_table(table: Any, observe: Callable | None = None) -> Any:
     """An embedding table as the full-integer graph gathers it: int8 on its own range, one per table."""
-    return _fq_range(table, table.min(), table.max())
+    return _fq_range(table, table.min(), table.max(), observe)
 
 
 def _fq_dense(m: Any, x: Any) -> Any:
@@ -476,21 +480,23 @@ def _fq_dense(m: Any, x: Any) -> Any:
     return y + p["bias"] if "bias" in p else y
 
 
-def _fq_nonorm(m: Any, call: Callable, x: Any, folded: bool) -> Any:
+def _fq_nonorm(m: Any, call: Callable, x: Any, folded: bool, act: Callable) -> Any:
     """NoNorm m (`call`: its forward) on x. Folded into the dense layer before it (no residual): one
     output tensor. Else the residual add (its input), the product and the sum are three int8 tensors."""
     if folded:
-        return _fq_act(call(x))
+        return act(call(x))
     import flax.linen as nn
 
     p = nn.unbox(m.variables["params"])
-    return _fq_act(_fq_act(_fq_act(x) * p["weight"]) + p["bias"])
+    return act(act(act(x) * p["weight"]) + p["bias"])
 
 
-def full_integer_fake_quant() -> Callable:
+def full_integer_fake_quant(observe: Callable | None = None) -> Callable:
     """A flax method interceptor (`with nn.intercept_methods(...)`) that fake-quantizes, in the
     "integer" attention's forward (`full_integer_qat_model`), the tensors `--quantize int8-full`
-    quantizes (see above)."""
+    quantizes (see above); `observe(scale, zero_point)` sees each activation grid."""
+    import functools
+
     import flax.linen as nn
     import jax.numpy as jnp
 
@@ -503,6 +509,7 @@ def full_integer_fake_quant() -> Callable:
         NoNorm,
     )
 
+    act = functools.partial(_fq_act, observe=observe)
     folded: list[bool] = []  # per DenseNorm being called: True without a residual
 
     def intercept(next_fun, args, kwargs, context):
@@ -516,30 +523,34 @@ def full_integer_fake_quant() -> Callable:
         in_fold = isinstance(m.parent, DenseNorm) and folded[-1]
         if isinstance(m, nn.Dense) and method == "__call__":
             y = _fq_dense(m, args[0] if args else kwargs["inputs"])
-            return y if in_fold or isinstance(m.parent, MobileBertIntermediate) else _fq_act(y)
+            return y if in_fold or isinstance(m.parent, MobileBertIntermediate) else act(y)
         if isinstance(m, NoNorm) and method == "__call__":
-            return _fq_nonorm(m, next_fun, args[0] if args else kwargs["x"], in_fold)
+            return _fq_nonorm(m, next_fun, args[0] if args else kwargs["x"], in_fold, act)
         if isinstance(m, nn.Embed) and method == "__call__" and isinstance(m.parent, MobileBertEmbeddings):
             if m.name == "position_embeddings":  # constant ids: the graph holds the L rows, one range
-                return _fq_act(next_fun(*args, **kwargs))
+                return act(next_fun(*args, **kwargs))
             ids = args[0] if args else kwargs["inputs"]
-            table = _fq_table(jnp.asarray(nn.unbox(m.variables["params"])["embedding"], jnp.float32))
+            table = _fq_table(jnp.asarray(nn.unbox(m.variables["params"])["embedding"], jnp.float32), observe)
             return jnp.take(table, ids, axis=0).astype(m.dtype)
         if isinstance(m, MobileBertEmbeddings) and method == "_sum":
             x, pos, typ = args
-            return _fq_act(_fq_act(x.astype(jnp.float32) + pos) + typ)
+            return act(act(x.astype(jnp.float32) + pos) + typ)
         if (isinstance(m, MobileBertIntermediate) and method == "__call__") or (
             # the masked scores: the scaled scores share their range (and the -64 of padded keys)
             isinstance(m, MobileBertSelfAttention) and method == "_integer_scores"
         ):
-            return _fq_act(next_fun(*args, **kwargs))
+            return act(next_fun(*args, **kwargs))
+        if isinstance(m, MobileBertSelfAttention) and method == "_scores":
+            # the first matmul's output has a range of its own; the scale multiplies it after
+            c = args[0].shape[-1] ** -0.5
+            return act(next_fun(*args, **kwargs) / c) * c
         if isinstance(m, MobileBertSelfAttention) and method == "_integer_softmax":
-            return _fq_grid(next_fun(*args, **kwargs), 1.0 / 256.0, -128.0)
+            return _fq_grid(next_fun(*args, **kwargs), 1.0 / 256.0, -128.0, observe)
         if isinstance(m, MobileBertSelfAttention) and method == "__call__":
             ctx, probs = next_fun(*args, **kwargs)
-            return _fq_act(ctx), probs
+            return act(ctx), probs
         if isinstance(m, MobileBertPooler) and method == "__call__" and m.config.classifier_activation:
-            return _fq_grid(next_fun(*args, **kwargs), 1.0 / 128.0, 0.0)
+            return _fq_grid(next_fun(*args, **kwargs), 1.0 / 128.0, 0.0, observe)
         return next_fun(*args, **kwargs)
 
     return intercept
