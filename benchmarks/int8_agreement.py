@@ -87,14 +87,23 @@ def read_heldout(path: str) -> tuple[list[str], np.ndarray]:
     return [r[s] for r in rows], np.asarray([int(r[lab]) for r in rows])
 
 
-def jax_logits(run: str, enc: dict[str, np.ndarray], batch: int = 16) -> np.ndarray:
+def jax_logits(run: str, enc: dict[str, np.ndarray], batch: int = 16, fake_quant: bool = False) -> np.ndarray:
+    """The run's fp32 JAX logits; `fake_quant`: those of the forward `finetune --qat int8-full` trains
+    (the export's graph, each batch rounded to int8 on its own ranges)."""
     import jax
 
     from mobilebert_jax.checkpoints.loader import load_model
     from mobilebert_jax.export.common import make_forward
 
     model, params = load_model(run).build()
-    fwd = jax.jit(make_forward(model, params))
+    if fake_quant:
+        from mobilebert_jax.export.api import flat_layers
+        from mobilebert_jax.export.quantize import full_integer_qat_model, with_full_integer_fake_quant
+
+        model, params = flat_layers(model.clone(pad_invariant=True), params)
+        fwd = jax.jit(with_full_integer_fake_quant(make_forward(full_integer_qat_model(model), params)))
+    else:
+        fwd = jax.jit(make_forward(model, params))
     n = len(enc["input_ids"])
     out = []
     for s in range(0, n, batch):
@@ -191,6 +200,10 @@ def main() -> int:
         print(f"{name}: {json.dumps(row)}", flush=True)
         if args.qat_run and run == args.qat_run:
             rows.append({"variant": "jax-fp32-qat", **stats(refs[run], refs[run], labels), "size_mb": None})
+            if q == "int8-full":  # the model QAT trained (fake quant) vs its fp32, and the file vs it
+                fq = jax_logits(run, enc, fake_quant=True)
+                rows.append({"variant": "jax-fakequant-qat", **stats(fq, refs[run], labels), "size_mb": None})
+                rows.append({"variant": "file-vs-jax-fakequant", **stats(got, fq, labels), "size_mb": size})
 
     print(
         f"\n{len(texts)} held-out sentences ({args.heldout}), length {args.length} ({truncated} truncated), "

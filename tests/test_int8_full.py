@@ -218,3 +218,9 @@ def test_qat_int8_full_finetune_then_export(tmp_path, capsys):
     err, agree = rel_err(got, ref), float(np.mean(got.argmax(-1) == ref.argmax(-1)))
     print(f"QAT int8-full vs its fp32: relative logit error {err:.3g}, argmax agreement {agree:.3f}")
     assert err <= 0.2 and agree >= 0.9, (err, agree)
+    # a model trained for another full-integer recipe is refused, saying what to do
+    record["rules"] = [[".*", "*", 16]]
+    (run / "hf_model" / "quant_stats.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["export", str(run), str(tmp_path / "other"), *q, "--calibration-file", str(train)]) != 0
+    assert "another full-integer recipe" in capsys.readouterr().err
