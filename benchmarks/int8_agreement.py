@@ -101,7 +101,10 @@ def jax_logits(run: str, enc: dict[str, np.ndarray], batch: int = 16, fake_quant
         from mobilebert_jax.export.quantize import full_integer_qat_model, with_full_integer_fake_quant
 
         model, params = flat_layers(model.clone(pad_invariant=True), params)
-        fwd = jax.jit(with_full_integer_fake_quant(make_forward(full_integer_qat_model(model), params)))
+        qat = full_integer_qat_model(model)
+        # params an argument, not constants: XLA would fold every weight's rounding at compile time
+        step = jax.jit(lambda p, b: with_full_integer_fake_quant(make_forward(qat, p))(**b))
+        fwd = lambda **b: step(params, b)  # noqa: E731
     else:
         fwd = jax.jit(make_forward(model, params))
     n = len(enc["input_ids"])
