@@ -5,8 +5,8 @@ For a fine-tuned SequenceClassification run (a `finetune` output dir) and a held
 `mobilebert-jax export` command, runs every artifact in its runtime on every held-out sentence, and
 prints per variant: the relative logit error vs the fp32 JAX forward (max|a-b| / max|b| over all rows,
 and the median of the per-row errors), the argmax agreement with fp32 JAX, and the accuracy on the
-labels. A `--qat-run` (a run fine-tuned with `finetune --qat`) adds its int8 export, compared with
-that run's own fp32 JAX forward.
+labels. A `--qat-run` (a run fine-tuned with `finetune --qat`) adds its int8 export (int8-full for a
+`--qat int8-full` run: `litert-int8-full-qat`), compared with that run's own fp32 JAX forward.
 
     python benchmarks/int8_agreement.py --run runs/sst2 --heldout dev_heldout.tsv \\
         --calibration-file train.tsv --work runs/int8_exports [--qat-run runs/sst2_qat] [--json out.json]
@@ -68,6 +68,15 @@ def ensure_export(
     return time.perf_counter() - t0
 
 
+def qat_mode(run: str) -> str:
+    """The `--quantize` mode a `finetune --qat` run trained for: int8-full where its hf_model/ records
+    so (`quantize.save_full_integer_qat_record`), else int8."""
+    from mobilebert_jax.export.quantize import full_integer_qat_info
+
+    folder = os.path.join(run, "hf_model") if os.path.isdir(os.path.join(run, "hf_model")) else run
+    return "int8-full" if full_integer_qat_info(folder) is not None else "int8"
+
+
 def read_heldout(path: str) -> tuple[list[str], np.ndarray]:
     with open(path, encoding="utf-8") as f:
         rows = [ln.rstrip("\n").split("\t") for ln in f if ln.strip()]
@@ -78,14 +87,26 @@ def read_heldout(path: str) -> tuple[list[str], np.ndarray]:
     return [r[s] for r in rows], np.asarray([int(r[lab]) for r in rows])
 
 
-def jax_logits(run: str, enc: dict[str, np.ndarray], batch: int = 16) -> np.ndarray:
+def jax_logits(run: str, enc: dict[str, np.ndarray], batch: int = 16, fake_quant: bool = False) -> np.ndarray:
+    """The run's fp32 JAX logits; `fake_quant`: those of the forward `finetune --qat int8-full` trains
+    (the export's graph, each batch rounded to int8 on its own ranges)."""
     import jax
 
     from mobilebert_jax.checkpoints.loader import load_model
     from mobilebert_jax.export.common import make_forward
 
     model, params = load_model(run).build()
-    fwd = jax.jit(make_forward(model, params))
+    if fake_quant:
+        from mobilebert_jax.export.api import flat_layers
+        from mobilebert_jax.export.quantize import full_integer_qat_model, with_full_integer_fake_quant
+
+        model, params = flat_layers(model.clone(pad_invariant=True), params)
+        qat = full_integer_qat_model(model)
+        # params an argument, not constants: XLA would fold every weight's rounding at compile time
+        step = jax.jit(lambda p, b: with_full_integer_fake_quant(make_forward(qat, p))(**b))
+        fwd = lambda **b: step(params, b)  # noqa: E731
+    else:
+        fwd = jax.jit(make_forward(model, params))
     n = len(enc["input_ids"])
     out = []
     for s in range(0, n, batch):
@@ -127,7 +148,7 @@ def main() -> int:
     ap.add_argument("--heldout", required=True, help="labelled GLUE .tsv (sentence, label) to evaluate on")
     ap.add_argument("--calibration-file", required=True, help="text for --quantize int8 (not the held-out)")
     ap.add_argument("--work", required=True, help="export folders go here (reused when present)")
-    ap.add_argument("--qat-run", help="the same model fine-tuned with `finetune --qat`")
+    ap.add_argument("--qat-run", help="the same model fine-tuned with `finetune --qat [int8-full]`")
     ap.add_argument("--length", type=int, default=128, help="export and tokenization length (default 128)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
@@ -158,7 +179,8 @@ def main() -> int:
     rows = [{"variant": "jax-fp32", **stats(ref, ref, labels), "size_mb": None}]
     plan = [(args.run, fmt, q, variant_name(fmt, q)) for fmt, q in VARIANTS]
     if args.qat_run:
-        plan.append((args.qat_run, "litert", "int8", "litert-int8-qat"))
+        q = qat_mode(args.qat_run)
+        plan.append((args.qat_run, "litert", q, f"litert-{q}-qat"))
     refs = {args.run: ref}
     failed: list[str] = []
     for run, fmt, q, name in plan:
@@ -181,6 +203,10 @@ def main() -> int:
         print(f"{name}: {json.dumps(row)}", flush=True)
         if args.qat_run and run == args.qat_run:
             rows.append({"variant": "jax-fp32-qat", **stats(refs[run], refs[run], labels), "size_mb": None})
+            if q == "int8-full":  # the model QAT trained (fake quant) vs its fp32, and the file vs it
+                fq = jax_logits(run, enc, fake_quant=True)
+                rows.append({"variant": "jax-fakequant-qat", **stats(fq, refs[run], labels), "size_mb": None})
+                rows.append({"variant": "file-vs-jax-fakequant", **stats(got, fq, labels), "size_mb": size})
 
     print(
         f"\n{len(texts)} held-out sentences ({args.heldout}), length {args.length} ({truncated} truncated), "

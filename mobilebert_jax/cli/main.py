@@ -99,8 +99,16 @@ def _add_job_flags(p: argparse.ArgumentParser, command: str) -> None:
         elif base is dict:
             p.add_argument(*flags, dest=f.name, type=json_object, default=None, metavar="JSON", help=help_)
         else:
+            # a field with a `const` takes its flag bare too (`--qat` is `--qat int8`)
+            bare = {"nargs": "?", "const": f.metadata["const"]} if "const" in f.metadata else {}
             p.add_argument(
-                *flags, dest=f.name, type=base, default=None, metavar=f.metadata.get("metavar"), help=help_
+                *flags,
+                dest=f.name,
+                type=base,
+                default=None,
+                metavar=f.metadata.get("metavar"),
+                help=help_,
+                **bare,
             )
     g = p.add_argument_group("task options (HF run_qa names; the same as --task_options)")
     for name, (typ, help_) in TASK_OPTION_FLAGS.items():

@@ -618,3 +618,245 @@ def cpu_delegate_audit(path: str) -> dict[str, Any]:
     whole.allocate_tensors()
     partitions = sum(1 for n in whole._get_ops_details() if n["op_name"] == "DELEGATE")
     return {"delegate": "XNNPACK", "not_taken": dict(sorted(not_taken.items())), "partitions": partitions}
+
+
+# ---------------------------------------------------------------------------------------------------
+# QAT for the full-integer graph (`finetune --qat int8-full`)
+# ---------------------------------------------------------------------------------------------------
+# What the full-integer file quantizes, and so what this fake quantization does (int8, straight-through
+# gradients; activations asymmetric per tensor, their range the batch's min/max widened to hold 0):
+# every dense layer's weights (symmetric, one scale per output channel) and output (after the fused
+# ReLU of the intermediate layers; a NoNorm without a residual folds into its dense layer, whose output
+# is then the norm's), each residual add and each NoNorm's product and sum, the attention's first
+# matmul and its masked scores (the first matmul's output a range of its own; the masked scores its
+# range widened down by MASK_FILL_MARGIN, as `cpu_ready_ranges` sets them), the keys and values on a
+# zero-point-free range (`cpu_ready_ranges` too), the softmax (the int8 SOFTMAX's fixed grid: 1/256, zero point -128), the
+# attention context, the pooler's tanh (fixed grid 1/128), the logits, the word and token-type tables
+# (int8 on each table's range, `_fq_table`), the position rows (one range over the L rows the graph
+# holds) and the two embedding sums. Reshapes, transposes, the trigram's pads and concatenation and
+# the padding SELECTs keep their input's grid: nothing to round.
+
+
+def _fq_grid(
+    x: Any, scale: Any, zero_point: Any, observe: Callable | None = None, rounding: bool = True
+) -> Any:
+    """x rounded to the int8 grid `(q - zero_point) * scale`, q in [-128, 127]; the gradient passes
+    straight through (`rounding=False`: x as it is). `observe(scale, zero_point)` sees each grid (eager calls: the test compares them
+    with the file's)."""
+    import jax
+    import jax.numpy as jnp
+
+    if observe is not None:
+        observe(scale, zero_point)
+    if not rounding:  # observe-only: the float forward's grids (what calibration sees)
+        return x
+
+    q = jnp.clip(jnp.round(x / scale) + zero_point, -128.0, 127.0)
+    return x + jax.lax.stop_gradient((q - zero_point) * scale - x)
+
+
+def _fq_range(x: Any, lo: Any, hi: Any, observe: Callable | None = None, rounding: bool = True) -> Any:
+    """x on the asymmetric int8 grid of [lo, hi] widened to hold 0 (as a zero point must)."""
+    import jax
+    import jax.numpy as jnp
+
+    lo = jax.lax.stop_gradient(jnp.minimum(lo, 0.0))
+    hi = jax.lax.stop_gradient(jnp.maximum(hi, 0.0))
+    scale = jnp.maximum((hi - lo) / 255.0, 1e-30)
+    return _fq_grid(x, scale, jnp.round(-128.0 - lo / scale), observe, rounding)
+
+
+def _fq_act(x: Any, observe: Callable | None = None, rounding: bool = True) -> Any:
+    """An activation fake-quantized with its batch's range (one per tensor)."""
+    import jax.numpy as jnp
+
+    x = x.astype(jnp.float32)
+    return _fq_range(x, jnp.min(x), jnp.max(x), observe, rounding)
+
+
+def _fq_zero_point_free(x: Any, observe: Callable | None = None, rounding: bool = True) -> Any:
+    """An activation on the range [-128/127 M, M], M its batch's largest |value| (zero point 0), as
+    `cpu_ready_ranges` gives the second operand of every attention matmul."""
+    import jax.numpy as jnp
+
+    x = x.astype(jnp.float32)
+    m = jnp.max(jnp.abs(x))
+    return _fq_range(x, -m * 128.0 / 127.0, m, observe, rounding)
+
+
+def _fq_weight(w: Any) -> Any:
+    """A dense kernel [in, out] fake-quantized symmetric int8, one scale per output channel."""
+    import jax
+    import jax.numpy as jnp
+
+    scale = jax.lax.stop_gradient(jnp.max(jnp.abs(w), axis=0, keepdims=True) / 127.0)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    return w + jax.lax.stop_gradient(jnp.clip(jnp.round(w / scale), -127, 127) * scale - w)
+
+
+def _fq_table(table: Any, observe: Callable | None = None, rounding: bool = True) -> Any:
+    """An embedding table as the full-integer graph gathers it: int8 on its own range, one per table."""
+    return _fq_range(table, table.min(), table.max(), observe, rounding)
+
+
+def _fq_dense(m: Any, x: Any, rounding: bool = True) -> Any:
+    """`nn.Dense` m on x with its kernel fake-quantized (`_fq_weight`; `rounding=False`: float)."""
+    import flax.linen as nn
+    import jax
+
+    p = nn.unbox(m.variables["params"])
+    dims = (((x.ndim - 1,), (0,)), ((), ()))
+    kernel = _fq_weight(p["kernel"]) if rounding else p["kernel"]
+    y = jax.lax.dot_general(x, kernel, dims, precision=m.precision)
+    return y + p["bias"] if "bias" in p else y
+
+
+def _fq_nonorm(m: Any, call: Callable, x: Any, folded: bool, act: Callable) -> Any:
+    """NoNorm m (`call`: its forward) on x. Folded into the dense layer before it (no residual): one
+    output tensor. Else the residual add (its input), the product and the sum are three int8 tensors."""
+    if folded:
+        return act(call(x))
+    import flax.linen as nn
+
+    p = nn.unbox(m.variables["params"])
+    return act(act(act(x) * p["weight"]) + p["bias"])
+
+
+def full_integer_fake_quant(observe: Callable | None = None, rounding: bool = True) -> Callable:
+    """A flax method interceptor (`with nn.intercept_methods(...)`) that fake-quantizes, in the
+    "integer" attention's forward (`full_integer_qat_model`), the tensors `--quantize int8-full`
+    quantizes (see above); `observe(scale, zero_point)` sees each activation grid; `rounding=False`
+    only observes (the grids of the float forward, which the export's calibration sees)."""
+    import functools
+
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from mobilebert_jax.model.encoder import MobileBertPooler
+    from mobilebert_jax.model.layers import (
+        DenseNorm,
+        MobileBertEmbeddings,
+        MobileBertIntermediate,
+        MobileBertSelfAttention,
+        NoNorm,
+    )
+
+    act = functools.partial(_fq_act, observe=observe, rounding=rounding)
+    folded: list[bool] = []  # per DenseNorm being called: True without a residual
+
+    def intercept(next_fun, args, kwargs, context):
+        m, method = context.module, context.method_name
+        if isinstance(m, DenseNorm) and method == "__call__":
+            folded.append((args[1] if len(args) > 1 else kwargs.get("residual")) is None)
+            try:
+                return next_fun(*args, **kwargs)
+            finally:
+                folded.pop()
+        in_fold = isinstance(m.parent, DenseNorm) and folded[-1]
+        if isinstance(m, nn.Dense) and method == "__call__":
+            y = _fq_dense(m, args[0] if args else kwargs["inputs"], rounding)
+            if isinstance(m.parent, MobileBertSelfAttention) and m.name in ("key", "value"):
+                return _fq_zero_point_free(y, observe, rounding)  # the second operand of an attention matmul
+            if isinstance(m.parent, MobileBertSelfAttention) and m.name == "query":
+                # the "integer" attention scales the query after this layer; the converter folds the
+                # scaling into its weights, so the file rounds the scaled query
+                c = (y.shape[-1] // m.parent.config.num_attention_heads) ** -0.5
+                return act(y * c) / c
+            return y if in_fold or isinstance(m.parent, MobileBertIntermediate) else act(y)
+        if isinstance(m, NoNorm) and method == "__call__":
+            return _fq_nonorm(m, next_fun, args[0] if args else kwargs["x"], in_fold, act)
+        if isinstance(m, nn.Embed) and method == "__call__" and isinstance(m.parent, MobileBertEmbeddings):
+            if m.name == "position_embeddings":  # constant ids: the graph holds the L rows, one range
+                return act(next_fun(*args, **kwargs))
+            ids = args[0] if args else kwargs["inputs"]
+            table = _fq_table(
+                jnp.asarray(nn.unbox(m.variables["params"])["embedding"], jnp.float32), observe, rounding
+            )
+            return jnp.take(table, ids, axis=0).astype(m.dtype)
+        if isinstance(m, MobileBertEmbeddings) and method == "_sum":
+            x, pos, typ = args
+            return act(act(x.astype(jnp.float32) + pos) + typ)
+        if isinstance(m, MobileBertIntermediate) and method == "__call__":
+            return act(next_fun(*args, **kwargs))
+        if isinstance(m, MobileBertSelfAttention) and method == "_integer_matmul":
+            return act(next_fun(*args, **kwargs))  # the first matmul's output: a range of its own
+        if isinstance(m, MobileBertSelfAttention) and method == "_integer_scores":
+            # the masked scores: the range of the scores widened down by MASK_FILL_MARGIN (the file's
+            # `cpu_ready_ranges`); padded keys' -64 rounds to its low end
+            q, k, mask_bias = (list(args) + [kwargs.get("mask_bias")])[:3]
+            scores = m._integer_matmul(q, k)
+            if mask_bias is None:
+                return scores
+            return _fq_range(
+                scores + mask_bias, jnp.min(scores) - MASK_FILL_MARGIN, jnp.max(scores), observe, rounding
+            )
+        if isinstance(m, MobileBertSelfAttention) and method == "_integer_softmax":
+            return _fq_grid(next_fun(*args, **kwargs), 1.0 / 256.0, -128.0, observe, rounding)
+        if isinstance(m, MobileBertSelfAttention) and method == "__call__":
+            ctx, probs = next_fun(*args, **kwargs)
+            return act(ctx), probs
+        if isinstance(m, MobileBertPooler) and method == "__call__" and m.config.classifier_activation:
+            return _fq_grid(next_fun(*args, **kwargs), 1.0 / 128.0, 0.0, observe, rounding)
+        return next_fun(*args, **kwargs)
+
+    return intercept
+
+
+def full_integer_qat_model(model: Any) -> Any:
+    """The model `finetune --qat int8-full` trains: the graph the full-integer export converts (the
+    "integer" attention, `common.device_graph`); run it under `full_integer_fake_quant`."""
+    from mobilebert_jax.export.common import device_graph
+
+    return device_graph(model).clone(attention_implementation="integer")
+
+
+def with_full_integer_fake_quant(fn: Callable) -> Callable:
+    """`fn` (a loss or forward of a `full_integer_qat_model`) traced under `full_integer_fake_quant`."""
+    import flax.linen as nn
+
+    def wrapped(*args, **kwargs):
+        with nn.intercept_methods(full_integer_fake_quant()):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _full_integer_record() -> list[list]:
+    return [[r, op, bits] for r, op, bits in FULL_INT_RECIPE]
+
+
+def save_full_integer_qat_record(folder: str, info: dict[str, Any]) -> str:
+    """Writes FOLDER/quant_stats.json for a model `finetune --qat int8-full` trained: the recipe it was
+    trained for and no ranges (`export --quantize int8-full` calibrates on text, min/max of the trained
+    model's tensors)."""
+    import json
+
+    path = os.path.join(folder, "quant_stats.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({**info, "qat": "int8-full", "rules": _full_integer_record()}, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def full_integer_qat_info(folder: str) -> dict[str, Any] | None:
+    """The record `save_full_integer_qat_record` left in FOLDER, or None (no `--qat int8-full` model).
+
+    Raises ExportError where it was trained for another full-integer recipe than this version's."""
+    import json
+
+    path = os.path.join(folder, "quant_stats.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    if info.get("qat") != "int8-full":
+        return None
+    if info.get("rules") != _full_integer_record():
+        from mobilebert_jax.export.common import ExportError
+
+        raise ExportError(
+            f"{path}: the model was trained (--qat int8-full) for another full-integer recipe "
+            f"({info.get('rules')}) than this version's {_full_integer_record()}: run finetune --qat "
+            "int8-full again, or delete the file to quantize it post-training"
+        )
+    return info

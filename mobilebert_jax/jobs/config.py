@@ -22,6 +22,7 @@ ALL_COMMANDS = (*TRAIN_COMMANDS, "evaluate", "predict")
 LR_SCHEDULES = ("linear", "constant", "constant_with_warmup", "cosine")
 OPTIMIZERS = ("adamw", "lamb")
 SHARDING_RULES = ("dp", "fsdp", "tensor", "fsdp_tensor")
+QAT_TARGETS = ("int8", "int8-full")  # the `export --quantize` modes `--qat` trains for
 # Task options that HF's scripts take as top-level flags; they go into `task_options`.
 TASK_OPTION_FLAGS: dict[str, tuple[type, str]] = {
     "doc_stride": (int, "SQuAD: tokens of overlap between the windows of a long context"),
@@ -126,12 +127,15 @@ class JobConfig:
     bf16: bool = _f(False, "bf16 compute (params, optimizer state and losses stay float32)")
     scan_layers: bool = _f(False, "scan over layers (fast compile; changes the checkpoint layout)")
     remat: bool = _f(False, "recompute activations in the backward pass (less memory)", _T)
-    qat: bool = _f(
-        False,
-        "quantization-aware training: fake int8 quantization (qwix, the rules of `export "
-        "--quantize int8`) in the training forward; hf_model/ gets float params plus the int8 "
-        "ranges (quant_stats.msgpack) that export then uses",
+    qat: str = _f(
+        "",
+        "quantization-aware training for an `export --quantize` mode: int8 (bare --qat: qwix's fake "
+        "int8 of that mode's rules; hf_model/ gets the int8 ranges, quant_stats.msgpack, that export "
+        "then uses) or int8-full (fake int8 of every tensor of the full-integer graph; export "
+        "calibrates on text)",
         ("finetune",),
+        metavar="MODE",
+        const="int8",
     )
     # Unrolled layers trained faster per step on CPU than a scan over them (docs/benchmarks.md); inference outside a
     # job (`from_pretrained` + `jit(apply)`) picks by input size (AUTO_UNROLL_MAX_TOKENS). Same params and numbers either way.
@@ -291,6 +295,7 @@ class JobConfig:
                 "evaluations during training)"
             )
         if self.qat:
+            _need(self.qat in QAT_TARGETS, "qat", f"one of {QAT_TARGETS}", self.qat)
             for bad, flag in (
                 (self.scan_layers, "--scan_layers"),
                 (not self.unroll_layers, "--no-unroll-layers"),
@@ -298,8 +303,8 @@ class JobConfig:
             ):
                 if bad:
                     raise UsageError(
-                        f"--qat cannot be combined with {flag} (qwix quantizes each unrolled "
-                        "float32 layer by its module path)"
+                        f"--qat cannot be combined with {flag} (the fake quantization follows "
+                        "each unrolled float32 layer by its module path)"
                     )
         if self.overwrite_output_dir and self.resume_from_checkpoint:
             raise UsageError("--overwrite_output_dir and --resume_from_checkpoint exclude each other")

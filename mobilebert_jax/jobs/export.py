@@ -72,13 +72,17 @@ def _load(config: ExportConfig) -> LoadedModel:
 
 
 def _quant_stats(config: ExportConfig, loaded: LoadedModel) -> Any:
-    """The QAT run's int8 ranges saved beside the model, for a static-int8 LiteRT export; else None."""
-    if not (config.quantize == "int8" and config.format == "litert"):
-        return None
-    from mobilebert_jax.export.quantize import load_quant_stats
+    """The QAT run's int8 ranges saved beside the model, for a static-int8 LiteRT export; else None.
+    A `--qat int8-full` model exported int8-full is checked for its recipe (its ranges are calibrated)."""
+    from mobilebert_jax.export.quantize import full_integer_qat_info, load_quant_stats
 
     path = loaded.path  # a gs:// model's local copy (its folder holds the ranges the run saved beside it)
-    found = load_quant_stats(path if os.path.isdir(path) else os.path.dirname(path))
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if config.quantize == "int8-full" and full_integer_qat_info(folder) is not None:
+        _say("export: a --qat int8-full model; int8 ranges calibrated on --calibration-file")
+    if not (config.quantize == "int8" and config.format == "litert"):
+        return None
+    found = load_quant_stats(folder)
     if found is None:
         return None
     _say("export: int8 ranges from the QAT run (quant_stats.msgpack), not recalibrated")

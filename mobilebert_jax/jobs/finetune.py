@@ -172,13 +172,13 @@ def read_inputs(job: JobConfig, do_eval: bool, do_predict: bool) -> tuple[JobCon
     n = f" and {len(eval_ex)} evaluation" if eval_ex is not None else ""
     n_train = prepared_data.num_instances(train_path) if prepared else len(train_ex)
     say(f"task {task.name}: {n_train} training{n} examples")
-    if job.qat:
+    if job.qat == "int8":
         import importlib.util
 
         if importlib.util.find_spec("qwix") is None:
-            raise UsageError("--qat needs qwix: pip install 'mobilebert-jax[export]'")
-        if prepared:
-            raise UsageError("--qat does not apply to a prepared pretraining folder")
+            raise UsageError("--qat int8 needs qwix: pip install 'mobilebert-jax[export]'")
+    if job.qat and prepared:
+        raise UsageError("--qat does not apply to a prepared pretraining folder")
     return job, Inputs(task, tok, train_path, train_ex, prepared, eval_ex, test_ex)
 
 
@@ -396,12 +396,8 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
     sharded = create_train_state(
         model_init_fn(model, example), tx, rng, plan.mesh, plan.rules, params=plan.params
     )
-    if job.qat:
-        from mobilebert_jax.export.quantize import qat_model
-
-        say("--qat: training with fake int8 quantization (qwix ODML rules of export --quantize int8)")
     step = make_train_step(
-        loss_fn_for(qat_model(model) if job.qat else model),
+        training_loss(job, model),
         state_shardings=sharded.shardings,
         mesh=plan.mesh,
         rules=plan.rules,
@@ -416,6 +412,21 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
     if host_allocator.status() is not None:  # a detail: shown with --verbose
         logging.getLogger("mobilebert_jax").info("host allocator: %s", host_allocator.status())
     return train_data, sharded, step
+
+
+def training_loss(job: JobConfig, model: Any) -> Callable:
+    """The loss the train step differentiates: the model's, through `--qat`'s fake quantization."""
+    if job.qat == "int8":
+        from mobilebert_jax.export.quantize import qat_model
+
+        say("--qat int8: training with fake int8 quantization (qwix ODML rules of export --quantize int8)")
+        return loss_fn_for(qat_model(model))
+    if job.qat == "int8-full":
+        from mobilebert_jax.export.quantize import full_integer_qat_model, with_full_integer_fake_quant
+
+        say("--qat int8-full: training with fake int8 quantization of the full-integer graph's tensors")
+        return with_full_integer_fake_quant(loss_fn_for(full_integer_qat_model(model)))
+    return loss_fn_for(model)
 
 
 def fit_config(plan: Plan) -> FitConfig:
@@ -502,8 +513,12 @@ def finish(
 
     def export(folder: str) -> None:
         save_hf_model(folder, host_params, plan.export_config, plan.model, data.tok)
-        if job.qat:
+        if job.qat == "int8":
             save_qat_stats(folder, plan.model, host_params, plan.train_arrays, step)
+        elif job.qat == "int8-full":
+            from mobilebert_jax.export.quantize import save_full_integer_qat_record
+
+            save_full_integer_qat_record(folder, {"source": "finetune --qat int8-full", "model_step": step})
 
     if jax.process_index() == 0:
         if predictions is not None:

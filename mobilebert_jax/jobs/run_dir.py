@@ -117,7 +117,7 @@ def run_identity(job: Any, task: Any, config: Any, num_devices: int) -> dict[str
         # qat only when on and pad_invariant only when off, so that the identity of the runs before
         # they existed is unchanged
         "hyperparameters": {k: getattr(job, k) for k in RESULT_FIELDS}
-        | ({"qat": True} if getattr(job, "qat", False) else {})
+        | ({"qat": True if job.qat == "int8" else job.qat} if getattr(job, "qat", "") else {})
         | ({} if getattr(job, "pad_invariant", True) else {"pad_invariant": False}),
         "num_devices": num_devices,  # the global batch is per-device batch x devices x accumulation
         "train_file": file_fingerprint(job.train_file) if job.train_file else None,

@@ -212,12 +212,15 @@ class MobileBertEmbeddings(_Base):
             embedding_init=with_axes(init, (None, "embed")),
             name="token_type_embeddings",
         )
-        # HF's add order (position, then type) so the float rounding matches.
-        h = x.astype(jnp.float32) + pos(position_ids)
-        h = h + typ(token_type_ids)
+        h = self._sum(x, pos(position_ids), typ(token_type_ids))
         h = self.norm(cfg.hidden_size, "embed", PT_DEFAULT_LN_EPS)(h)
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         return constrain(h.astype(self.dtype), ("batch", "length", "embed"))
+
+    def _sum(self, x, pos, typ):
+        """[B, T, H] projected trigram + position rows + token-type rows, in HF's add order (so the float
+        rounding matches); a method so that `finetune --qat int8-full` (export/quantize.py) reaches it."""
+        return (x.astype(jnp.float32) + pos) + typ
 
 
 def _normal_zero_row(stddev: float, row: int):
@@ -306,10 +309,7 @@ class MobileBertSelfAttention(_Base):
         if impl == "blockwise":
             return self._blockwise(q, k, v, mask_bias)
         if impl == "integer":
-            scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
-            if mask_bias is not None:  # 0 or -INTEGER_MASK_FILL (encoder.py)
-                scores = scores + mask_bias
-            probs = jax.nn.softmax(scores, axis=-1)
+            probs = self._integer_softmax(self._integer_scores(q, k, mask_bias))
             drop = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
             ctx = jnp.einsum("bnqk,bnkd->bnqd", drop.astype(self.dtype), v, precision=self.precision)
             return ctx.transpose(0, 2, 1, 3).reshape(b, t, n * d), probs
@@ -331,6 +331,20 @@ class MobileBertSelfAttention(_Base):
         scores = jnp.einsum("bnqd,bnkd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
         scores = scores * (q.shape[-1] ** -0.5)
         return scores if mask_bias is None else scores + mask_bias
+
+    # The "integer" attention's two steps are methods so that `finetune --qat int8-full`'s fake
+    # quantization (export/quantize.py) reaches the tensors the full-integer graph quantizes.
+    def _integer_scores(self, q, k, mask_bias):
+        """Scores [B, N, Tq, Tk] of the pre-scaled query plus the padding bias (0, or
+        -INTEGER_MASK_FILL at padded keys: encoder.py), as two int8 ops of the full-integer graph."""
+        scores = self._integer_matmul(q, k)
+        return scores if mask_bias is None else scores + mask_bias
+
+    def _integer_matmul(self, q, k):
+        return jnp.einsum("bnqd,bnkd->bnqk", q, k, precision=self.precision).astype(jnp.float32)
+
+    def _integer_softmax(self, scores):
+        return jax.nn.softmax(scores, axis=-1)
 
     def _blockwise(self, q, k, v, mask_bias):
         """The same attention over blocks of `attention.QUERY_BLOCK` queries, one block at a time
