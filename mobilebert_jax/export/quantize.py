@@ -28,6 +28,7 @@ stored int8 with one scale per row and looked up as int8 (`int8_embeddings`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -462,7 +463,6 @@ def cpu_ready_ranges(model: bytes, qsvs: dict[str, Any]) -> dict[str, Any]:
     from ai_edge_litert import schema_py_generated as schema
 
     graph = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     out = dict(qsvs)
     for sg in graph.subgraphs or []:
         producer = {int(t): op for op in sg.operators or [] for t in op.outputs}
@@ -471,30 +471,28 @@ def cpu_ready_ranges(model: bytes, qsvs: dict[str, Any]) -> dict[str, Any]:
             for t in op.inputs:
                 consumers.setdefault(int(t), []).append(op)
 
-        def kind(op) -> str:
-            code = graph.operatorCodes[op.opcodeIndex]
-            return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-
         def name(t: int, sg: Any = sg) -> str:
             return sg.tensors[t].name.decode()
 
         for op in sg.operators or []:
-            if kind(op) == "BATCH_MATMUL":
+            if op_type(graph, op) == "BATCH_MATMUL":
                 t = int(op.inputs[1])
                 while True:
                     if name(t) in out:
                         m = np.maximum(np.abs(out[name(t)]["min"]), np.abs(out[name(t)]["max"]))
                         out[name(t)] = {**out[name(t)], "min": -m * 128.0 / 127.0, "max": m}
                     src = producer.get(t)
-                    if src is None or kind(src) not in _PASS_THROUGH:
+                    if src is None or op_type(graph, src) not in _PASS_THROUGH:
                         break
                     t = int(src.inputs[0])
             masked = int(op.outputs[0])
-            scores = [int(t) for t in op.inputs if t in producer and kind(producer[t]) == "BATCH_MATMUL"]
+            scores = [
+                int(t) for t in op.inputs if t in producer and op_type(graph, producer[t]) == "BATCH_MATMUL"
+            ]
             if (
-                kind(op) in ("ADD", "SELECT_V2")
+                op_type(graph, op) in ("ADD", "SELECT_V2")
                 and len(scores) == 1
-                and any(kind(c) == "SOFTMAX" for c in consumers.get(masked, []))
+                and any(op_type(graph, c) == "SOFTMAX" for c in consumers.get(masked, []))
                 and name(masked) in out
                 and name(scores[0]) in out
             ):
@@ -523,7 +521,7 @@ def graph_audit(path: str) -> dict[str, Any]:
 
     with open(path, "rb") as f:
         model = schema.Model.GetRootAs(bytearray(f.read()), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    names = _op_names()
     types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     sg = model.Subgraphs(0)
     by_op: dict[str, dict[str, int]] = {}
@@ -588,13 +586,18 @@ def single_op_model(model: Any, sg: Any, op: Any) -> bytes:
     return bytes(builder.Output())
 
 
-def op_type(model: Any, op: Any) -> str:
-    """The builtin operator name of `op` (schema object API) in `model`."""
+@functools.cache
+def _op_names() -> dict[int, str]:
+    """LiteRT's builtin operator codes -> names (schema `BuiltinOperator`)."""
     from ai_edge_litert import schema_py_generated as schema
 
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def op_type(model: Any, op: Any) -> str:
+    """The builtin operator name of `op` (schema object API) in `model`."""
     code = model.operatorCodes[op.opcodeIndex]
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+    return _op_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
 
 
 def cpu_delegate_audit(path: str) -> dict[str, Any]:
@@ -613,7 +616,8 @@ def cpu_delegate_audit(path: str) -> dict[str, Any]:
         interp = Interpreter(model_content=single_op_model(model, sg, op), num_threads=1)
         interp.allocate_tensors()  # the default delegate is applied here
         if len(interp._get_ops_details()) == 1:  # private API: the node list, delegate nodes included
-            not_taken[op_type(model, op)] = not_taken.get(op_type(model, op), 0) + 1
+            name = op_type(model, op)
+            not_taken[name] = not_taken.get(name, 0) + 1
     whole = Interpreter(model_path=path, num_threads=1)
     whole.allocate_tensors()
     partitions = sum(1 for n in whole._get_ops_details() if n["op_name"] == "DELEGATE")
