@@ -8,8 +8,8 @@ TextClassifier on our int8 device-ready file, and HF's pipeline, all on the same
 Rows (each in its own worker process; in one process XLA's, torch's and LiteRT's thread pools fight):
   jax        `mbj.pipeline("text-classification", MODEL)`, batch `--batch-size`, padded to length buckets
   litert     the same pipeline on `export MODEL --format litert --quantize dynamic-int8
-             --seq-lengths 8,16,...,64` (one row at a time, each padded to the smallest signature;
-             signatures share the weights, each adds ~0.15 MB)
+             --seq-lengths 8,16,...,64 --batch-size 8` (8 rows a call, each batch padded to the
+             smallest signature that holds it; signatures share the weights, each adds ~0.15 MB)
   mediapipe  MediaPipe Tasks' `TextClassifier` on `export MODEL --format litert --quantize dynamic-int8
              --device-ready --seq-lengths 64` (one text at a time; it tokenizes on its own and pads to 64,
              which holds every SST-2 dev sentence: 55 tokens at most)
@@ -151,15 +151,26 @@ def worker(
 
 
 EXPORTS = {  # row -> extra `mobilebert-jax export` flags (all: --format litert --quantize dynamic-int8)
-    "litert": ["--seq-lengths", "8,16,24,32,40,48,56,64"],
+    "litert": ["--seq-lengths", "8,16,24,32,40,48,56,64", "--batch-size", "8"],
     "mediapipe": ["--seq-lengths", "64", "--device-ready"],
 }
 
 
+def _made_with(out: str, flags: list[str]) -> bool:
+    """Whether the export in OUT has the lengths, batch size and device-readiness of `flags`."""
+    with open(os.path.join(out, "export.json")) as f:
+        m = json.load(f)
+    lengths = [int(n) for n in flags[flags.index("--seq-lengths") + 1].split(",")]
+    batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 1
+    ready = "--device-ready" in flags
+    return m["seq_lengths"] == lengths and m["batch_size"] == batch and bool(m.get("device_ready")) == ready
+
+
 def export_for(kind: str, model: str, work: str) -> str:
-    """The export directory the row `kind` runs (made with the CLI unless WORK already holds it)."""
+    """The export directory the row `kind` runs (made with the CLI unless WORK already holds it, made
+    with the same flags)."""
     out = os.path.join(work, f"{kind}-dynamic-int8")
-    if os.path.exists(os.path.join(out, "export.json")):
+    if os.path.exists(os.path.join(out, "export.json")) and _made_with(out, EXPORTS[kind]):
         return out
     cmd = [sys.executable, "-m", "mobilebert_jax.cli.main", "export", model, out, "--format", "litert"]
     cmd += ["--quantize", "dynamic-int8", "--overwrite", *EXPORTS[kind]]

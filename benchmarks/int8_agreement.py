@@ -5,8 +5,10 @@ For a fine-tuned SequenceClassification run (a `finetune` output dir) and a held
 `mobilebert-jax export` command, runs every artifact in its runtime on every held-out sentence, and
 prints per variant: the relative logit error vs the fp32 JAX forward (max|a-b| / max|b| over all rows,
 and the median of the per-row errors), the argmax agreement with fp32 JAX, and the accuracy on the
-labels. A `--qat-run` (a run fine-tuned with `finetune --qat`) adds its int8 export (int8-full for a
-`--qat int8-full` run: `litert-int8-full-qat`), compared with that run's own fp32 JAX forward.
+labels. A `--qat-run` (a run fine-tuned with `finetune --qat` from --run) adds its int8 export (int8-full
+for a `--qat int8-full` run: `litert-int8-full-qat`), compared with that run's own fp32 JAX forward, and
+(`...-vs-float-run`) with --run's, the float model it started from (the teacher of
+`--qat_distillation`).
 
     python benchmarks/int8_agreement.py --run runs/sst2 --heldout dev_heldout.tsv \\
         --calibration-file train.tsv --work runs/int8_exports [--qat-run runs/sst2_qat] [--json out.json]
@@ -70,8 +72,8 @@ def ensure_export(
 
 def qat_mode(run: str) -> str:
     """The `--quantize` mode a `finetune --qat` run trained for: int8-full where its hf_model/ records
-    so (`quantize.save_full_integer_qat_record`), else int8."""
-    from mobilebert_jax.export.quantize import full_integer_qat_info
+    so (`full_integer.save_full_integer_qat_record`), else int8."""
+    from mobilebert_jax.export.full_integer import full_integer_qat_info
 
     folder = os.path.join(run, "hf_model") if os.path.isdir(os.path.join(run, "hf_model")) else run
     return "int8-full" if full_integer_qat_info(folder) is not None else "int8"
@@ -98,7 +100,7 @@ def jax_logits(run: str, enc: dict[str, np.ndarray], batch: int = 16, fake_quant
     model, params = load_model(run).build()
     if fake_quant:
         from mobilebert_jax.export.api import flat_layers
-        from mobilebert_jax.export.quantize import full_integer_qat_model, with_full_integer_fake_quant
+        from mobilebert_jax.export.full_integer import full_integer_qat_model, with_full_integer_fake_quant
 
         model, params = flat_layers(model.clone(pad_invariant=True), params)
         qat = full_integer_qat_model(model)
@@ -202,6 +204,9 @@ def main() -> int:
         rows.append(row)
         print(f"{name}: {json.dumps(row)}", flush=True)
         if args.qat_run and run == args.qat_run:
+            # the float model the QAT run started from (its teacher under --qat_distillation): what a
+            # user quantizes, and so what the int8 file should answer as
+            rows.append({"variant": f"{name}-vs-float-run", **stats(got, ref, labels), "size_mb": size})
             rows.append({"variant": "jax-fp32-qat", **stats(refs[run], refs[run], labels), "size_mb": None})
             if q == "int8-full":  # the model QAT trained (fake quant) vs its fp32, and the file vs it
                 fq = jax_logits(run, enc, fake_quant=True)

@@ -4,11 +4,13 @@ XNNPACK delegate (applied by default) takes.
     python benchmarks/litert_op_profile.py out/sst2-int8-full/model.tflite --threads 2
 
 The Python Interpreter reports no time per op, so each op of the first subgraph is cut out into a
-file of its own (`export.quantize.single_op_model`: its tensors, their quantization and constant buffers) and timed alone, with the
+file of its own (`export.full_integer.single_op_model`: its tensors, their quantization and constant buffers) and timed alone, with the
 default delegates: invokes of that one op, median, minus the cost of invoking the cheapest op (the
 call overhead). Its node count tells whether XNNPACK took it (a delegated op adds the delegate's node).
 The whole file is timed too (with and without the default delegates) and its nodes listed: the sum of
-the ops against the whole says how far the cut-out times stand for it.
+the ops against the whole says how far the cut-out times stand for it. `--swap SOFTMAX=LOGISTIC
+SOFTMAX=EXP` times the whole file with an op type replaced (wrong numbers, the other op's cost and
+delegation): what one op's kernel and the partitions it causes cost in the whole graph.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 
 import numpy as np
 
-from mobilebert_jax.export.quantize import inline_model, op_type, single_op_model
+from mobilebert_jax.export.full_integer import inline_model, op_type, single_op_model
 
 
 def read_model(path: str):
@@ -104,13 +106,64 @@ def whole_file(path: str, threads: int) -> dict:
     return out
 
 
+def swapped_model(path: str, op: str, other: str) -> bytes:
+    """The file at `path` with every `op` of its first subgraph replaced by the builtin `other` on the
+    same tensors (its options dropped): wrong numbers, but the cost of the graph without `op`'s kernel
+    and with `other`'s delegation (e.g. SOFTMAX -> LOGISTIC, which XNNPACK takes in int8)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = read_model(path)
+    code = schema.OperatorCodeT()
+    code.builtinCode = getattr(schema.BuiltinOperator, other)
+    code.deprecatedBuiltinCode, code.version = min(code.builtinCode, 127), 2
+    model.operatorCodes.append(code)
+    swapped = 0
+    for o in model.subgraphs[0].operators:
+        if op_type(model, o) == op:
+            o.opcodeIndex, o.builtinOptionsType, o.builtinOptions = len(model.operatorCodes) - 1, 0, None
+            swapped += 1
+    if not swapped:
+        raise SystemExit(f"{path}: no {op} op in the first subgraph")
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def swap_report(path: str, swaps: list[str], threads: int) -> None:
+    """Whole-file time (default delegates) as exported and with each `OP=OTHER` swap."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    for swap in [None, *swaps]:
+        if swap is None:
+            interp = Interpreter(model_path=path, num_threads=threads)
+        else:
+            op, other = swap.split("=")
+            interp = Interpreter(model_content=swapped_model(path, op, other), num_threads=threads)
+        interp.allocate_tensors()
+        _fill(interp, np.random.default_rng(0))
+        parts = [n["op_name"] for n in interp._get_ops_details()].count("DELEGATE")
+        ms = time_invokes(interp, 20, 5) / 1e3
+        print(f"{swap or 'as exported':24s} {ms:7.2f} ms  {parts} delegate partitions", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a .tflite file")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the per-op rows here")
     ap.add_argument("--top", type=int, default=15, help="print the slowest N ops")
+    ap.add_argument(
+        "--swap",
+        nargs="*",
+        metavar="OP=OTHER",
+        help="only time the whole file as exported and with every OP replaced by the builtin OTHER "
+        "(e.g. SOFTMAX=LOGISTIC SOFTMAX=EXP: what the softmax's kernel and its partitions cost)",
+    )
     args = ap.parse_args()
+    if args.swap:
+        swap_report(args.model, args.swap, args.threads)
+        return 0
     whole = whole_file(args.model, args.threads)
     rows = profile_ops(args.model, args.threads)
     base = min(r["us"] for r in rows)

@@ -1,4 +1,4 @@
-"""`--quantize int8-full`: the full-integer LiteRT graph (export/quantize.py, AI Edge Quantizer), run in
+"""`--quantize int8-full`: the full-integer LiteRT graph (export/full_integer.py, AI Edge Quantizer), run in
 the LiteRT interpreter against the fp32 JAX forward of a 1-layer model with order-one activations."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_int8_full_litert_graph_and_error(tmp_path):
     computes on integer tensors (none in the encoder or the embeddings); its error vs fp32 is bounded.
 
     Measured (this machine, 64 calibration rows, 16 other rows): relative logit error 0.089, argmax
-    agreement 1.0 (0.12 before the masked scores got the real scores' range, `quantize.cpu_ready_ranges`;
+    agreement 1.0 (0.12 before the masked scores got the real scores' range, `full_integer.cpu_ready_ranges`;
     then: the residual stream int16 0.10-0.12, every activation int16 0.07). The same model's
     static `int8` (float residual stream) measures 0.035 (test_export.py). The bound 0.2 fails a
     calibration that averages batch ranges (the quantizer's default: 0.15 on 16 rows, 0.28 with the
@@ -58,7 +58,7 @@ def test_int8_full_litert_graph_and_error(tmp_path):
     assert audit["float_ops"] == {"DEQUANTIZE": 1}, audit  # the logits leaving
     ops = audit["ops"]
     # every dense layer an int8 x int8 kernel; the attention's softmax one int8 op; NoNorm and the
-    # residual adds int8 (`quantize.FULL_INT_RECIPE`); the embedding tables gathered int8
+    # residual adds int8 (`full_integer.FULL_INT_RECIPE`); the embedding tables gathered int8
     assert set(ops["FULLY_CONNECTED"]) == {"int32,int8->int8"}, ops["FULLY_CONNECTED"]
     assert ops["SOFTMAX"] == {"int8->int8": 1}, ops["SOFTMAX"]
     assert set(ops["ADD"]) == {"int8->int8", "int32->int32"}, ops["ADD"]  # int32: index arithmetic
@@ -85,7 +85,7 @@ def test_graph_audit_finds_a_float_op_in_the_encoder(tmp_path):
     """The audit is not vacuous: the fp32 file of the same model lists its encoder's float ops."""
     _needs("litert")
     from mobilebert_jax import export as ex
-    from mobilebert_jax.export.quantize import graph_audit
+    from mobilebert_jax.export.full_integer import graph_audit
 
     model, params = _model("MobileBertForSequenceClassification")
     ex.to_litert(model, params, str(tmp_path), seq_lengths=(16,), keep_tensor_names=True)
@@ -155,7 +155,7 @@ def test_qat_fake_quant_rounds_as_the_int8_full_file(tmp_path):
     from mobilebert_jax import export as ex
     from mobilebert_jax.export.api import flat_layers
     from mobilebert_jax.export.common import make_forward, sample_batch
-    from mobilebert_jax.export.quantize import full_integer_fake_quant, full_integer_qat_model
+    from mobilebert_jax.export.full_integer import full_integer_fake_quant, full_integer_qat_model
 
     model, params = _model("MobileBertForSequenceClassification")  # with the pooler's tanh
     params = _perturbed(params, 0.2)
@@ -237,6 +237,45 @@ def test_qat_int8_full_finetune_then_export(tmp_path, capsys):
     err, agree = rel_err(got, ref), float(np.mean(got.argmax(-1) == ref.argmax(-1)))
     print(f"QAT int8-full vs its fp32: relative logit error {err:.3g}, argmax agreement {agree:.3f}")
     assert err <= 0.2 and agree >= 0.9, (err, agree)
+    # --qat_distillation: the float model (--model, frozen) is the teacher; at weight 1 the labels
+    # have no say: the same run on flipped labels trains byte-identical weights
+    capsys.readouterr()
+    kd = [*args, "--qat", "int8-full", "--qat_distillation", "1"]
+    assert main([*kd, "--output_dir", str(tmp_path / "kd")]) == 0
+    out = capsys.readouterr().out
+    assert "--qat_distillation 1: loss = 0 x labels' CE + 1 x KL(float teacher || model)" in out, out
+    flipped = tmp_path / "flipped.tsv"
+    flipped.write_text("sentence\tlabel\n" + "".join(f"{t}\t{1 - i % 2}\n" for i, t in enumerate(TRAIN)))
+    kd_flipped = [a if a != str(train) else str(flipped) for a in kd]
+    assert main([*kd_flipped, "--output_dir", str(tmp_path / "kd_flipped")]) == 0
+    a = (tmp_path / "kd" / "hf_model" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "kd_flipped" / "hf_model" / "model.safetensors").read_bytes()
+    assert a != (run / "hf_model" / "model.safetensors").read_bytes()
+    rows = [json.loads(s) for s in (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()]
+    kl = [r["loss"] for r in rows if "loss" in r]
+    assert kl[-1] < kl[0] and all("teacher_agreement" in r for r in rows if "loss" in r), rows
+    # unlabelled text joins the distillation (its rows: the teacher's predictions as their only target)
+    text = tmp_path / "text.tsv"
+    text.write_text("sentence\n" + "".join(f"{t}\n" for t in HELD_OUT))
+    capsys.readouterr()
+    more = [*args, "--qat", "int8-full", "--qat_distillation", "0.5", "--qat_distillation_file", str(text)]
+    assert main([*more, "--output_dir", str(tmp_path / "kd_text")]) == 0
+    out = capsys.readouterr().out
+    assert f"--qat_distillation_file: {len(HELD_OUT)} rows of {text} join the training rows" in out, out
+    assert f"the float model's logits on {len(TRAIN) + len(HELD_OUT)} training rows" in out, out
+    # refused before anything is written: without --qat, out of range, a file without a weight, a random init
+    capsys.readouterr()
+    for extra, msg in (
+        (["--qat_distillation", "0.5"], "--qat_distillation needs --qat"),
+        (["--qat", "int8-full", "--qat_distillation", "2"], "--qat_distillation must be in [0, 1], got 2.0"),
+        (["--qat", "int8-full", "--qat_distillation_file", str(text)], "--qat_distillation_file needs"),
+    ):
+        assert main([*args, "--output_dir", str(tmp_path / "no"), *extra]) == 2
+        assert msg in capsys.readouterr().err
+    rand = [a if a != str(tmp_path / "start") else "mobilebert-test" for a in kd]
+    assert main([*rand, "--output_dir", str(tmp_path / "no")]) == 2
+    assert "is a random init; the teacher is the float model" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
     # a model trained for another full-integer recipe is refused, saying what to do
     record["rules"] = [[".*", "*", 16]]
     (run / "hf_model" / "quant_stats.json").write_text(json.dumps(record))

@@ -51,8 +51,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("none", "dynamic-int8", "int8", "int8-full"),
         help="none: float32; dynamic-int8: int8 weights, float activations (no data needed); int8: "
         "weights and activations, calibrated on --calibration-file; int8-full (litert): a full-integer "
-        "graph, int8 weights, int8 activations and int16 in the residual stream, calibrated on "
-        "--calibration-file (docs/deploy.md) (default: none)",
+        "graph, int8 weights per channel and int8 activations everywhere (residual stream, NoNorm, "
+        "softmax, embeddings), calibrated on --calibration-file (docs/deploy.md) (default: none)",
     )
     parser.add_argument(
         "--seq-lengths",

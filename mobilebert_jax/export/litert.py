@@ -195,7 +195,7 @@ def _convert_and_quantize(
     if quantize == "dynamic-int8":
         _dynamic_int8(float_path, path, per_channel=not device_ready)
     elif quantize == "int8-full":
-        from mobilebert_jax.export.quantize import cpu_delegate_audit, full_integer, graph_audit
+        from mobilebert_jax.export.full_integer import cpu_delegate_audit, full_integer, graph_audit
 
         full_integer(float_path, path, _signature_calibration(calibration, lengths, batch_size))
         audit = graph_audit(path)  # before the compaction drops the tensor names it places ops by

@@ -137,6 +137,21 @@ class JobConfig:
         metavar="MODE",
         const="int8",
     )
+    qat_distillation: float = _f(
+        0.0,
+        "with --qat: weight of self-distillation, the KL divergence from the starting float model's "
+        "predictions (the teacher: --model, frozen) to the fake-quantized model's; the labels' loss "
+        "gets 1 - WEIGHT (0: labels only; single-label sequence classification)",
+        ("finetune",),
+        metavar="WEIGHT",
+    )
+    qat_distillation_file: str | None = _f(
+        None,
+        "more text for --qat_distillation, in the task's format with labels optional (as --test_file): "
+        "its rows join the training rows with the teacher's predictions as their only target",
+        ("finetune",),
+        metavar="FILE",
+    )
     # Unrolled layers trained faster per step on CPU than a scan over them (docs/benchmarks.md); inference outside a
     # job (`from_pretrained` + `jit(apply)`) picks by input size (AUTO_UNROLL_MAX_TOKENS). Same params and numbers either way.
     unroll_layers: bool = _f(True, "run the layers unrolled (--no-unroll-layers: one lax.scan over them)")
@@ -306,6 +321,14 @@ class JobConfig:
                         f"--qat cannot be combined with {flag} (the fake quantization follows "
                         "each unrolled float32 layer by its module path)"
                     )
+        if self.qat_distillation:
+            _need(0.0 <= self.qat_distillation <= 1.0, "qat_distillation", "in [0, 1]", self.qat_distillation)
+            if not self.qat:
+                raise UsageError(
+                    "--qat_distillation needs --qat (it distils the float model into its QAT run)"
+                )
+        if self.qat_distillation_file and not self.qat_distillation:
+            raise UsageError("--qat_distillation_file needs --qat_distillation WEIGHT > 0")
         if self.overwrite_output_dir and self.resume_from_checkpoint:
             raise UsageError("--overwrite_output_dir and --resume_from_checkpoint exclude each other")
 

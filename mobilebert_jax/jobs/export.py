@@ -74,7 +74,8 @@ def _load(config: ExportConfig) -> LoadedModel:
 def _quant_stats(config: ExportConfig, loaded: LoadedModel) -> Any:
     """The QAT run's int8 ranges saved beside the model, for a static-int8 LiteRT export; else None.
     A `--qat int8-full` model exported int8-full is checked for its recipe (its ranges are calibrated)."""
-    from mobilebert_jax.export.quantize import full_integer_qat_info, load_quant_stats
+    from mobilebert_jax.export.full_integer import full_integer_qat_info
+    from mobilebert_jax.export.quantize import load_quant_stats
 
     path = loaded.path  # a gs:// model's local copy (its folder holds the ranges the run saved beside it)
     folder = path if os.path.isdir(path) else os.path.dirname(path)

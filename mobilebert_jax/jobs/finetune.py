@@ -141,6 +141,7 @@ class Inputs:
     prepared: bool
     eval_ex: list | None
     test_ex: list | None
+    distill_ex: list | None = None  # --qat_distillation_file's rows (labels unused)
 
 
 def read_inputs(job: JobConfig, do_eval: bool, do_predict: bool) -> tuple[JobConfig, Inputs]:
@@ -179,7 +180,14 @@ def read_inputs(job: JobConfig, do_eval: bool, do_predict: bool) -> tuple[JobCon
             raise UsageError("--qat int8 needs qwix: pip install 'mobilebert-jax[export]'")
     if job.qat and prepared:
         raise UsageError("--qat does not apply to a prepared pretraining folder")
-    return job, Inputs(task, tok, train_path, train_ex, prepared, eval_ex, test_ex)
+    distill_ex = None
+    if job.qat_distillation_file:
+        if not storage.isfile(job.qat_distillation_file):
+            raise DataError("--qat_distillation_file: no such file", job.qat_distillation_file)
+        distill_ex = task.read(job.qat_distillation_file)
+        if not distill_ex:
+            raise DataError("--qat_distillation_file: no rows", job.qat_distillation_file)
+    return job, Inputs(task, tok, train_path, train_ex, prepared, eval_ex, test_ex, distill_ex)
 
 
 def batch_plan(job: JobConfig, n_train: int, n_dev: int, train_path: str) -> tuple[int, int, int]:
@@ -244,6 +252,14 @@ def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
     mode, clean_first = run_dir.decide(job, identity, say)
     train_feats = None if data.prepared else task.featurise(data.train_ex, tok, length)
     train_arrays = None if data.prepared else model_arrays(task, train_feats)
+    if job.qat_distillation:
+        check_distillation(job, model, params, train_arrays)
+    if data.distill_ex:
+        train_arrays = with_unlabelled_rows(task, train_arrays, data.distill_ex, tok, length)
+        say(
+            f"--qat_distillation_file: {len(data.distill_ex)} rows of {job.qat_distillation_file} join the "
+            f"training rows (target: the teacher's predictions)"
+        )
     eval_feats = task.featurise(data.eval_ex, tok, length) if data.eval_ex is not None else None
     test_feats = task.featurise(data.test_ex, tok, length) if data.test_ex is not None else None
     splits = {
@@ -386,8 +402,16 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
         )
         example = train_data.example()
     else:
-        train_data = ArrayIterator(plan.train_arrays, batch, seed=job.seed)
-        example = {k: v[:batch] for k, v in plan.train_arrays.items()}
+        arrays = plan.train_arrays
+        if job.qat_distillation:
+            t0 = time.perf_counter()
+            arrays = {**arrays, "teacher_logits": teacher_logits(plan.model, plan.params, arrays, batch)}
+            say(
+                f"--qat_distillation: the float model's logits on {len(arrays['labels'])} training rows "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
+        train_data = ArrayIterator(arrays, batch, seed=job.seed)
+        example = {k: v[:batch] for k, v in arrays.items()}
     schedule = make_schedule(job, plan.num_steps)
     make_tx = optim.adamw if job.optimizer == "adamw" else optim.lamb
     clip = job.max_grad_norm if job.max_grad_norm > 0 else None
@@ -415,18 +439,75 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
 
 
 def training_loss(job: JobConfig, model: Any) -> Callable:
-    """The loss the train step differentiates: the model's, through `--qat`'s fake quantization."""
+    """The loss the train step differentiates: the model's, through `--qat`'s fake quantization (and
+    `--qat_distillation`'s teacher term)."""
+    w = job.qat_distillation
+    if w:
+        say(f"--qat_distillation {w:g}: loss = {1 - w:g} x labels' CE + {w:g} x KL(float teacher || model)")
     if job.qat == "int8":
         from mobilebert_jax.export.quantize import qat_model
 
         say("--qat int8: training with fake int8 quantization (qwix ODML rules of export --quantize int8)")
-        return loss_fn_for(qat_model(model))
+        return loss_fn_for(qat_model(model), w)
     if job.qat == "int8-full":
-        from mobilebert_jax.export.quantize import full_integer_qat_model, with_full_integer_fake_quant
+        from mobilebert_jax.export.full_integer import full_integer_qat_model, with_full_integer_fake_quant
 
         say("--qat int8-full: training with fake int8 quantization of the full-integer graph's tensors")
-        return with_full_integer_fake_quant(loss_fn_for(full_integer_qat_model(model)))
+        return with_full_integer_fake_quant(loss_fn_for(full_integer_qat_model(model), w))
     return loss_fn_for(model)
+
+
+def check_distillation(job: JobConfig, model: Any, params: Any, arrays: dict | None) -> None:
+    """`--qat_distillation` needs a trained float model (the teacher) with a single-label classifier."""
+    from mobilebert_jax.model.heads import MobileBertForSequenceClassification
+
+    if params is None:
+        raise UsageError(
+            f"--qat_distillation: --model {job.model} is a random init; the teacher is the float model "
+            "being quantized (pass a fine-tuned model)"
+        )
+    kind = getattr(model.config, "problem_type", None) or (
+        "regression" if model.config.num_labels == 1 else "single_label_classification"
+    )
+    if not isinstance(model, MobileBertForSequenceClassification) or kind != "single_label_classification":
+        raise UsageError(
+            f"--qat_distillation is for single-label sequence classification; this run trains "
+            f"{type(model).__name__} ({kind})"
+        )
+    if arrays is not None and arrays["labels"].ndim != 1:
+        raise UsageError(
+            f"--qat_distillation: labels of shape {arrays['labels'].shape[1:]} per example, not one id"
+        )
+
+
+def with_unlabelled_rows(task: Task, arrays: dict, examples: list, tok: Any, length: int) -> dict:
+    """`arrays` (the training rows) with `examples` appended, their labels -100 (no labels' loss)."""
+    import numpy as np
+
+    extra = model_arrays(task, task.featurise(examples, tok, length), with_labels=False)
+    n = len(next(iter(extra.values())))
+    extra["labels"] = np.full((n, *arrays["labels"].shape[1:]), -100, arrays["labels"].dtype)
+    return {k: np.concatenate([v, extra[k].astype(v.dtype)]) for k, v in arrays.items()}
+
+
+def teacher_logits(model: Any, params: Any, arrays: dict[str, Any], batch: int) -> Any:
+    """The starting float model's logits on every training row (`--qat_distillation`'s teacher; its
+    weights never change, so once before training is enough, and a resumed run recomputes the same)."""
+    import numpy as np
+
+    from mobilebert_jax.training.objectives import model_inputs
+
+    fwd = jax.jit(lambda p, b: model.apply({"params": p}, **b, deterministic=True).logits)
+    inputs = model_inputs(arrays)
+    n = len(arrays["labels"])
+    out = []
+    for i in range(0, n, batch):
+        rows = {k: v[i : i + batch] for k, v in inputs.items()}
+        short = batch - len(rows["input_ids"])
+        if short:  # one shape for the jit: the last rows padded with copies of the first, then cut
+            rows = {k: np.concatenate([v, v[:1].repeat(short, 0)]) for k, v in rows.items()}
+        out.append(np.asarray(fwd(params, rows), np.float32)[: batch - short])
+    return np.concatenate(out)
 
 
 def fit_config(plan: Plan) -> FitConfig:
@@ -516,7 +597,7 @@ def finish(
         if job.qat == "int8":
             save_qat_stats(folder, plan.model, host_params, plan.train_arrays, step)
         elif job.qat == "int8-full":
-            from mobilebert_jax.export.quantize import save_full_integer_qat_record
+            from mobilebert_jax.export.full_integer import save_full_integer_qat_record
 
             save_full_integer_qat_record(folder, {"source": "finetune --qat int8-full", "model_step": step})
 

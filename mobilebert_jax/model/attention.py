@@ -9,7 +9,7 @@ dropout, HF's numerics) unless `choose_attention` picks a fused kernel:
 | `"blockwise"` | the same, one block of `QUERY_BLOCK` (128) queries at a time (`lax.map`) | CPU backend, no active attention dropout, T a static multiple of 128 above 128 |
 | `"cudnn"` | `jax.nn.dot_product_attention(implementation="cudnn")` (cuDNN flash attention) | GPU backend, bf16/fp16 compute, head dim a multiple of 8 and ≤ 128, even length, no active attention dropout |
 | `"xla"` | `jax.nn.dot_product_attention(implementation="xla")` | never (the portable twin of "cudnn", for tests and other backends) |
-| `"integer"` | our einsum attention as a full-integer graph takes it: `softmax(s + bias) @ v`, bias 0 or -INTEGER_MASK_FILL | never (the `--quantize int8-full` export, `export/quantize.py`) |
+| `"integer"` | our einsum attention as a full-integer graph takes it: `softmax(s + bias) @ v`, bias 0 or -INTEGER_MASK_FILL | never (the `--quantize int8-full` export, `export/full_integer.py`) |
 
 "blockwise" computes what "default" does, row by row the same arithmetic: on CPU the full path streams
 the [B, N, T, T] scores through memory several times, a block's [B, N, 128, T] slice stays in cache

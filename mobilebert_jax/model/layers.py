@@ -219,7 +219,7 @@ class MobileBertEmbeddings(_Base):
 
     def _sum(self, x, pos, typ):
         """[B, T, H] projected trigram + position rows + token-type rows, in HF's add order (so the float
-        rounding matches); a method so that `finetune --qat int8-full` (export/quantize.py) reaches it."""
+        rounding matches); a method so that `finetune --qat int8-full` (export/full_integer.py) reaches it."""
         return (x.astype(jnp.float32) + pos) + typ
 
 
@@ -333,7 +333,7 @@ class MobileBertSelfAttention(_Base):
         return scores if mask_bias is None else scores + mask_bias
 
     # The "integer" attention's two steps are methods so that `finetune --qat int8-full`'s fake
-    # quantization (export/quantize.py) reaches the tensors the full-integer graph quantizes.
+    # quantization (export/full_integer.py) reaches the tensors the full-integer graph quantizes.
     def _integer_scores(self, q, k, mask_bias):
         """Scores [B, N, Tq, Tk] of the pre-scaled query plus the padding bias (0, or
         -INTEGER_MASK_FILL at padded keys: encoder.py), as two int8 ops of the full-integer graph."""

@@ -93,7 +93,8 @@ def pipeline(
         backend: "jax", "litert" or "onnx"; default: an export directory's format (its export.json),
             else "jax".
         batch_size: rows per forward pass.
-        buckets: sequence lengths batches are padded to (default 16, 32, 64, 128, 256, 384, 512).
+        buckets: sequence lengths batches are padded to (default every 8 tokens to 64, then 96, 128, 192, 256,
+            384, 512).
         device: a `jax.Device` for the JAX backend (default: JAX's default device).
         dtype: compute dtype of the JAX model (e.g. jnp.bfloat16); default float32.
         scan_layers: build a model loaded here with its layers in one `nn.scan` (compiles once per

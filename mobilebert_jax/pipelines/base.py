@@ -25,7 +25,9 @@ import numpy as np
 from mobilebert_jax.export.runtime import Runtime
 from mobilebert_jax.pipelines.backends import Backend
 
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 384, 512)
+# Every 8 tokens to 64 (most sentences), then steps of at most 1.5x: padding costs as much as text on
+# the CPU, a compile is paid once per bucket used (docs/benchmarks.md, Pipelines).
+DEFAULT_BUCKETS = (8, 16, 24, 32, 40, 48, 56, 64, 96, 128, 192, 256, 384, 512)
 Feature = dict[str, Any]  # input_ids, attention_mask, token_type_ids: int32 [n]; bookkeeping keys
 
 

@@ -146,6 +146,36 @@ def sequence_classification_loss(model: MobileBertForSequenceClassification) -> 
     return loss_fn
 
 
+def distillation_loss(model: MobileBertForSequenceClassification, weight: float) -> LossFn:
+    """Self-distillation for single-label classification (`finetune --qat ... --qat_distillation W`):
+    `(1 - W)·CE(labels) + W·KL(teacher ‖ model)`, each the mean over the batch's examples, where the
+    teacher's logits come with the batch (`teacher_logits` [B, num_labels]: the float model's, computed
+    once before training). aux: accuracy and `teacher_agreement` (argmax equal to the teacher's)."""
+
+    def loss_fn(params, batch, rng, deterministic):
+        _need(batch, "labels", "teacher_logits")
+        out = apply_model(model, params, batch, rng, deterministic)
+        logits = out.logits.astype(jnp.float32)
+        labels = losses.mask_examples(jnp.reshape(batch["labels"], (-1,)), batch.get("example_mask"))
+        ce, n = losses.cross_entropy_sum_and_count(logits, labels)
+        teacher = jax.nn.log_softmax(jnp.asarray(batch["teacher_logits"], jnp.float32), axis=-1)
+        student = jax.nn.log_softmax(logits, axis=-1)
+        kl = jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
+        rows = jnp.ones(kl.shape, jnp.float32)
+        if batch.get("example_mask") is not None:
+            rows = jnp.asarray(batch["example_mask"], jnp.float32)
+        same = (jnp.argmax(logits, -1) == jnp.argmax(teacher, -1)).astype(jnp.float32)
+        sums = {"labels": (1.0 - weight) * ce, "distillation": weight * jnp.sum(kl * rows)}
+        counts = {"labels": n, "distillation": jnp.sum(rows)}
+        aux = {
+            "accuracy": losses.accuracy_sum_and_count(logits, labels),
+            "teacher_agreement": (jnp.sum(same * rows), jnp.sum(rows)),
+        }
+        return sums, (counts, aux)
+
+    return loss_fn
+
+
 def token_classification_loss(model: MobileBertForTokenClassification) -> LossFn:
     """Token CE over `labels` [B, T] (-100 ignored, e.g. padding and non-first sub-words)."""
 
@@ -204,8 +234,13 @@ _BY_CLASS = {
 }
 
 
-def loss_fn_for(model: nn.Module) -> LossFn:
-    """The loss function of a head model (raises for the bare `MobileBertModel`)."""
+def loss_fn_for(model: nn.Module, distillation: float = 0.0) -> LossFn:
+    """The loss function of a head model (raises for the bare `MobileBertModel`); `distillation` > 0:
+    `distillation_loss` (single-label sequence classification only)."""
+    if distillation:
+        if not isinstance(model, MobileBertForSequenceClassification):
+            raise TypeError(f"distillation is for sequence classification, not {type(model).__name__}")
+        return distillation_loss(model, distillation)
     for cls, make in _BY_CLASS.items():
         if isinstance(model, cls):
             return make(model)
