@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import types
@@ -525,3 +526,18 @@ def test_paper_config_compiles_with_memory_analysis(capsys):
         if "peak" in row:
             assert row["temp"] > 0 and row["peak"] > row["params"] + row["teacher"]
     _show(capsys, rep)
+
+
+def test_run_file_refuses_a_resume_on_other_data(tmp_path):
+    """`distill_run.json` records the training data (size and sha256; the path is informative): a
+    resume on other data is refused, the same data moved is accepted, and a record written before the
+    data was recorded accepts any."""
+    data = {"path": "/a/corpus.txt", "bytes": 10, "sha256": "aa"}
+    R.check_run_file(str(tmp_path), R.run_record(CFG, STUDENT, TEACHER, data))
+    R.check_run_file(str(tmp_path), R.run_record(CFG, STUDENT, TEACHER, {**data, "path": "/b/moved.txt"}))
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(data differ\)"):
+        R.check_run_file(str(tmp_path), R.run_record(CFG, STUDENT, TEACHER, {**data, "sha256": "bb"}))
+    old = tmp_path / "old"
+    R.check_run_file(str(old), R.run_record(CFG, STUDENT, TEACHER))
+    R.check_run_file(str(old), R.run_record(CFG, STUDENT, TEACHER, data))
+    assert "data" not in json.loads((old / R.RUN_FILE).read_text())

@@ -336,9 +336,12 @@ def test_a_distillation_into_a_bucket_resumes_and_equals_the_local_run(distill_r
     assert [n for n in storage.listdir(f"{out}/distill/checkpoints") if n.isdigit()] == ["2", "3"]
     assert "integrity.json" in storage.listdir(f"{out}/distill/checkpoints/3")
     assert "metrics.jsonl" in storage.listdir(f"{out}/distill")
-    assert json.loads(storage.read_text(f"{out}/distill_run.json")) == json.loads(
+    record, local_record = json.loads(storage.read_text(f"{out}/distill_run.json")), json.loads(
         (local / "distill_run.json").read_text()
     )
+    assert record["data"].pop("path").startswith(f"{BUCKET}/distill/inputs/")  # the same text, elsewhere
+    assert local_record["data"].pop("path").startswith(str(local))
+    assert record == local_record
     # the teacher pre-trained on the bucket's text, the student resumed mid-stage: the local run's bytes
     teacher = "teacher/hf_model/model.safetensors"
     assert _bytes(f"{out}/{teacher}") == (local / teacher).read_bytes()
@@ -384,6 +387,12 @@ def test_a_distillation_rerun_with_other_settings_or_on_a_locked_bucket_dir_is_r
     gs_err = capsys.readouterr().err
     assert f"{out} holds a run with other settings (distill, stages differ)" in gs_err, gs_err
     assert gs_err.replace(out, "DIR") == local_err.replace(str(local), "DIR")
+    # the same command on other training text (distill_run.json records its size and sha256)
+    corpus = local_argv[local_argv.index("--train-file") + 1]
+    changed = local.parent / "other_corpus.txt"
+    changed.write_text(open(corpus, encoding="utf-8").read() + "one more sentence for the corpus .\n")
+    assert main(_swap(local_argv, {"--train-file": str(changed)})) == 1
+    assert f"{local} holds a run with other settings (data differ)" in capsys.readouterr().err
     with run_dir.locked(out):
         assert main(gs_argv) == 2
     assert f"{out} is in use by another job (pid {os.getpid()}" in capsys.readouterr().err

@@ -263,6 +263,10 @@ def test_qat_int8_full_finetune_then_export(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"--qat_distillation_file: {len(HELD_OUT)} rows of {text} join the training rows" in out, out
     assert f"the float model's logits on {len(TRAIN) + len(HELD_OUT)} training rows" in out, out
+    # the run's identity holds the distillation: its dir refuses the same command with another weight
+    other = [a if a != "0.5" else "0.7" for a in more]
+    assert main([*other, "--output_dir", str(tmp_path / "kd_text")]) == 2
+    assert "holds another run (1 difference: qat_distillation: 0.5 -> 0.7)" in capsys.readouterr().err
     # refused before anything is written: without --qat, out of range, a file without a weight, a random init
     capsys.readouterr()
     for extra, msg in (

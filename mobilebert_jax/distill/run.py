@@ -290,15 +290,20 @@ def _latest_step(workdir: str) -> int | None:
         mngr.close()
 
 
-def run_record(cfg: DistillConfig, student: MobileBertConfig, teacher: MobileBertConfig) -> dict[str, Any]:
-    """What `distill_run.json` records: the settings a resume must match."""
+def run_record(
+    cfg: DistillConfig, student: MobileBertConfig, teacher: MobileBertConfig, data: dict | None = None
+) -> dict[str, Any]:
+    """What `distill_run.json` records: the settings a resume must match; `data`, where given, the
+    training data's identity (the job's: size and sha256 of the text file, or a prepared folder's
+    dataset.json)."""
     plan = stage_plan(cfg, student.num_hidden_layers)
-    return {
+    record = {
         "distill": cfg.to_dict(),
         "student": student.to_dict(),
         "teacher": teacher.to_dict(),
         "stages": [dataclasses.asdict(s) for s in plan],
     }
+    return {**record, "data": data} if data is not None else record
 
 
 def check_run_file(output_dir: str, record: dict) -> None:
@@ -309,6 +314,11 @@ def check_run_file(output_dir: str, record: dict) -> None:
         old = json.loads(storage.read_text(path))
         strip = lambda d: {**d, "distill": {k: v for k, v in d["distill"].items() if k not in ignore}}  # noqa: E731
         a, b = strip(old), strip(json.loads(json.dumps(record)))
+        for d in (a, b):  # the data's path is informative (a moved file is the same data); a record
+            if isinstance(d.get("data"), dict):  # written before the data was recorded matches any
+                d["data"] = {k: v for k, v in d["data"].items() if k != "path"}
+        if "data" not in a:
+            b.pop("data", None)
         if a != b:
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise ValueError(
@@ -336,6 +346,7 @@ def run_distillation(
     plot: bool = True,
     say: Callable[[str], None] = print,
     compiler_options: dict[str, Any] | None = None,
+    data_identity: dict | None = None,
 ) -> DistillResult:
     """Runs (or resumes) every stage of `stage_plan(cfg, L)`; writes `output_dir/final_model` at the end.
 
@@ -353,10 +364,12 @@ def run_distillation(
         progress, plot: fit's progress bar and per-stage loss.png.
         say: progress messages.
         compiler_options: XLA options for the step compiles (e.g. {"xla_backend_optimization_level": 0}).
+        data_identity: what identifies `data` (recorded in `distill_run.json`: a resume on other data
+            is refused); None: not recorded.
     """
     sc, tc = _check_models(student_model, teacher_model)
     plan = stage_plan(cfg, sc.num_hidden_layers)
-    check_run_file(output_dir, run_record(cfg, sc, tc))
+    check_run_file(output_dir, run_record(cfg, sc, tc, data_identity))
     teacher_params, t_shard = place_params(teacher_model, teacher_params, mesh, rules)
     init_fn, rng = model_init_fn(student_model, example_batch()), jax.random.key(cfg.seed)
     run = _Run(

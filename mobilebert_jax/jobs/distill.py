@@ -41,7 +41,7 @@ from mobilebert_jax.distill.run import (
     run_record,
     stage_plan,
 )
-from mobilebert_jax.jobs.run_dir import locked
+from mobilebert_jax.jobs.run_dir import file_fingerprint, locked
 from mobilebert_jax.model.config import PRESETS, MobileBertConfig
 from mobilebert_jax.model.heads import MobileBertForPreTraining
 from mobilebert_jax.tasks import pretraining_data
@@ -184,7 +184,9 @@ def _close(data: Any) -> None:
         data.close()  # Grain's reading processes
 
 
-def _pretrained_teacher(config, preset, sc, tc, cfg, data, mesh, rules, teacher_dtype) -> tuple[Any, Any]:
+def _pretrained_teacher(
+    config, preset, sc, tc, cfg, data, data_id, mesh, rules, teacher_dtype
+) -> tuple[Any, Any]:
     """(teacher model, params): the given checkpoint, else one pre-trained here on the training data
     (in `teacher/` of the output dir, once the dir's `distill_run.json` is known to match)."""
     if config.teacher:
@@ -196,7 +198,8 @@ def _pretrained_teacher(config, preset, sc, tc, cfg, data, mesh, rules, teacher_
             "--teacher is required for --config paper (pre-train IB-BERT with `mobilebert-jax "
             "pretrain` first), or pass --teacher-pretrain-steps"
         )
-    check_run_file(config.output_dir, run_record(cfg, sc, tc))  # before teacher/ is written
+    # before teacher/ is written
+    check_run_file(config.output_dir, run_record(cfg, sc, tc, data_id))
     teacher = MobileBertForPreTraining(tc, dtype=teacher_dtype, param_dtype=teacher_dtype)
     tdir = storage.join(config.output_dir, "teacher")
     _say(
@@ -277,8 +280,11 @@ def run_distill(config: DistillJobConfig) -> dict[str, Any]:
     data, n = _training_data(config, task, tok, cfg)
     _say(f"{n} training instances of {cfg.max_seq_length} tokens from {config.train_file}")
     out = config.output_dir
+    data_id = file_fingerprint(config.train_file)  # in distill_run.json: a resume on other data is refused
     with locked(out):  # a second job on the dir (local or gs://) is refused, naming the holder
-        teacher, t_params = _pretrained_teacher(config, preset, sc, tc, cfg, data, mesh, rules, teacher_dtype)
+        teacher, t_params = _pretrained_teacher(
+            config, preset, sc, tc, cfg, data, data_id, mesh, rules, teacher_dtype
+        )
         student = MobileBertForPreTraining(sc)
         s_params = load_model(config.student, "MobileBertForPreTraining").params if config.student else None
         s_data = data(cfg.seed)
@@ -295,6 +301,7 @@ def run_distill(config: DistillJobConfig) -> dict[str, Any]:
             stop_at_step=config.stop_at_step,
             progress=config.progress,
             say=_say,
+            data_identity=data_id,
         )
         _close(s_data)
         report: dict[str, Any] = {

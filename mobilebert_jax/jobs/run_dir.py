@@ -121,7 +121,17 @@ def run_identity(job: Any, task: Any, config: Any, num_devices: int) -> dict[str
         | ({} if getattr(job, "pad_invariant", True) else {"pad_invariant": False}),
         "num_devices": num_devices,  # the global batch is per-device batch x devices x accumulation
         "train_file": file_fingerprint(job.train_file) if job.train_file else None,
-    }
+    } | _distillation_identity(job)
+
+
+def _distillation_identity(job: Any) -> dict[str, Any]:
+    """`--qat_distillation` and its file, where set (absent otherwise: earlier runs keep their identity)."""
+    out: dict[str, Any] = {}
+    if getattr(job, "qat_distillation", 0):
+        out["qat_distillation"] = job.qat_distillation
+    if getattr(job, "qat_distillation_file", None):
+        out["qat_distillation_file"] = file_fingerprint(job.qat_distillation_file)
+    return out
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -140,7 +150,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     files = lambda d: {k: v for k, v in d.items() if k.startswith("model.files.")}  # noqa: E731
     same_files = bool(files(a)) and files(a) == files(b)
     out = []
-    order = ("task", "labels", "model", "train_file", "hyperparameters", "num_devices", "config")
+    order = ("task", "labels", "model", "train_file", "qat_distillation", "qat_distillation_file")
+    order += ("hyperparameters", "num_devices", "config")
     rank = lambda k: (order.index(k.split(".")[0]) if k.split(".")[0] in order else len(order), k)  # noqa: E731
     for k in sorted(set(a) | set(b), key=rank):
         if k.endswith(".path") or (k == "model.name" and same_files):
