@@ -336,8 +336,9 @@ def test_a_distillation_into_a_bucket_resumes_and_equals_the_local_run(distill_r
     assert [n for n in storage.listdir(f"{out}/distill/checkpoints") if n.isdigit()] == ["2", "3"]
     assert "integrity.json" in storage.listdir(f"{out}/distill/checkpoints/3")
     assert "metrics.jsonl" in storage.listdir(f"{out}/distill")
-    record, local_record = json.loads(storage.read_text(f"{out}/distill_run.json")), json.loads(
-        (local / "distill_run.json").read_text()
+    record, local_record = (
+        json.loads(storage.read_text(f"{out}/distill_run.json")),
+        json.loads((local / "distill_run.json").read_text()),
     )
     assert record["data"].pop("path").startswith(f"{BUCKET}/distill/inputs/")  # the same text, elsewhere
     assert local_record["data"].pop("path").startswith(str(local))
