@@ -7,7 +7,8 @@ tflite-support pins old numpy/protobuf and Python <= 3.11, so it runs in its own
     python scripts/check_task_library.py check OUT    # tflite-support venv: the Task Library vs the refs
 
 `export` builds small HF PyTorch models with the packaged uncased vocab (perturbed weights, [PAD] row
-zero as in HF-trained checkpoints: the clients pad to L), loads them with `from_pretrained`, exports
+zero as in HF-trained checkpoints: the clients pad to L), or takes trained ones (`--classifier-model`,
+`--qa-model`: HF folders, e.g. a fine-tune's hf_model/), loads them with `from_pretrained`, exports
 them device-ready (`export(..., device_ready=True)`), fp32 and `--quantize dynamic-int8`, and writes
 HF's answers to OUT/refs.json:
 - a sequence classifier at L=128: probabilities on SST-2 dev sentences, one text at a time, unpadded,
@@ -127,7 +128,14 @@ def _squad(n: int) -> list[tuple[str, str]]:
     return pairs[:: max(1, len(pairs) // n)][:n]
 
 
-def export(out: str) -> None:
+def _trained(class_name: str, folder: str):
+    """A trained HF PyTorch model of `class_name` from an HF folder (ours or transformers')."""
+    import transformers
+
+    return getattr(transformers, class_name).from_pretrained(folder).eval()
+
+
+def export(out: str, classifier_model: str | None = None, qa_model: str | None = None) -> None:
     import numpy as np
     import torch
     import transformers
@@ -150,7 +158,10 @@ def export(out: str) -> None:
     refs: dict = {}
 
     cfg = MobileBertConfig(**small, num_labels=2, id2label={0: "negative", 1: "positive"})
-    pt = _hf_model("MobileBertForSequenceClassification", cfg, seed=1)
+    if classifier_model:
+        pt = _trained("MobileBertForSequenceClassification", classifier_model)
+    else:
+        pt = _hf_model("MobileBertForSequenceClassification", cfg, seed=1)
     refs["classifier"] = {"files": _export(pt, tok, os.path.join(out, "cls"), 128), "texts": texts}
     hf_dir = os.path.join(out, "cls", "hf")
     for key, kw in (("probabilities_same_tokens", {"strip_accents": False}), ("probabilities", {})):
@@ -161,7 +172,10 @@ def export(out: str) -> None:
             ]
 
     cfg = MobileBertConfig(**small, num_labels=2)
-    pt = _hf_model("MobileBertForQuestionAnswering", cfg, seed=2)
+    if qa_model:
+        pt = _trained("MobileBertForQuestionAnswering", qa_model)
+    else:
+        pt = _hf_model("MobileBertForQuestionAnswering", cfg, seed=2)
     qa = refs["qa"] = {"files": _export(pt, tok, os.path.join(out, "qa"), SEQ), "examples": []}
     hf_tok = transformers.BertTokenizerFast.from_pretrained(
         os.path.join(out, "qa", "hf"), strip_accents=False
@@ -291,10 +305,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("step", choices=("export", "check"))
     p.add_argument("out", help="folder for the exports and refs.json")
+    p.add_argument("--classifier-model", help="export: a trained sequence classifier (HF folder) to check")
+    p.add_argument("--qa-model", help="export: a trained QA model (HF folder) to check, instead of random")
     a = p.parse_args(argv)
     if a.step == "export":
         os.makedirs(a.out, exist_ok=True)
-        export(a.out)
+        export(a.out, a.classifier_model, a.qa_model)
         return 0
     return check(a.out)
 

@@ -2,7 +2,8 @@
 # Device-ready exports in the TFLite Task Library (tflite-support 0.4.4) vs HF PyTorch, in its own venv
 # (tflite-support pins old numpy/protobuf and needs Python <= 3.11 and libusb-1.0).
 #
-#   scripts/check_task_library.sh [OUT]     # PYTHON: the project's python (default .venv/bin/python)
+#   scripts/check_task_library.sh [OUT [--classifier-model HF_DIR] [--qa-model HF_DIR]]
+#                                           # PYTHON: the project's python (default .venv/bin/python)
 #                                           # TFLS_VENV: where the tflite-support venv lives
 # Output: docs/deploy_clients.md quotes it.
 set -euo pipefail
@@ -18,5 +19,5 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3.11 -m venv "$VENV"
     "$VENV/bin/pip" install -q "tflite-support==0.4.4" "numpy<2"
 fi
-"$PY" "$ROOT/scripts/check_task_library.py" export "$OUT"
+"$PY" "$ROOT/scripts/check_task_library.py" export "$OUT" "${@:2}"
 "$VENV/bin/python" "$ROOT/scripts/check_task_library.py" check "$OUT"
