@@ -314,8 +314,10 @@ def check_run_file(output_dir: str, record: dict) -> None:
         old = json.loads(storage.read_text(path))
         strip = lambda d: {**d, "distill": {k: v for k, v in d["distill"].items() if k not in ignore}}  # noqa: E731
         a, b = strip(old), strip(json.loads(json.dumps(record)))
-        for d in (a, b):  # the data's path is informative (a moved file is the same data); a record
-            if isinstance(d.get("data"), dict):  # written before the data was recorded matches any
+        # The data's path is informative only (a moved file is the same data), and a record written
+        # before the data was recorded matches any data.
+        for d in (a, b):
+            if isinstance(d.get("data"), dict):
                 d["data"] = {k: v for k, v in d["data"].items() if k != "path"}
         if "data" not in a:
             b.pop("data", None)
