@@ -229,6 +229,24 @@ def test_quant_stats_from_other_rules_are_refused(tmp_path):
     assert qz.load_quant_stats(str(tmp_path / "none")) is None
 
 
+def qat_start(tmp_path, tok, **config) -> str:
+    """The start of the QAT fine-tune tests: a perturbed 1-layer SST-2 classifier (and `tok`) in
+    tmp_path/start; returns tmp_path/train.tsv, the TRAIN sentences with alternating labels."""
+    from mobilebert_jax.checkpoints.hub import save_pretrained
+
+    cfg = MobileBertConfig.from_preset(
+        "mobilebert-test", vocab_size=tok.vocab_size, num_hidden_layers=1, **config
+    )
+    start = MODEL_CLASSES["MobileBertForSequenceClassification"](cfg)
+    save_pretrained(
+        str(tmp_path / "start"), _perturbed(init_params(start, 0), 0.1), cfg, type(start).__name__
+    )
+    tok.save_pretrained(str(tmp_path / "start"))
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(TRAIN)))
+    return str(train)
+
+
 def _perturbed(params, scale, seed=1):
     """Every parameter plus N(0, scale) noise: activations and logits of order one (NoNorm weights != 1,
     biases != 0), as in a trained model, unlike the init's 1e-4 logits that int8 rounds away."""
@@ -308,22 +326,13 @@ def test_qat_finetune_then_int8_export(tmp_path, capsys):
     import jax
 
     from mobilebert_jax import export as ex
-    from mobilebert_jax.checkpoints.hub import from_pretrained, save_pretrained
+    from mobilebert_jax.checkpoints.hub import from_pretrained
     from mobilebert_jax.cli.main import main
     from mobilebert_jax.export.common import make_forward
     from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
     tok = MobileBertTokenizer.default()
-    cfg = MobileBertConfig.from_preset("mobilebert-test", vocab_size=tok.vocab_size, num_hidden_layers=1)
-    cfg = cfg.replace(classifier_activation=True)
-    start = MODEL_CLASSES["MobileBertForSequenceClassification"](cfg)
-    save_pretrained(
-        str(tmp_path / "start"), _perturbed(init_params(start, 0), 0.1), cfg, type(start).__name__
-    )
-    tok.save_pretrained(str(tmp_path / "start"))
-    train = tmp_path / "train.tsv"
-    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(TRAIN)))
-    train = str(train)
+    train = qat_start(tmp_path, tok, classifier_activation=True)
     args = [
         "finetune",
         "--model_name_or_path",

@@ -192,24 +192,16 @@ def test_qat_int8_full_finetune_then_export(tmp_path, capsys):
     import json
 
     import jax
-    from test_export import HELD_OUT, TRAIN
+    from test_export import HELD_OUT, TRAIN, qat_start
 
-    from mobilebert_jax import MODEL_CLASSES, MobileBertConfig, init_params
     from mobilebert_jax import export as ex
-    from mobilebert_jax.checkpoints.hub import from_pretrained, save_pretrained
+    from mobilebert_jax.checkpoints.hub import from_pretrained
     from mobilebert_jax.cli.main import main
     from mobilebert_jax.export.common import make_forward
     from mobilebert_jax.text.tokenizer import MobileBertTokenizer
 
     tok = MobileBertTokenizer.default()
-    cfg = MobileBertConfig.from_preset("mobilebert-test", vocab_size=tok.vocab_size, num_hidden_layers=1)
-    start = MODEL_CLASSES["MobileBertForSequenceClassification"](cfg)
-    save_pretrained(
-        str(tmp_path / "start"), _perturbed(init_params(start, 0), 0.1), cfg, type(start).__name__
-    )
-    tok.save_pretrained(str(tmp_path / "start"))
-    train = tmp_path / "train.tsv"
-    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(TRAIN)))
+    train = qat_start(tmp_path, tok)
     args = ["finetune", "--model", str(tmp_path / "start"), "--task", "sst2", "--train_file", str(train)]
     args += ["--per_device_train_batch_size", "8", "--mesh_data", "1", "--max_seq_length", "16"]
     args += ["--no-progress", "--max_steps", "6", "--learning_rate", "3e-4", "--warmup_steps", "0"]

@@ -405,7 +405,7 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
         arrays = plan.train_arrays
         if job.qat_distillation:
             t0 = time.perf_counter()
-            arrays = {**arrays, "teacher_logits": teacher_logits(plan.model, plan.params, arrays, batch)}
+            arrays = {**arrays, "teacher_logits": teacher_logits(plan, arrays)}
             say(
                 f"--qat_distillation: the float model's logits on {len(arrays['labels'])} training rows "
                 f"({time.perf_counter() - t0:.0f} s)"
@@ -460,23 +460,18 @@ def training_loss(job: JobConfig, model: Any) -> Callable:
 def check_distillation(job: JobConfig, model: Any, params: Any, arrays: dict | None) -> None:
     """`--qat_distillation` needs a trained float model (the teacher) with a single-label classifier."""
     from mobilebert_jax.model.heads import MobileBertForSequenceClassification
+    from mobilebert_jax.model.losses import problem_type_of
 
     if params is None:
         raise UsageError(
             f"--qat_distillation: --model {job.model} is a random init; the teacher is the float model "
             "being quantized (pass a fine-tuned model)"
         )
-    kind = getattr(model.config, "problem_type", None) or (
-        "regression" if model.config.num_labels == 1 else "single_label_classification"
-    )
+    kind = problem_type_of(model.config, arrays["labels"]) if arrays is not None else None
     if not isinstance(model, MobileBertForSequenceClassification) or kind != "single_label_classification":
         raise UsageError(
             f"--qat_distillation is for single-label sequence classification; this run trains "
             f"{type(model).__name__} ({kind})"
-        )
-    if arrays is not None and arrays["labels"].ndim != 1:
-        raise UsageError(
-            f"--qat_distillation: labels of shape {arrays['labels'].shape[1:]} per example, not one id"
         )
 
 
@@ -490,24 +485,10 @@ def with_unlabelled_rows(task: Task, arrays: dict, examples: list, tok: Any, len
     return {k: np.concatenate([v, extra[k].astype(v.dtype)]) for k, v in arrays.items()}
 
 
-def teacher_logits(model: Any, params: Any, arrays: dict[str, Any], batch: int) -> Any:
+def teacher_logits(plan: Plan, arrays: dict[str, Any]) -> Any:
     """The starting float model's logits on every training row (`--qat_distillation`'s teacher; its
     weights never change, so once before training is enough, and a resumed run recomputes the same)."""
-    import numpy as np
-
-    from mobilebert_jax.training.objectives import model_inputs
-
-    fwd = jax.jit(lambda p, b: model.apply({"params": p}, **b, deterministic=True).logits)
-    inputs = model_inputs(arrays)
-    n = len(arrays["labels"])
-    out = []
-    for i in range(0, n, batch):
-        rows = {k: v[i : i + batch] for k, v in inputs.items()}
-        short = batch - len(rows["input_ids"])
-        if short:  # one shape for the jit: the last rows padded with copies of the first, then cut
-            rows = {k: np.concatenate([v, v[:1].repeat(short, 0)]) for k, v in rows.items()}
-        out.append(np.asarray(fwd(params, rows), np.float32)[: batch - short])
-    return np.concatenate(out)
+    return predict_outputs(plan.data.task, plan.model, plan.params, arrays, plan.batch)["logits"]
 
 
 def fit_config(plan: Plan) -> FitConfig:

@@ -156,8 +156,7 @@ def distillation_loss(model: MobileBertForSequenceClassification, weight: float)
         _need(batch, "labels", "teacher_logits")
         out = apply_model(model, params, batch, rng, deterministic)
         logits = out.logits.astype(jnp.float32)
-        labels = losses.mask_examples(jnp.reshape(batch["labels"], (-1,)), batch.get("example_mask"))
-        ce, n = losses.cross_entropy_sum_and_count(logits, labels)
+        ce, (n, aux) = _classification(logits, jnp.reshape(batch["labels"], (-1,)), batch)
         teacher = jax.nn.log_softmax(jnp.asarray(batch["teacher_logits"], jnp.float32), axis=-1)
         student = jax.nn.log_softmax(logits, axis=-1)
         kl = jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
@@ -167,10 +166,7 @@ def distillation_loss(model: MobileBertForSequenceClassification, weight: float)
         same = (jnp.argmax(logits, -1) == jnp.argmax(teacher, -1)).astype(jnp.float32)
         sums = {"labels": (1.0 - weight) * ce, "distillation": weight * jnp.sum(kl * rows)}
         counts = {"labels": n, "distillation": jnp.sum(rows)}
-        aux = {
-            "accuracy": losses.accuracy_sum_and_count(logits, labels),
-            "teacher_agreement": (jnp.sum(same * rows), jnp.sum(rows)),
-        }
+        aux["teacher_agreement"] = (jnp.sum(same * rows), jnp.sum(rows))
         return sums, (counts, aux)
 
     return loss_fn
