@@ -5,7 +5,7 @@ setting), each runtime in its own process, rounds alternating the order, the sam
     python benchmarks/bench_export.py --model runs/sst2/hf_model --rounds 3 --threads 2
 
 Rows: JAX jit, LiteRT fp32 / dynamic-int8 / int8 (static, calibrated on SST-2 dev sentences) / int8-full (the
-full-integer graph, same calibration), onnxruntime
+full-integer graph, same calibration) / int8-full-float-softmax (`--float-ops SOFTMAX`), onnxruntime
 fp32 / dynamic-int8, HF PyTorch eager (the reference). Prints ms (median of the rounds' medians), the
 speed-up over HF PT eager (its ms / ours), the file size, and each artifact's error vs JAX fp32 on the
 benchmark input, with the load average before and after and this host's fp32 matmul peak (bench.py's).
@@ -33,6 +33,7 @@ RUNTIMES = (
     "litert-dynamic-int8",
     "litert-int8",
     "litert-int8-full",
+    "litert-int8-full-float-softmax",
     "onnx-fp32",
     "onnx-dynamic-int8",
     "hf-pt",
@@ -123,15 +124,16 @@ def prepare(work: str, model_dir: str | None, calibration_rows: int, only: list[
     enc = export.calibration_batch(texts[:1], tok, 128)
     np.savez(os.path.join(work, "inputs.npz"), **enc)
     calib = export.calibration_batch(texts[1 : 1 + calibration_rows], tok, 128)
-    for fmt, q in (
-        ("litert", "none"),
-        ("litert", "dynamic-int8"),
-        ("litert", "int8"),
-        ("litert", "int8-full"),
-        ("onnx", "none"),
-        ("onnx", "dynamic-int8"),
+    for fmt, q, float_ops in (
+        ("litert", "none", ()),
+        ("litert", "dynamic-int8", ()),
+        ("litert", "int8", ()),
+        ("litert", "int8-full", ()),
+        ("litert", "int8-full", ("SOFTMAX",)),
+        ("onnx", "none", ()),
+        ("onnx", "dynamic-int8", ()),
     ):
-        name = f"{fmt}-{'fp32' if q == 'none' else q}"
+        name = f"{fmt}-{'fp32' if q == 'none' else q}{'-float-softmax' if float_ops else ''}"
         out = os.path.join(work, name)
         if name not in only or os.path.exists(os.path.join(out, "export.json")):
             continue
@@ -147,6 +149,7 @@ def prepare(work: str, model_dir: str | None, calibration_rows: int, only: list[
             tokenizer=tok,
             calibration=calib,
             overwrite=True,
+            float_ops=float_ops,
         )
         print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
 

@@ -5,7 +5,7 @@ For a fine-tuned SequenceClassification run (a `finetune` output dir) and a held
 `mobilebert-jax export` command, runs every artifact in its runtime on every held-out sentence, and
 prints per variant: the relative logit error vs the fp32 JAX forward (max|a-b| / max|b| over all rows,
 and the median of the per-row errors), the argmax agreement with fp32 JAX, and the accuracy on the
-labels. A `--qat-run` (a run fine-tuned with `finetune --qat` from --run) adds its int8 export (int8-full
+labels. `litert-int8-full-float-softmax` is int8-full exported with `--float-ops SOFTMAX`. A `--qat-run` (a run fine-tuned with `finetune --qat` from --run) adds its int8 export (int8-full
 for a `--qat int8-full` run: `litert-int8-full-qat`), compared with that run's own fp32 JAX forward, and
 (`...-vs-float-run`) with --run's, the float model it started from (the teacher of
 `--qat_distillation`).
@@ -37,7 +37,9 @@ VARIANTS = (  # static int8 last: the slowest export
     ("onnx", "dynamic-int8"),
     ("litert", "int8"),
     ("litert", "int8-full"),
+    ("litert", "int8-full-float-softmax"),  # int8-full with --float-ops SOFTMAX
 )
+FLOAT_SOFTMAX = "-float-softmax"
 
 
 def variant_name(fmt: str, quantize: str) -> str:
@@ -52,6 +54,9 @@ def ensure_export(
     if os.path.exists(os.path.join(out, "export.json")):
         return 0.0
     cmd = [sys.executable, "-m", "mobilebert_jax.cli.main", "export", run, out, "--format", fmt]
+    if quantize.endswith(FLOAT_SOFTMAX):
+        quantize = quantize.removesuffix(FLOAT_SOFTMAX)
+        cmd += ["--float-ops", "SOFTMAX"]
     cmd += ["--quantize", quantize, "--seq-lengths", str(length), "--overwrite"]
     if calibration and quantize != "none":
         cmd += ["--calibration-file", calibration]
@@ -79,6 +84,22 @@ def qat_mode(run: str) -> str:
     return "int8-full" if full_integer_qat_info(folder) is not None else "int8"
 
 
+def _qat_ranges(run: str) -> str:
+    """The activation ranges `finetune --qat int8-full` trained `run` with (run.json): static or batch."""
+    path = os.path.join(run, "run.json")
+    if not os.path.exists(path):
+        return "batch"
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("qat_ranges", "batch")
+
+
+def calibration_rows(path: str, tok, length: int) -> dict[str, np.ndarray]:
+    """The rows `export --calibration-file` calibrates on (its default --calibration-samples)."""
+    from mobilebert_jax import export as ex
+
+    return ex.calibration_batch(ex.read_calibration_file(path), tok, length, limit=128)
+
+
 def read_heldout(path: str) -> tuple[list[str], np.ndarray]:
     with open(path, encoding="utf-8") as f:
         rows = [ln.rstrip("\n").split("\t") for ln in f if ln.strip()]
@@ -89,9 +110,16 @@ def read_heldout(path: str) -> tuple[list[str], np.ndarray]:
     return [r[s] for r in rows], np.asarray([int(r[lab]) for r in rows])
 
 
-def jax_logits(run: str, enc: dict[str, np.ndarray], batch: int = 16, fake_quant: bool = False) -> np.ndarray:
+def jax_logits(
+    run: str,
+    enc: dict[str, np.ndarray],
+    batch: int = 16,
+    fake_quant: bool = False,
+    calibration: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """The run's fp32 JAX logits; `fake_quant`: those of the forward `finetune --qat int8-full` trains
-    (the export's graph, each batch rounded to int8 on its own ranges)."""
+    (the export's graph rounded to int8: on each batch's own ranges, or, given `calibration` rows, on
+    static ranges calibrated on them as `--qat_ranges static` does)."""
     import jax
 
     from mobilebert_jax.checkpoints.loader import load_model
@@ -104,8 +132,15 @@ def jax_logits(run: str, enc: dict[str, np.ndarray], batch: int = 16, fake_quant
 
         model, params = flat_layers(model.clone(pad_invariant=True), params)
         qat = full_integer_qat_model(model)
+        ranges = None
+        if calibration is not None:
+            from mobilebert_jax.export.full_integer import calibrate_full_integer_ranges
+
+            rows = len(calibration["input_ids"])
+            parts = [{k: v[s : s + batch] for k, v in calibration.items()} for s in range(0, rows, batch)]
+            ranges = calibrate_full_integer_ranges(lambda p, **b: make_forward(qat, p)(**b), params, parts)
         # params an argument, not constants: XLA would fold every weight's rounding at compile time
-        step = jax.jit(lambda p, b: with_full_integer_fake_quant(make_forward(qat, p))(**b))
+        step = jax.jit(lambda p, b: with_full_integer_fake_quant(make_forward(qat, p), ranges)(**b))
         fwd = lambda **b: step(params, b)  # noqa: E731
     else:
         fwd = jax.jit(make_forward(model, params))
@@ -183,7 +218,10 @@ def main() -> int:
     if args.qat_run:
         q = qat_mode(args.qat_run)
         plan.append((args.qat_run, "litert", q, f"litert-{q}-qat"))
+        if q == "int8-full":
+            plan.append((args.qat_run, "litert", q + FLOAT_SOFTMAX, f"litert-{q}{FLOAT_SOFTMAX}-qat"))
     refs = {args.run: ref}
+    fake_quant: dict[str, np.ndarray] = {}  # the QAT run's fp32 ("fp32") and fake-quantized logits
     failed: list[str] = []
     for run, fmt, q, name in plan:
         if args.only and name not in args.only:
@@ -207,11 +245,26 @@ def main() -> int:
             # the float model the QAT run started from (its teacher under --qat_distillation): what a
             # user quantizes, and so what the int8 file should answer as
             rows.append({"variant": f"{name}-vs-float-run", **stats(got, ref, labels), "size_mb": size})
-            rows.append({"variant": "jax-fp32-qat", **stats(refs[run], refs[run], labels), "size_mb": None})
-            if q == "int8-full":  # the model QAT trained (fake quant) vs its fp32, and the file vs it
-                fq = jax_logits(run, enc, fake_quant=True)
-                rows.append({"variant": "jax-fakequant-qat", **stats(fq, refs[run], labels), "size_mb": None})
-                rows.append({"variant": "file-vs-jax-fakequant", **stats(got, fq, labels), "size_mb": size})
+            if refs[run] is not fake_quant.get("fp32"):  # once per run: its fp32 and fake-quant rows
+                fake_quant["fp32"] = refs[run]
+                rows.append(
+                    {"variant": "jax-fp32-qat", **stats(refs[run], refs[run], labels), "size_mb": None}
+                )
+                if q.startswith("int8-full"):  # the model QAT trained (fake quant) vs its fp32
+                    static = _qat_ranges(run) == "static"  # ranges calibrated as the export does
+                    cal = calibration_rows(args.calibration_file, tok, args.length) if static else None
+                    fake_quant["logits"] = fq = jax_logits(run, enc, fake_quant=True, calibration=cal)
+                    rows.append(
+                        {"variant": "jax-fakequant-qat", **stats(fq, refs[run], labels), "size_mb": None}
+                    )
+            if "logits" in fake_quant:  # the file vs the model QAT trained
+                rows.append(
+                    {
+                        "variant": f"{name}-vs-fakequant",
+                        **stats(got, fake_quant["logits"], labels),
+                        "size_mb": size,
+                    }
+                )
 
     print(
         f"\n{len(texts)} held-out sentences ({args.heldout}), length {args.length} ({truncated} truncated), "
@@ -219,16 +272,16 @@ def main() -> int:
         f"top-2 logit margin {margin:.3g} (max |logit| {np.abs(ref).max():.3g})"
     )
     print(
-        f"{'variant':22s} {'rel err':>9s} {'median row':>11s} {'agree':>7s} {'accuracy':>9s} {'size MB':>8s}"
+        f"{'variant':48s} {'rel err':>9s} {'median row':>11s} {'agree':>7s} {'accuracy':>9s} {'size MB':>8s}"
     )
     for r in rows:
         size = f"{r['size_mb']:.1f}" if r["size_mb"] else "-"
         print(
-            f"{r['variant']:22s} {r['rel_logit_error']:9.1e} {r['median_row_rel_error']:11.1e} "
+            f"{r['variant']:48s} {r['rel_logit_error']:9.1e} {r['median_row_rel_error']:11.1e} "
             f"{100 * r['argmax_agreement']:6.1f}% {100 * r['accuracy']:8.1f}% {size:>8s}"
         )
     for name in failed:
-        print(f"{name:22s} export failed (see above)")
+        print(f"{name:48s} export failed (see above)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(

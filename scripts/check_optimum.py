@@ -27,6 +27,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get("MOBILEBERT_DATA", os.path.join(ROOT, "..", "shared", "data"))
 N_TEXTS, N_SQUAD = 64, 24
+TRAINED = "trained.json"  # in a head's folder: a trained model was given (`export --classifier-model`)
 TOLERANCE = 1e-4
 HEADS = {
     "MobileBertForSequenceClassification": ("text-classification", "ORTModelForSequenceClassification"),
@@ -36,12 +37,21 @@ HEADS = {
 }
 
 
-def _sst2(n: int) -> list[str]:
+def _sst2(n: int, skip: int = 0) -> list[str]:
+    """n SST-2 dev sentences after the first `skip` (those a trained classifier learned from)."""
     with open(os.path.join(DATA, "glue", "SST-2", "dev.tsv"), encoding="utf-8") as f:
-        return [ln.split("\t")[0].strip() for ln in list(f)[1 : n + 1]]
+        return [ln.split("\t")[0].strip() for ln in list(f)[1 + skip : 1 + skip + n]]
 
 
-def _squad(n: int) -> list[dict[str, str]]:
+def _squad(n: int, trained: bool = False) -> list[dict[str, str]]:
+    """n SQuAD dev questions spread over the file; for a trained QA model, the Task Library check's 96
+    (`check_task_library._squad`: the paragraphs its QA model was trained without)."""
+    if trained:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from check_task_library import N_SQUAD as held_out
+        from check_task_library import _squad as task_library_squad
+
+        return [{"question": q, "context": c} for q, c in task_library_squad(held_out)]
     with open(os.path.join(DATA, "squad", "dev-v1.1.json"), encoding="utf-8") as f:
         data = json.load(f)["data"]
     pairs = [(qa["question"], p["context"]) for a in data for p in a["paragraphs"] for qa in p["qas"]]
@@ -65,7 +75,12 @@ def _hf_model(class_name: str, cfg, seed: int):
     return pt
 
 
-def export(out: str) -> None:
+def export(
+    out: str, trained: dict[str, str] | None = None, sst2_skip: int = 0, sst2_texts: int = N_TEXTS
+) -> None:
+    """Small random HF PyTorch models of the four heads, or `trained` ({class name: HF folder}) for
+    those given (checked on `sst2_texts` SST-2 dev sentences after the first `sst2_skip`, and on the
+    held-out SQuAD questions); each exported fp32 and dynamic-int8."""
     from mobilebert_jax import MobileBertConfig
     from mobilebert_jax import export as ex
     from mobilebert_jax.checkpoints.hub import from_pretrained
@@ -90,7 +105,15 @@ def export(out: str) -> None:
     for seed, class_name in enumerate(HEADS):
         folder = os.path.join(out, class_name)
         cfg = MobileBertConfig(**small, num_labels=len(labels[class_name]), id2label=labels[class_name])
-        pt = _hf_model(class_name, cfg, seed)
+        if class_name in (trained or {}):
+            import transformers
+
+            pt = getattr(transformers, class_name).from_pretrained(trained[class_name]).eval()
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, TRAINED), "w", encoding="utf-8") as f:  # read by `check`
+                json.dump({"from": trained[class_name], "sst2_skip": sst2_skip, "sst2_texts": sst2_texts}, f)
+        else:
+            pt = _hf_model(class_name, cfg, seed)
         pt.save_pretrained(os.path.join(folder, "hf"))
         tok.save_pretrained(os.path.join(folder, "hf"))
         model, params = from_pretrained(os.path.join(folder, "hf"))
@@ -143,10 +166,10 @@ def _tops(result, task: str) -> list:
     return [(r["index"], r["entity"]) for r in result]
 
 
-def _inputs(task: str) -> tuple[list, dict]:
+def _inputs(task: str, trained: dict | None = None) -> tuple[list, dict]:
     if task == "question-answering":
-        return _squad(N_SQUAD), {}
-    texts = _sst2(N_TEXTS)
+        return _squad(N_SQUAD, trained=trained is not None), {}
+    texts = _sst2(trained["sst2_texts"], trained["sst2_skip"]) if trained else _sst2(N_TEXTS)
     if task == "fill-mask":
         masked = []
         for t in texts:
@@ -175,7 +198,11 @@ def _check_head(out: str, class_name: str, failures: list[str]) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(os.path.join(folder, "fp32"))
     pt = getattr(transformers, class_name).from_pretrained(os.path.join(folder, "hf")).eval()
     ref_pipe = transformers.pipeline(task, model=pt, tokenizer=tok)
-    inputs, kw = _inputs(task)
+    trained = None
+    if os.path.exists(os.path.join(folder, TRAINED)):
+        with open(os.path.join(folder, TRAINED), encoding="utf-8") as f:
+            trained = json.load(f)
+    inputs, kw = _inputs(task, trained)
     ref = _run(ref_pipe, inputs, kw)
     ref_batched = _run(ref_pipe, inputs, kw, batch_size=8)
     for sub in ("fp32", "int8"):
@@ -185,7 +212,8 @@ def _check_head(out: str, class_name: str, failures: list[str]) -> None:
         got = _run(pipe, inputs, kw)
         agree = np.mean([a == b for g, r in zip(got, ref) for a, b in zip(_tops(g, task), _tops(r, task))])
         line = (
-            f"{ort_class} {sub} (inputs {shapes['input_ids']}), {task} on {len(inputs)} "
+            f"{ort_class} {sub}{' (trained: ' + trained['from'] + ')' if trained else ''} "
+            f"(inputs {shapes['input_ids']}), {task} on {len(inputs)} "
             f"{'SQuAD dev questions' if task == 'question-answering' else 'SST-2 dev texts'}: "
         )
         if sub == "int8":
@@ -227,10 +255,32 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("step", choices=("export", "check"))
     p.add_argument("out", help="folder for the HF models and their exports")
+    p.add_argument("--classifier-model", help="export: a trained sequence classifier (HF folder) to check")
+    p.add_argument(
+        "--qa-model",
+        help="export: a trained QA model (HF folder; checked on the Task Library "
+        "check's held-out SQuAD questions)",
+    )
+    p.add_argument(
+        "--sst2-skip",
+        type=int,
+        default=0,
+        help="export: skip the first N SST-2 dev sentences (those --classifier-model was trained on)",
+    )
+    p.add_argument(
+        "--sst2-texts",
+        type=int,
+        default=N_TEXTS,
+        help=f"export: SST-2 dev sentences to check a trained classifier on (default {N_TEXTS})",
+    )
     a = p.parse_args(argv)
     if a.step == "export":
         os.makedirs(a.out, exist_ok=True)
-        export(a.out)
+        trained = {
+            "MobileBertForSequenceClassification": a.classifier_model,
+            "MobileBertForQuestionAnswering": a.qa_model,
+        }
+        export(a.out, {k: v for k, v in trained.items() if v}, a.sst2_skip, a.sst2_texts)
         return 0
     return check(a.out)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import Counter
 from typing import Any
 
 from mobilebert_jax.model.heads import MODEL_CLASSES
@@ -77,6 +78,15 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-threads", type=int, default=None, help="runtime threads for the check")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     parser.add_argument(
+        "--float-ops",
+        nargs="+",
+        choices=("SOFTMAX", "TANH"),
+        metavar="OP",
+        help="with --quantize int8-full: op types (SOFTMAX, TANH) computed in float between their int8 "
+        "input and output (DEQUANTIZE, the op, QUANTIZE). SOFTMAX: XNNPACK then runs the whole graph on "
+        "the CPU (TFLite's int8 SOFTMAX splits it; docs/deploy.md); the file is no longer full-integer",
+    )
+    parser.add_argument(
         "--keep-tensor-names",
         action="store_true",
         help="LiteRT: keep every tensor's name (debug information; by default only the signatures' "
@@ -111,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         overwrite=args.overwrite,
         keep_tensor_names=args.keep_tensor_names,
         device_ready=args.device_ready,
+        float_ops=tuple(args.float_ops or ()),
     )
 
 
@@ -131,10 +142,12 @@ def run_export(args: argparse.Namespace) -> int:
     )
     audit = m.get("graph_audit")
     if audit is not None:  # the full-integer graph: what still computes in float
-        inside = audit["encoder_float_ops"]
+        inside = Counter(op.split(" ")[0] for op in audit["encoder_float_ops"])
+        asked = audit.get("float_ops_requested")
         on_text += (
-            f"; float ops {audit['float_ops'] or 'none'}, {len(inside)} inside the encoder"
-            f"{' (' + '; '.join(inside) + ')' if inside else ''}"
+            f"; float ops {audit['float_ops'] or 'none'}, {inside.total()} inside the encoder"
+            f"{' ' + str(dict(inside)) if inside else ''}"
+            f"{' (--float-ops ' + ' '.join(asked) + ': not full-integer)' if asked else ''}"
         )
         cpu = audit.get("cpu_delegate")
         if cpu:

@@ -153,11 +153,24 @@ def _write_config(out_dir: str, config: dict[str, Any]) -> None:
 
 
 def _check_litert_only(
-    format: str, quantize: str, quant_stats: Any, keep_tensor_names: bool, device_ready: bool
+    format: str,
+    quantize: str,
+    quant_stats: Any,
+    keep_tensor_names: bool,
+    device_ready: bool,
+    float_ops: Sequence[str] = (),
 ) -> None:
     """Raises for a LiteRT-only request of another format."""
     if quant_stats is not None and not (format == "litert" and quantize == "int8"):
         raise common.ExportError("QAT quant stats apply to --format litert --quantize int8 only")
+    if float_ops:
+        from mobilebert_jax.export.full_integer import FLOAT_OP_CHOICES
+
+        if not (format == "litert" and quantize == "int8-full"):
+            raise common.ExportError("--float-ops applies to --format litert --quantize int8-full only")
+        for op in float_ops:
+            if op not in FLOAT_OP_CHOICES:
+                raise common.ExportError(f"--float-ops {op}: not one of {FLOAT_OP_CHOICES}")
     litert_only = {
         "--quantize int8-full": quantize == "int8-full",
         "--keep-tensor-names": keep_tensor_names,
@@ -203,6 +216,7 @@ def export(
     device_ready: bool = False,
     model_info: dict[str, str] | None = None,
     pad_invariant: bool = True,
+    float_ops: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Writes and verifies an export; returns the manifest written to OUT_DIR/export.json.
 
@@ -215,6 +229,8 @@ def export(
 
     `quant_stats`: static int8 ranges saved by `finetune --qat` (`quantize.load_quant_stats`), used by
     LiteRT `int8` instead of calibrating on `calibration` (which then only measures the error).
+    `float_ops` (LiteRT int8-full): op types computed in float between their int8 tensors
+    (`full_integer.float_islands`): ["SOFTMAX"] is faster on XNNPACK CPUs and no longer full-integer.
     `keep_tensor_names`: LiteRT keeps every tensor's name (debug information, ~0.3-0.65 MB at full size);
     by default only the signatures' inputs and outputs keep theirs.
 
@@ -231,7 +247,9 @@ def export(
     _prepare(out_dir, overwrite)
     t0 = time.perf_counter()
     cfg = model.config
-    _check_litert_only(format, quantize, quant_stats, keep_tensor_names, bool(device_ready or model_info))
+    _check_litert_only(
+        format, quantize, quant_stats, keep_tensor_names, bool(device_ready or model_info), float_ops
+    )
     vocab = device_vocab(tokenizer) if device_ready else None
     model = model.clone(pad_invariant=bool(pad_invariant))
     if format in ("litert", "onnx"):
@@ -251,6 +269,7 @@ def export(
         device_ready=device_ready,
         vocab=vocab,
         model_info=model_info,
+        **({"float_ops": tuple(float_ops)} if float_ops else {}),
     )
     _write_config(out_dir, {**cfg.to_dict(), "pad_invariant": bool(pad_invariant), "architectures": [name]})
     tokenizer_files = tokenizer.save_pretrained(out_dir) if tokenizer is not None else []

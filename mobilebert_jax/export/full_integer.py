@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,9 +99,12 @@ def _quantizer_ready(path: str) -> bytes:
     return bytes(builder.Output())
 
 
-def full_integer(src: str, dst: str, calibration: dict[str, list[dict[str, np.ndarray]]]) -> None:
+def full_integer(
+    src: str, dst: str, calibration: dict[str, list[dict[str, np.ndarray]]], float_ops: Sequence[str] = ()
+) -> None:
     """Quantizes the fp32 `.tflite` at `src` into the full-integer file `dst` (`full_integer_recipe`),
-    ranges min/max over `calibration` ({signature: [its inputs, one batch each]})."""
+    ranges min/max over `calibration` ({signature: [its inputs, one batch each]}); the op types in
+    `float_ops` then compute in float between int8 tensors (`float_islands`)."""
     from litert_quantizer import calibrator, quantizer
     from litert_quantizer.utils import qsv_utils
 
@@ -116,7 +119,93 @@ def full_integer(src: str, dst: str, calibration: dict[str, list[dict[str, np.nd
     qsvs = cpu_ready_ranges(bytes(model), calib.get_model_qsvs())
     result = q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
     with open(dst, "wb") as f:
-        f.write(coarser_add_constants(bytes(result.quantized_model)))
+        f.write(float_islands(coarser_add_constants(bytes(result.quantized_model)), float_ops))
+
+
+# Op types `--float-ops` may run in float inside the full-integer graph (`float_islands`): one int8
+# activation in, one int8 activation out, and a float kernel XNNPACK runs in the int8 graph's partition.
+FLOAT_OP_CHOICES = ("SOFTMAX", "TANH")
+
+
+def float_islands(model: bytes, ops: Sequence[str]) -> bytes:
+    """The quantized flatbuffer `model` with every int8 op of a type in `ops` (`FLOAT_OP_CHOICES`)
+    computing in float: DEQUANTIZE of its int8 input, the op on float tensors, QUANTIZE into its int8
+    output (the same tensor, the same scale and zero point). What the op computes is the exact function
+    rounded once onto the output's int8 grid. The reason on the CPU: TFLite's int8 SOFTMAX is not taken
+    by XNNPACK (and on x86 computes its exponentials in fixed point), so each one splits the delegated
+    graph; DEQUANTIZE, the float SOFTMAX and QUANTIZE all run inside XNNPACK's partition (docs/deploy.md).
+    An NPU compiler sees these ops as float ones."""
+    if not ops:
+        return model
+    unknown = sorted(set(ops) - set(FLOAT_OP_CHOICES))
+    if unknown:
+        raise ValueError(f"--float-ops {unknown[0]}: not one of {FLOAT_OP_CHOICES}")
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = inline_model(model)
+    dequantize = _op_code(graph, schema.BuiltinOperator.DEQUANTIZE)
+    quantize = _op_code(graph, schema.BuiltinOperator.QUANTIZE)
+    for sg in graph.subgraphs or []:
+        operators = []
+        for op in sg.operators or []:
+            int8 = op_type(graph, op) in ops and all(
+                sg.tensors[t].type == schema.TensorType.INT8 for t in (op.inputs[0], op.outputs[0])
+            )
+            operators += _float_island(graph, sg, op, dequantize, quantize) if int8 else [op]
+        sg.operators = operators
+    builder = flatbuffers.Builder(len(model) + (1 << 20))
+    builder.Finish(graph.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _float_island(graph: Any, sg: Any, op: Any, dequantize: int, quantize: int) -> list[Any]:
+    """[DEQUANTIZE, `op` on float twins of its first input and its output, QUANTIZE] (`float_islands`)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    def unary(code: int, src: int, dst: int) -> Any:
+        new = schema.OperatorT()
+        new.opcodeIndex, new.inputs, new.outputs = (
+            code,
+            np.asarray([src], np.int32),
+            np.asarray([dst], np.int32),
+        )
+        return new
+
+    x, y = op.inputs[0], op.outputs[0]
+    fx, fy = _float_twin(graph, sg, x), _float_twin(graph, sg, y)
+    op.inputs, op.outputs = np.asarray([fx, *op.inputs[1:]], np.int32), np.asarray([fy], np.int32)
+    return [unary(dequantize, x, fx), op, unary(quantize, fy, y)]
+
+
+def _op_code(graph: Any, builtin: int) -> int:
+    """The index of `builtin`'s operator code in `graph` (a schema `ModelT`), added if missing."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    for i, code in enumerate(graph.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+    graph.operatorCodes.append(code)
+    return len(graph.operatorCodes) - 1
+
+
+def _float_twin(graph: Any, sg: Any, index: int) -> int:
+    """A new float32 tensor of subgraph `sg` shaped as tensor `index`, named after it (`<name>/float`:
+    the graph audit places it where that tensor is); returns its index."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    src = sg.tensors[index]
+    twin = schema.TensorT()
+    twin.shape = np.asarray(src.shape, np.int32)
+    twin.shapeSignature = None if src.shapeSignature is None else np.asarray(src.shapeSignature, np.int32)
+    twin.type = schema.TensorType.FLOAT32
+    name = src.name.decode() if isinstance(src.name, bytes) else (src.name or f"tensor{index}")
+    twin.name = f"{name}/float"
+    twin.buffer = 0  # the empty buffer: computed, not constant
+    sg.tensors.append(twin)
+    return len(sg.tensors) - 1
 
 
 # XNNPACK takes an int8 ADD only where each input's scale is at least 2**-10 of the output's (its
@@ -398,32 +487,68 @@ def _fq_grid(
     return x + jax.lax.stop_gradient((q - zero_point) * scale - x)
 
 
-def _fq_range(x: Any, lo: Any, hi: Any, observe: Callable | None = None, rounding: bool = True) -> Any:
-    """x on the asymmetric int8 grid of [lo, hi] widened to hold 0 (as a zero point must)."""
+class RangeBook:
+    """Where the fake quantization's activation ranges come from, one per quantized activation in the
+    order the forward computes them: `fixed` (static ranges, calibrated before training as the export
+    calibrates the file: `calibrate_full_integer_ranges`) replaces each batch's own min/max;
+    `record` (a list) collects each batch's (min, max) (calibration). Neither: each batch's own."""
+
+    def __init__(self, fixed: Sequence[tuple[Any, Any]] | None = None, record: list | None = None):
+        self.fixed, self.record, self.count = fixed, record, 0
+
+    def __call__(self, lo: Any, hi: Any) -> tuple[Any, Any]:
+        i, self.count = self.count, self.count + 1
+        if self.record is not None:
+            self.record.append((lo, hi))
+        if self.fixed is None:
+            return lo, hi
+        if i >= len(self.fixed):
+            raise ValueError(f"{len(self.fixed)} calibrated ranges for a forward with more activations")
+        return self.fixed[i]
+
+
+def _fq_range(
+    x: Any,
+    lo: Any,
+    hi: Any,
+    observe: Callable | None = None,
+    rounding: bool = True,
+    book: RangeBook | None = None,
+) -> Any:
+    """x on the asymmetric int8 grid of [lo, hi] (or `book`'s range for it) widened to hold 0 (as a
+    zero point must)."""
     import jax
     import jax.numpy as jnp
 
+    if book is not None:
+        lo, hi = book(lo, hi)
     lo = jax.lax.stop_gradient(jnp.minimum(lo, 0.0))
     hi = jax.lax.stop_gradient(jnp.maximum(hi, 0.0))
     scale = jnp.maximum((hi - lo) / 255.0, 1e-30)
     return _fq_grid(x, scale, jnp.round(-128.0 - lo / scale), observe, rounding)
 
 
-def _fq_act(x: Any, observe: Callable | None = None, rounding: bool = True) -> Any:
-    """An activation fake-quantized with its batch's range (one per tensor)."""
+def _fq_act(
+    x: Any, observe: Callable | None = None, rounding: bool = True, book: RangeBook | None = None
+) -> Any:
+    """An activation fake-quantized with its batch's range (one per tensor), or `book`'s."""
     import jax.numpy as jnp
 
     x = x.astype(jnp.float32)
-    return _fq_range(x, jnp.min(x), jnp.max(x), observe, rounding)
+    return _fq_range(x, jnp.min(x), jnp.max(x), observe, rounding, book)
 
 
-def _fq_zero_point_free(x: Any, observe: Callable | None = None, rounding: bool = True) -> Any:
+def _fq_zero_point_free(
+    x: Any, observe: Callable | None = None, rounding: bool = True, book: RangeBook | None = None
+) -> Any:
     """An activation on the range [-128/127 M, M], M its batch's largest |value| (zero point 0), as
     `cpu_ready_ranges` gives the second operand of every attention matmul."""
     import jax.numpy as jnp
 
     x = x.astype(jnp.float32)
     m = jnp.max(jnp.abs(x))
+    if book is not None:  # the calibrated M (the range's high end)
+        m = book(-m * 128.0 / 127.0, m)[1]
     return _fq_range(x, -m * 128.0 / 127.0, m, observe, rounding)
 
 
@@ -465,11 +590,15 @@ def _fq_nonorm(m: Any, call: Callable, x: Any, folded: bool, act: Callable) -> A
     return act(act(act(x) * p["weight"]) + p["bias"])
 
 
-def full_integer_fake_quant(observe: Callable | None = None, rounding: bool = True) -> Callable:
+def full_integer_fake_quant(
+    observe: Callable | None = None, rounding: bool = True, book: RangeBook | None = None
+) -> Callable:
     """A flax method interceptor (`with nn.intercept_methods(...)`) that fake-quantizes, in the
     "integer" attention's forward (`full_integer_qat_model`), the tensors `--quantize int8-full`
     quantizes (see above); `observe(scale, zero_point)` sees each activation grid; `rounding=False`
-    only observes (the grids of the float forward, which the export's calibration sees)."""
+    only observes (the grids of the float forward, which the export's calibration sees). `book`: the
+    activations' ranges (`RangeBook`; default each batch's own); the embedding tables and position
+    rows, constants in the file, keep their own."""
     import functools
 
     import flax.linen as nn
@@ -484,7 +613,8 @@ def full_integer_fake_quant(observe: Callable | None = None, rounding: bool = Tr
         NoNorm,
     )
 
-    act = functools.partial(_fq_act, observe=observe, rounding=rounding)
+    act = functools.partial(_fq_act, observe=observe, rounding=rounding, book=book)
+    constant = functools.partial(_fq_act, observe=observe, rounding=rounding)
     folded: list[bool] = []  # per DenseNorm being called: True without a residual
 
     def intercept(next_fun, args, kwargs, context):
@@ -499,7 +629,9 @@ def full_integer_fake_quant(observe: Callable | None = None, rounding: bool = Tr
         if isinstance(m, nn.Dense) and method == "__call__":
             y = _fq_dense(m, args[0] if args else kwargs["inputs"], rounding)
             if isinstance(m.parent, MobileBertSelfAttention) and m.name in ("key", "value"):
-                return _fq_zero_point_free(y, observe, rounding)  # the second operand of an attention matmul
+                return _fq_zero_point_free(
+                    y, observe, rounding, book
+                )  # second operand of an attention matmul
             if isinstance(m.parent, MobileBertSelfAttention) and m.name == "query":
                 # the "integer" attention scales the query after this layer; the converter folds the
                 # scaling into its weights, so the file rounds the scaled query
@@ -510,7 +642,7 @@ def full_integer_fake_quant(observe: Callable | None = None, rounding: bool = Tr
             return _fq_nonorm(m, next_fun, args[0] if args else kwargs["x"], in_fold, act)
         if isinstance(m, nn.Embed) and method == "__call__" and isinstance(m.parent, MobileBertEmbeddings):
             if m.name == "position_embeddings":  # constant ids: the graph holds the L rows, one range
-                return act(next_fun(*args, **kwargs))
+                return constant(next_fun(*args, **kwargs))
             ids = args[0] if args else kwargs["inputs"]
             table = _fq_table(
                 jnp.asarray(nn.unbox(m.variables["params"])["embedding"], jnp.float32), observe, rounding
@@ -530,9 +662,12 @@ def full_integer_fake_quant(observe: Callable | None = None, rounding: bool = Tr
             scores = m._integer_matmul(q, k)
             if mask_bias is None:
                 return scores
-            return _fq_range(
-                scores + mask_bias, jnp.min(scores) - MASK_FILL_MARGIN, jnp.max(scores), observe, rounding
+            lo, hi = (
+                book(jnp.min(scores), jnp.max(scores))
+                if book is not None
+                else (jnp.min(scores), jnp.max(scores))
             )
+            return _fq_range(scores + mask_bias, lo - MASK_FILL_MARGIN, hi, observe, rounding)
         if isinstance(m, MobileBertSelfAttention) and method == "_integer_softmax":
             return _fq_grid(next_fun(*args, **kwargs), 1.0 / 256.0, -128.0, observe, rounding)
         if isinstance(m, MobileBertSelfAttention) and method == "__call__":
@@ -553,15 +688,44 @@ def full_integer_qat_model(model: Any) -> Any:
     return device_graph(model).clone(attention_implementation="integer")
 
 
-def with_full_integer_fake_quant(fn: Callable) -> Callable:
-    """`fn` (a loss or forward of a `full_integer_qat_model`) traced under `full_integer_fake_quant`."""
+def with_full_integer_fake_quant(fn: Callable, ranges: Sequence[tuple[Any, Any]] | None = None) -> Callable:
+    """`fn` (a loss or forward of a `full_integer_qat_model`) traced under `full_integer_fake_quant`;
+    `ranges`: static activation ranges (`calibrate_full_integer_ranges`), else each batch's own."""
     import flax.linen as nn
 
     def wrapped(*args, **kwargs):
-        with nn.intercept_methods(full_integer_fake_quant()):
+        book = RangeBook(fixed=ranges) if ranges is not None else None
+        with nn.intercept_methods(full_integer_fake_quant(book=book)):
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def calibrate_full_integer_ranges(
+    forward: Callable, params: Any, batches: Iterable[dict[str, np.ndarray]]
+) -> list[tuple[float, float]]:
+    """The static activation ranges of the full-integer graph: min and max of each activation the
+    fake quantization rounds, over `batches` through the float `forward(params, **batch)` of a
+    `full_integer_qat_model` (as the export calibrates the file: min/max over its calibration text)."""
+    import flax.linen as nn
+    import jax
+
+    def observed(p: Any, batch: dict[str, Any]) -> list:
+        seen: list = []
+        with nn.intercept_methods(full_integer_fake_quant(rounding=False, book=RangeBook(record=seen))):
+            forward(p, **batch)
+        return seen
+
+    step = jax.jit(observed)
+    lo = hi = None
+    for batch in batches:
+        seen = jax.device_get(step(params, batch))
+        pairs = np.asarray([[float(a), float(b)] for a, b in seen])
+        lo = pairs[:, 0] if lo is None else np.minimum(lo, pairs[:, 0])
+        hi = pairs[:, 1] if hi is None else np.maximum(hi, pairs[:, 1])
+    if lo is None:
+        raise ValueError("no calibration batches")
+    return [(float(a), float(b)) for a, b in zip(lo, hi, strict=True)]
 
 
 def _full_integer_record() -> list[list]:

@@ -185,6 +185,7 @@ def _convert_and_quantize(
     lengths: Sequence[int],
     batch_size: int,
     device_ready: bool,
+    float_ops: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Converts into `path`, quantizing after the conversion where `quantize` does (a device-ready
     dynamic-int8 file with per-tensor weight scales, `_dynamic_int8`); returns the graph audit of a
@@ -197,9 +198,11 @@ def _convert_and_quantize(
     elif quantize == "int8-full":
         from mobilebert_jax.export.full_integer import cpu_delegate_audit, full_integer, graph_audit
 
-        full_integer(float_path, path, _signature_calibration(calibration, lengths, batch_size))
+        full_integer(float_path, path, _signature_calibration(calibration, lengths, batch_size), float_ops)
         audit = graph_audit(path)  # before the compaction drops the tensor names it places ops by
         audit["cpu_delegate"] = cpu_delegate_audit(path)
+        if float_ops:
+            audit["float_ops_requested"] = list(float_ops)
     if float_path != path:
         os.remove(float_path)
     return audit
@@ -220,6 +223,7 @@ def write_litert(
     device_ready: bool = False,
     vocab: Sequence[str] | None = None,
     model_info: dict[str, str] | None = None,
+    float_ops: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Writes OUT_DIR/model.tflite, runs every signature in LiteRT against the JAX forward; returns the
     manifest entries. `calibration`: int32 inputs `[n, length]` of real text, required for `int8` unless
@@ -227,7 +231,8 @@ def write_litert(
     compacted losslessly (`flatbuffer.compact`: shared quantization vectors, and tensor names only on the
     signatures' inputs and outputs unless `keep_tensor_names`). `device_ready`: the file for MediaPipe and
     the Task Library (module docstring), with `vocab` (tokens by id) and `model_info` (metadata `name`,
-    `description`, `version`, `license`, `author` overriding the defaults)."""
+    `description`, `version`, `license`, `author` overriding the defaults). `float_ops` (int8-full): op
+    types computed in float between int8 tensors (`full_integer.float_islands`)."""
     import jax
 
     from mobilebert_jax.export.runtime import LiteRTRuntime
@@ -247,7 +252,7 @@ def write_litert(
     exported = [(signature_name(t), _export_fixed(graph_fn, batch_size, t)) for t in lengths]
     names = _out_keys(exported[0][1])
     audit = _convert_and_quantize(
-        exported, names, path, quantize, qdq, calibration, lengths, batch_size, device_ready
+        exported, names, path, quantize, qdq, calibration, lengths, batch_size, device_ready, float_ops
     )
     from mobilebert_jax.export.flatbuffer import compact
 

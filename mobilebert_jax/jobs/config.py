@@ -23,6 +23,8 @@ LR_SCHEDULES = ("linear", "constant", "constant_with_warmup", "cosine")
 OPTIMIZERS = ("adamw", "lamb")
 SHARDING_RULES = ("dp", "fsdp", "tensor", "fsdp_tensor")
 QAT_TARGETS = ("int8", "int8-full")  # the `export --quantize` modes `--qat` trains for
+QAT_RANGES = ("auto", "static", "batch")  # --qat int8-full's activation ranges
+QAT_RANGE_ROWS = 128  # training rows --qat_ranges static calibrates on (export's --calibration-samples)
 # Task options that HF's scripts take as top-level flags; they go into `task_options`.
 TASK_OPTION_FLAGS: dict[str, tuple[type, str]] = {
     "doc_stride": (int, "SQuAD: tokens of overlap between the windows of a long context"),
@@ -136,6 +138,15 @@ class JobConfig:
         ("finetune",),
         metavar="MODE",
         const="int8",
+    )
+    qat_ranges: str = _f(
+        "auto",
+        "--qat int8-full's activation ranges: static (min/max of each quantized tensor over the first "
+        f"{QAT_RANGE_ROWS} training rows through the starting model, fixed for the run: the file's calibrated "
+        "ranges), batch (each batch's own min/max), auto (static from a trained --model, batch from a "
+        "random init)",
+        ("finetune",),
+        metavar="MODE",
     )
     qat_distillation: float = _f(
         0.0,
@@ -321,6 +332,9 @@ class JobConfig:
                         f"--qat cannot be combined with {flag} (the fake quantization follows "
                         "each unrolled float32 layer by its module path)"
                     )
+        _need(self.qat_ranges in QAT_RANGES, "qat_ranges", f"one of {QAT_RANGES}", self.qat_ranges)
+        if self.qat_ranges != "auto" and self.qat != "int8-full":
+            raise UsageError("--qat_ranges applies to --qat int8-full")
         if self.qat_distillation:
             _need(0.0 <= self.qat_distillation <= 1.0, "qat_distillation", "in [0, 1]", self.qat_distillation)
             if not self.qat:

@@ -51,6 +51,8 @@ class ExportConfig:
     keep_tensor_names: bool = False
     # LiteRT: the file MediaPipe Tasks and the TFLite Task Library load as is (docs/deploy_clients.md)
     device_ready: bool = False
+    # LiteRT int8-full: op types computed in float between int8 tensors ("SOFTMAX": faster on XNNPACK)
+    float_ops: tuple[str, ...] = ()
 
 
 def _say(msg: str) -> None:
@@ -138,6 +140,7 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
                 num_threads=config.num_threads,
                 keep_tensor_names=config.keep_tensor_names,
                 device_ready=config.device_ready,
+                float_ops=config.float_ops,
                 overwrite=True,
             )
         )

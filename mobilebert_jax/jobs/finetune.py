@@ -244,7 +244,7 @@ def make_plan(job: JobConfig, data: Inputs, rng: jax.Array) -> Plan:
     """Loads the model, decides the output dir (`run_dir.decide`), featurises and sizes the run."""
     task, tok = data.task, data.tok
     config, model, params = load_model(job, task, rng)
-    job = resolve_max_seq_length(job, config)
+    job = resolve_qat_ranges(resolve_max_seq_length(job, config), params)
     length = job.max_seq_length
     check_compatible(config, tok, length, job.model)
     mesh = job_mesh(job)
@@ -420,8 +420,9 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
     sharded = create_train_state(
         model_init_fn(model, example), tx, rng, plan.mesh, plan.rules, params=plan.params
     )
+    ranges = qat_static_ranges(plan) if job.qat_ranges == "static" else None
     step = make_train_step(
-        training_loss(job, model),
+        training_loss(job, model, ranges),
         state_shardings=sharded.shardings,
         mesh=plan.mesh,
         rules=plan.rules,
@@ -438,9 +439,45 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
     return train_data, sharded, step
 
 
-def training_loss(job: JobConfig, model: Any) -> Callable:
-    """The loss the train step differentiates: the model's, through `--qat`'s fake quantization (and
-    `--qat_distillation`'s teacher term)."""
+def resolve_qat_ranges(job: JobConfig, params: Any) -> JobConfig:
+    """`job` with `--qat_ranges auto` resolved for `--qat int8-full`: static from a trained model
+    (`params`), batch from a random init (whose ranges are not the trained model's)."""
+    if job.qat != "int8-full":
+        return job
+    if job.qat_ranges == "static" and params is None:
+        raise UsageError(
+            f"--qat_ranges static: --model {job.model} is a random init, whose ranges are not the trained "
+            "model's (use --qat_ranges batch)"
+        )
+    if job.qat_ranges == "auto":
+        return dataclasses.replace(job, qat_ranges="static" if params is not None else "batch")
+    return job
+
+
+def qat_static_ranges(plan: Plan) -> list:
+    """`--qat_ranges static`: the min/max of each activation the full-integer fake quantization rounds,
+    over the first training rows through the starting model (`full_integer.calibrate_full_integer_ranges`)."""
+    from mobilebert_jax.export.common import make_forward
+    from mobilebert_jax.export.full_integer import calibrate_full_integer_ranges, full_integer_qat_model
+    from mobilebert_jax.jobs.config import QAT_RANGE_ROWS
+
+    t0 = time.perf_counter()
+    qat = full_integer_qat_model(plan.model)
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    rows = {k: plan.train_arrays[k][:QAT_RANGE_ROWS] for k in keys}
+    n = len(rows["input_ids"])
+    batches = [{k: v[s : s + plan.batch] for k, v in rows.items()} for s in range(0, n, plan.batch)]
+    ranges = calibrate_full_integer_ranges(lambda p, **b: make_forward(qat, p)(**b), plan.params, batches)
+    say(
+        f"--qat_ranges static: {len(ranges)} activation ranges over {n} training rows through the starting "
+        f"model, fixed for the run ({time.perf_counter() - t0:.0f} s)"
+    )
+    return ranges
+
+
+def training_loss(job: JobConfig, model: Any, ranges: list | None = None) -> Callable:
+    """The loss the train step differentiates: the model's, through `--qat`'s fake quantization (with
+    `ranges`: `--qat_ranges static`) and `--qat_distillation`'s teacher term."""
     w = job.qat_distillation
     if w:
         say(f"--qat_distillation {w:g}: loss = {1 - w:g} x labels' CE + {w:g} x KL(float teacher || model)")
@@ -452,8 +489,12 @@ def training_loss(job: JobConfig, model: Any) -> Callable:
     if job.qat == "int8-full":
         from mobilebert_jax.export.full_integer import full_integer_qat_model, with_full_integer_fake_quant
 
-        say("--qat int8-full: training with fake int8 quantization of the full-integer graph's tensors")
-        return with_full_integer_fake_quant(loss_fn_for(full_integer_qat_model(model), w))
+        where = "static" if ranges is not None else "each batch's own"
+        say(
+            "--qat int8-full: training with fake int8 quantization of the full-integer graph's tensors "
+            f"({where} activation ranges)"
+        )
+        return with_full_integer_fake_quant(loss_fn_for(full_integer_qat_model(model), w), ranges)
     return loss_fn_for(model)
 
 

@@ -125,8 +125,11 @@ def run_identity(job: Any, task: Any, config: Any, num_devices: int) -> dict[str
 
 
 def _distillation_identity(job: Any) -> dict[str, Any]:
-    """`--qat_distillation` and its file, where set (absent otherwise: earlier runs keep their identity)."""
+    """`--qat_ranges static`, `--qat_distillation` and its file, where set (absent otherwise: earlier runs
+    keep their identity)."""
     out: dict[str, Any] = {}
+    if getattr(job, "qat", "") == "int8-full" and getattr(job, "qat_ranges", "batch") == "static":
+        out["qat_ranges"] = "static"
     if getattr(job, "qat_distillation", 0):
         out["qat_distillation"] = job.qat_distillation
     if getattr(job, "qat_distillation_file", None):
@@ -150,7 +153,15 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     files = lambda d: {k: v for k, v in d.items() if k.startswith("model.files.")}  # noqa: E731
     same_files = bool(files(a)) and files(a) == files(b)
     out = []
-    order = ("task", "labels", "model", "train_file", "qat_distillation", "qat_distillation_file")
+    order = (
+        "task",
+        "labels",
+        "model",
+        "train_file",
+        "qat_ranges",
+        "qat_distillation",
+        "qat_distillation_file",
+    )
     order += ("hyperparameters", "num_devices", "config")
     rank = lambda k: (order.index(k.split(".")[0]) if k.split(".")[0] in order else len(order), k)  # noqa: E731
     for k in sorted(set(a) | set(b), key=rank):
