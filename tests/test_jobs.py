@@ -360,9 +360,17 @@ def test_sigint_stops_with_130_and_the_checkpoint_resumes(tmp_path, capsys):
     assert report["stopped"] == "preempted" and report["signal"] == "SIGINT"
     step = report["steps"]
     assert not (out / "hf_model").exists()
+    ck = str(out / "checkpoints" / str(step))
+    # the stopped run's checkpoint converts without --config: the model config is in run.json
+    assert main(["convert", ck, str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    run_config = json.loads((out / "run.json").read_text())["config"]
+    assert config["architectures"] == ["MobileBertForSequenceClassification"], config
+    assert {k: config[k] for k in run_config if k != "architectures"} == {
+        k: v for k, v in run_config.items() if k != "architectures"
+    }
     # an explicit checkpoint runs on from it, with other settings (here --max_steps)
     capsys.readouterr()
-    ck = str(out / "checkpoints" / str(step))
     rc = main([*args[:-1], str(step + 1), "--resume_from_checkpoint", ck])
     text = capsys.readouterr().out
     assert rc == 0, text

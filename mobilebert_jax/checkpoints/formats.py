@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -167,11 +168,17 @@ def _flax_head_keys(params: Mapping) -> list[str]:
 def find_config(
     config_file: str | None, overrides: Mapping[str, Any], *candidates: str | None
 ) -> MobileBertConfig:
-    """`config_file` if given, else the first existing candidate (HF config.json or google bert_config.json)."""
+    """`config_file` if given, else the first existing candidate (HF config.json, google bert_config.json,
+    or a training run's run.json, whose "config" is the model's)."""
     if config_file:
         return load_config(config_file, **overrides)
     for c in candidates:
-        if c and os.path.exists(c):
+        if c and os.path.basename(c) == "run.json" and os.path.exists(c):
+            with open(c, encoding="utf-8") as f:
+                run = json.load(f)
+            if isinstance(run.get("config"), dict):
+                return MobileBertConfig.from_dict(run["config"], **overrides)
+        elif c and os.path.exists(c):
             return load_config(c, **overrides)
     looked = ", ".join(c for c in candidates if c)
     raise CheckpointError(f"no config found (looked for {looked}); pass config_file (CLI: --config)")
@@ -269,6 +276,8 @@ def _read_orbax(path: str, *, config_file, overrides, model_class, teacher, stri
     up = [
         os.path.join(os.path.dirname(item), "config.json"),
         os.path.join(os.path.dirname(item), "..", "config.json"),
+        # a trainer checkpoint RUN/checkpoints/STEP/state: the run's identity holds the model config
+        os.path.normpath(os.path.join(os.path.dirname(item), "..", "..", "run.json")),
     ]
     config = find_config(config_file, overrides, *([cfg_path] if cfg_path else []), *up)
     params = _restore_orbax_params(item)

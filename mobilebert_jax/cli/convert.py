@@ -33,7 +33,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--config",
-        help="config json (HF config.json or google bert_config.json); needed when none sits next to SRC",
+        help="config json (HF config.json or google bert_config.json); needed when none sits next to SRC "
+        "(a training checkpoint RUN/checkpoints/STEP takes RUN/run.json's)",
     )
     parser.add_argument(
         "--model-class",
