@@ -5,9 +5,12 @@ trains through.
 - `full_integer` quantizes the fp32 flatbuffer of the "integer" attention graph with Google's AI Edge
   Quantizer (litert-quantizer) under `FULL_INT_RECIPE`, ranges min/max over calibration text, adjusted
   by `cpu_ready_ranges` and `coarser_add_constants` so that XNNPACK takes the int8 ops on the CPU;
+- `float_islands` (`--float-ops SOFTMAX`): chosen int8 ops computed in float between their int8
+  tensors, which XNNPACK then runs in the int8 graph's partition (faster on the CPU; not full-integer);
 - `graph_audit` (ops by type and dtype, the float ops left) and `cpu_delegate_audit` (which ops the CPU
   delegate takes, each cut out with `single_op_model`) fill export.json;
-- `full_integer_fake_quant` rounds, in the JAX forward, every tensor the file quantizes (QAT).
+- `full_integer_fake_quant` rounds, in the JAX forward, every tensor the file quantizes (QAT), on
+  static ranges (`calibrate_full_integer_ranges`, a `RangeBook`) or each batch's own.
 
 Measured: docs/deploy.md. Static int8 with float activations where needed (`--quantize int8`) is
 `quantize.py`.

@@ -463,8 +463,7 @@ def qat_static_ranges(plan: Plan) -> list:
 
     t0 = time.perf_counter()
     qat = full_integer_qat_model(plan.model)
-    keys = ("input_ids", "attention_mask", "token_type_ids")
-    rows = {k: plan.train_arrays[k][:QAT_RANGE_ROWS] for k in keys}
+    rows = {k: plan.train_arrays[k][:QAT_RANGE_ROWS] for k in plan.data.task.input_keys}
     n = len(rows["input_ids"])
     batches = [{k: v[s : s + plan.batch] for k, v in rows.items()} for s in range(0, n, plan.batch)]
     ranges = calibrate_full_integer_ranges(lambda p, **b: make_forward(qat, p)(**b), plan.params, batches)
