@@ -366,7 +366,7 @@ def test_qat_int8_full_finetune_then_export(tmp_path, capsys):
     assert main([*more, "--output_dir", str(tmp_path / "kd_text")]) == 0
     out = capsys.readouterr().out
     assert f"--qat_distillation_file: {len(HELD_OUT)} rows of {text} join the training rows" in out, out
-    assert f"the float model's logits on {len(TRAIN) + len(HELD_OUT)} training rows" in out, out
+    assert f"the float model's outputs on {len(TRAIN) + len(HELD_OUT)} training rows" in out, out
     # the run's identity holds the distillation: its dir refuses the same command with another weight
     other = [a if a != "0.5" else "0.7" for a in more]
     assert main([*other, "--output_dir", str(tmp_path / "kd_text")]) == 2
@@ -398,3 +398,73 @@ def test_qat_int8_full_finetune_then_export(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(run), str(tmp_path / "other"), *q, "--calibration-file", str(train)]) != 0
     assert "another full-integer recipe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["squad", "ner"])
+def test_qat_distillation_qa_and_token_classification(tmp_path, capsys, task):
+    """`--qat_distillation` on QA (start and end distributions) and token classification (each real
+    token's): at weight 1 the labels have no say (other answers / tags train byte-identical weights,
+    other than the teacher's), the loss is the KL to the float teacher and `teacher_agreement` is
+    logged; `--qat_distillation_file` (label-free rows) is refused for these heads."""
+    pytest.importorskip("litert_quantizer", reason="litert-quantizer (the export extra) is not installed")
+    import json
+
+    from test_cli import TINY, _files
+
+    from mobilebert_jax.checkpoints.hub import from_pretrained, save_pretrained
+    from mobilebert_jax.cli.main import main
+
+    train = _files(tmp_path, task)
+    start = tmp_path / "float"
+    run = ["finetune", "--task", task, "--validation-file", train]
+    if task == "squad":
+        run += ["--task-options", '{"doc_stride": 16, "max_query_length": 16}']
+    assert main([*run, "--train-file", train, "--output-dir", str(start), *TINY]) == 0
+    # the teacher: the float run's weights perturbed (order-one outputs, which int8 does not round away)
+    model, params = from_pretrained(str(start / "hf_model"))
+    save_pretrained(str(start / "hf_model"), _perturbed(params, 0.1), model.config, type(model).__name__)
+    other = tmp_path / "other_labels"
+    text = open(train, encoding="utf-8").read()
+    if task == "squad":  # every answer the word "critic" instead of "paris"
+        data = json.loads(text)
+        for p in data["data"][0]["paragraphs"]:
+            p["qas"][0]["answers"] = [{"text": "critic", "answer_start": p["context"].index("critic")}]
+        other.write_text(json.dumps(data), encoding="utf-8")
+    else:  # the person and place tags swapped
+        other.write_text(text.replace("B-PER", "B-X").replace("B-LOC", "B-PER").replace("B-X", "B-LOC"))
+    # TINY with the float run as --model (its --model-config dropped) and 4 steps
+    tiny = list(TINY)
+    del tiny[tiny.index("--model-config") : tiny.index("--model-config") + 2]
+    tiny[tiny.index("--model") + 1] = str(start / "hf_model")
+    tiny[tiny.index("--max-steps") + 1] = "4"
+    kd = [*run, *tiny, "--learning-rate", "1e-3"]
+    kd += ["--qat", "int8-full", "--qat_distillation", "1"]
+    capsys.readouterr()
+    assert main([*kd, "--train-file", train, "--output-dir", str(tmp_path / "kd")]) == 0
+    assert (
+        "--qat_distillation 1: loss = 0 x labels' CE + 1 x KL(float teacher || model)"
+        in capsys.readouterr().out
+    )
+    assert main([*kd, "--train-file", str(other), "--output-dir", str(tmp_path / "kd_other")]) == 0
+    a = (tmp_path / "kd" / "hf_model" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "kd_other" / "hf_model" / "model.safetensors").read_bytes()
+    assert a != (start / "hf_model" / "model.safetensors").read_bytes()
+    rows = [json.loads(s) for s in (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert len(rows) == 4 and all(r["loss"] == r["loss/distillation"] > 0 for r in rows), rows
+    assert all(0 <= r["teacher_agreement"] <= 1 for r in rows), rows
+    capsys.readouterr()
+    refused = [
+        *kd,
+        "--train-file",
+        train,
+        "--output-dir",
+        str(tmp_path / "no"),
+        "--qat_distillation_file",
+        train,
+    ]
+    assert main(refused) == 2
+    assert (
+        "--qat_distillation_file adds label-free rows to sequence classification only"
+        in capsys.readouterr().err
+    )

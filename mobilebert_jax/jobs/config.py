@@ -152,7 +152,7 @@ class JobConfig:
         0.0,
         "with --qat: weight of self-distillation, the KL divergence from the starting float model's "
         "predictions (the teacher: --model, frozen) to the fake-quantized model's; the labels' loss "
-        "gets 1 - WEIGHT (0: labels only; single-label sequence classification)",
+        "gets 1 - WEIGHT (0: labels only; single-label sequence classification, token classification, QA)",
         ("finetune",),
         metavar="WEIGHT",
     )

@@ -405,9 +405,9 @@ def build_training(plan: Plan, rng: jax.Array) -> tuple[Any, Any, Callable]:
         arrays = plan.train_arrays
         if job.qat_distillation:
             t0 = time.perf_counter()
-            arrays = {**arrays, "teacher_logits": teacher_logits(plan, arrays)}
+            arrays = {**arrays, **teacher_outputs(plan, arrays)}
             say(
-                f"--qat_distillation: the float model's logits on {len(arrays['labels'])} training rows "
+                f"--qat_distillation: the float model's outputs on {len(arrays['input_ids'])} training rows "
                 f"({time.perf_counter() - t0:.0f} s)"
             )
         train_data = ArrayIterator(arrays, batch, seed=job.seed)
@@ -498,20 +498,30 @@ def training_loss(job: JobConfig, model: Any, ranges: list | None = None) -> Cal
 
 
 def check_distillation(job: JobConfig, model: Any, params: Any, arrays: dict | None) -> None:
-    """`--qat_distillation` needs a trained float model (the teacher) with a single-label classifier."""
+    """`--qat_distillation` needs a trained float model (the teacher) and a head whose outputs are
+    distributions (`objectives.DISTILLED_OUTPUTS`: a single-label classifier, token classification,
+    QA); `--qat_distillation_file`'s label-free rows, a sequence classifier."""
     from mobilebert_jax.model.heads import MobileBertForSequenceClassification
     from mobilebert_jax.model.losses import problem_type_of
+    from mobilebert_jax.training.objectives import DISTILLED_OUTPUTS
 
     if params is None:
         raise UsageError(
             f"--qat_distillation: --model {job.model} is a random init; the teacher is the float model "
             "being quantized (pass a fine-tuned model)"
         )
-    kind = problem_type_of(model.config, arrays["labels"]) if arrays is not None else None
-    if not isinstance(model, MobileBertForSequenceClassification) or kind != "single_label_classification":
+    classifier = isinstance(model, MobileBertForSequenceClassification)
+    kind = problem_type_of(model.config, arrays["labels"]) if classifier and arrays is not None else None
+    if not isinstance(model, tuple(DISTILLED_OUTPUTS)) or kind not in (None, "single_label_classification"):
+        heads = "single-label sequence classification, token classification and question answering"
         raise UsageError(
-            f"--qat_distillation is for single-label sequence classification; this run trains "
-            f"{type(model).__name__} ({kind})"
+            f"--qat_distillation is for {heads}; this run trains {type(model).__name__}"
+            f"{f' ({kind})' if kind else ''}"
+        )
+    if job.qat_distillation_file and not classifier:
+        raise UsageError(
+            f"--qat_distillation_file adds label-free rows to sequence classification only; this run "
+            f"trains {type(model).__name__} (distil on its training rows: --qat_distillation alone)"
         )
 
 
@@ -525,10 +535,12 @@ def with_unlabelled_rows(task: Task, arrays: dict, examples: list, tok: Any, len
     return {k: np.concatenate([v, extra[k].astype(v.dtype)]) for k, v in arrays.items()}
 
 
-def teacher_logits(plan: Plan, arrays: dict[str, Any]) -> Any:
-    """The starting float model's logits on every training row (`--qat_distillation`'s teacher; its
-    weights never change, so once before training is enough, and a resumed run recomputes the same)."""
-    return predict_outputs(plan.data.task, plan.model, plan.params, arrays, plan.batch)["logits"]
+def teacher_outputs(plan: Plan, arrays: dict[str, Any]) -> dict[str, Any]:
+    """The starting float model's outputs on every training row, as `teacher_<output>` arrays
+    (`--qat_distillation`'s teacher; its weights never change, so once before training is enough, and
+    a resumed run recomputes the same)."""
+    out = predict_outputs(plan.data.task, plan.model, plan.params, arrays, plan.batch)
+    return {f"teacher_{k}": v for k, v in out.items()}
 
 
 def fit_config(plan: Plan) -> FitConfig:

@@ -130,11 +130,11 @@ def sequence_classification_loss(model: MobileBertForSequenceClassification) -> 
     - single-label: CE over `labels` [B] ints (-100 ignored); aux accuracy;
     - multi-label: BCE-with-logits over `labels` [B, num_labels] in {0, 1}; count = B·num_labels.
     """
-    cfg = model.config
+    return _head_loss(model, _sequence_classification_terms(model.config), "labels")
 
-    def loss_fn(params, batch, rng, deterministic):
-        _need(batch, "labels")
-        out = apply_model(model, params, batch, rng, deterministic)
+
+def _sequence_classification_terms(cfg: Any) -> Callable:
+    def terms(out, batch):
         labels = jnp.asarray(batch["labels"])
         kind = losses.problem_type_of(cfg, labels)
         if kind == "single_label_classification":
@@ -143,29 +143,65 @@ def sequence_classification_loss(model: MobileBertForSequenceClassification) -> 
         s, n = losses.sequence_classification_sum_and_count(kind, out.logits, labels, mask)
         return s, (n, {})
 
+    return terms
+
+
+def _head_loss(model: nn.Module, terms: Callable, *needs: str) -> LossFn:
+    """The loss function computing `terms(outputs, batch)` on the model's outputs."""
+
+    def loss_fn(params, batch, rng, deterministic):
+        _need(batch, *needs)
+        return terms(apply_model(model, params, batch, rng, deterministic), batch)
+
     return loss_fn
 
 
-def distillation_loss(model: MobileBertForSequenceClassification, weight: float) -> LossFn:
-    """Self-distillation for single-label classification (`finetune --qat ... --qat_distillation W`):
-    `(1 - W)·CE(labels) + W·KL(teacher ‖ model)`, each the mean over the batch's examples, where the
-    teacher's logits come with the batch (`teacher_logits` [B, num_labels]: the float model's, computed
-    once before training). aux: accuracy and `teacher_agreement` (argmax equal to the teacher's)."""
+# The outputs `--qat_distillation` distils, by head: each a distribution over its last axis.
+DISTILLED_OUTPUTS = {
+    MobileBertForSequenceClassification: ("logits",),
+    MobileBertForTokenClassification: ("logits",),
+    MobileBertForQuestionAnswering: ("start_logits", "end_logits"),
+}
+
+
+def distillation_loss(model: nn.Module, weight: float) -> LossFn:
+    """Self-distillation (`finetune --qat ... --qat_distillation W`): `(1 - W)·(the head's loss on the
+    labels) + W·KL(teacher ‖ model)`, the teacher's outputs coming with the batch (`teacher_<output>`:
+    the float model's, computed once before training). The KL is over the last axis of each distilled
+    output (`DISTILLED_OUTPUTS`): per example for a single-label classifier and for QA (the mean of the
+    start and end distributions), per real token (`attention_mask`) for token classification; its
+    count is the examples' (or tokens'). aux adds `teacher_agreement`: the argmax (QA: start and end)
+    equal to the teacher's."""
+    keys = next((k for cls, k in DISTILLED_OUTPUTS.items() if isinstance(model, cls)), None)
+    if keys is None:
+        raise TypeError(
+            f"distillation is for {[c.__name__ for c in DISTILLED_OUTPUTS]}, not {type(model).__name__}"
+        )
+    base = _terms_for(model)
+    per_token = isinstance(model, MobileBertForTokenClassification)
 
     def loss_fn(params, batch, rng, deterministic):
-        _need(batch, "labels", "teacher_logits")
+        _need(batch, *(f"teacher_{k}" for k in keys))
         out = apply_model(model, params, batch, rng, deterministic)
-        logits = out.logits.astype(jnp.float32)
-        ce, (n, aux) = _classification(logits, jnp.reshape(batch["labels"], (-1,)), batch)
-        teacher = jax.nn.log_softmax(jnp.asarray(batch["teacher_logits"], jnp.float32), axis=-1)
-        student = jax.nn.log_softmax(logits, axis=-1)
-        kl = jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
+        sums, (counts, aux) = base(out, batch)
+        if not isinstance(sums, dict):
+            sums, counts = {"labels": sums}, {"labels": counts}
+        sums = {k: (1.0 - weight) * v for k, v in sums.items()}
+        kl, same = 0.0, 1.0
+        for k in keys:
+            teacher = jax.nn.log_softmax(jnp.asarray(batch[f"teacher_{k}"], jnp.float32), axis=-1)
+            student_logits = getattr(out, k).astype(jnp.float32)
+            student = jax.nn.log_softmax(student_logits, axis=-1)
+            kl = kl + jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1) / len(keys)
+            same = same * (jnp.argmax(student_logits, -1) == jnp.argmax(teacher, -1)).astype(jnp.float32)
         rows = jnp.ones(kl.shape, jnp.float32)
+        if per_token:
+            rows = jnp.asarray(batch["attention_mask"], jnp.float32)
         if batch.get("example_mask") is not None:
-            rows = jnp.asarray(batch["example_mask"], jnp.float32)
-        same = (jnp.argmax(logits, -1) == jnp.argmax(teacher, -1)).astype(jnp.float32)
-        sums = {"labels": (1.0 - weight) * ce, "distillation": weight * jnp.sum(kl * rows)}
-        counts = {"labels": n, "distillation": jnp.sum(rows)}
+            mask = jnp.asarray(batch["example_mask"], jnp.float32)
+            rows = rows * jnp.reshape(mask, mask.shape + (1,) * (rows.ndim - mask.ndim))
+        sums["distillation"] = weight * jnp.sum(kl * rows)
+        counts["distillation"] = jnp.sum(rows)
         aux["teacher_agreement"] = (jnp.sum(same * rows), jnp.sum(rows))
         return sums, (counts, aux)
 
@@ -175,12 +211,11 @@ def distillation_loss(model: MobileBertForSequenceClassification, weight: float)
 def token_classification_loss(model: MobileBertForTokenClassification) -> LossFn:
     """Token CE over `labels` [B, T] (-100 ignored, e.g. padding and non-first sub-words)."""
 
-    def loss_fn(params, batch, rng, deterministic):
-        _need(batch, "labels")
-        out = apply_model(model, params, batch, rng, deterministic)
-        return _classification(out.logits, jnp.asarray(batch["labels"]), batch)
+    return _head_loss(model, _token_classification_terms, "labels")
 
-    return loss_fn
+
+def _token_classification_terms(out, batch):
+    return _classification(out.logits, jnp.asarray(batch["labels"]), batch)
 
 
 def multiple_choice_loss(model: MobileBertForMultipleChoice) -> LossFn:
@@ -200,23 +235,21 @@ def question_answering_loss(model: MobileBertForQuestionAnswering) -> LossFn:
     Returned as two terms ("start", "end") each pre-multiplied by 1/2, so the objective
     Σ sums/counts is exactly HF's even when a position is ignored in only one of them.
     """
+    return _head_loss(model, _question_answering_terms, "start_positions", "end_positions")
 
-    def loss_fn(params, batch, rng, deterministic):
-        _need(batch, "start_positions", "end_positions")
-        out = apply_model(model, params, batch, rng, deterministic)
-        mask = batch.get("example_mask")
-        terms = losses.question_answering_terms(
-            out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"], mask
-        )
-        aux = {}
-        for name, logits in (("start", out.start_logits), ("end", out.end_logits)):
-            pos = losses.span_positions(logits, batch[f"{name}_positions"], mask)
-            t = logits.shape[-1]
-            aux[f"{name}_accuracy"] = losses.accuracy_sum_and_count(logits, pos, ignore_index=t)
-        sums, counts = split_terms(terms)
-        return sums, (counts, aux)
 
-    return loss_fn
+def _question_answering_terms(out, batch):
+    mask = batch.get("example_mask")
+    terms = losses.question_answering_terms(
+        out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"], mask
+    )
+    aux = {}
+    for name, logits in (("start", out.start_logits), ("end", out.end_logits)):
+        pos = losses.span_positions(logits, batch[f"{name}_positions"], mask)
+        t = logits.shape[-1]
+        aux[f"{name}_accuracy"] = losses.accuracy_sum_and_count(logits, pos, ignore_index=t)
+    sums, counts = split_terms(terms)
+    return sums, (counts, aux)
 
 
 _BY_CLASS = {
@@ -230,12 +263,19 @@ _BY_CLASS = {
 }
 
 
+def _terms_for(model: nn.Module) -> Callable:
+    """`terms(outputs, batch)` of the heads `distillation_loss` wraps."""
+    if isinstance(model, MobileBertForSequenceClassification):
+        return _sequence_classification_terms(model.config)
+    if isinstance(model, MobileBertForTokenClassification):
+        return _token_classification_terms
+    return _question_answering_terms
+
+
 def loss_fn_for(model: nn.Module, distillation: float = 0.0) -> LossFn:
     """The loss function of a head model (raises for the bare `MobileBertModel`); `distillation` > 0:
-    `distillation_loss` (single-label sequence classification only)."""
+    `distillation_loss` (single-label sequence classification, token classification, QA)."""
     if distillation:
-        if not isinstance(model, MobileBertForSequenceClassification):
-            raise TypeError(f"distillation is for sequence classification, not {type(model).__name__}")
         return distillation_loss(model, distillation)
     for cls, make in _BY_CLASS.items():
         if isinstance(model, cls):
