@@ -135,7 +135,13 @@ def prepare(work: str, model_dir: str | None, calibration_rows: int, only: list[
     ):
         name = f"{fmt}-{'fp32' if q == 'none' else q}{'-float-softmax' if float_ops else ''}"
         out = os.path.join(work, name)
-        if name not in only or os.path.exists(os.path.join(out, "export.json")):
+        if name not in only:
+            continue
+        if os.path.exists(os.path.join(out, "export.json")):  # reused: say from when (--work keeps it)
+            written = time.strftime(
+                "%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(os.path.join(out, "export.json")))
+            )
+            print(f"reusing {out} (written {written}; delete it to export again)", flush=True)
             continue
         t0 = time.perf_counter()
         print(f"exporting {name} ...", flush=True)

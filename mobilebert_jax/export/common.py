@@ -138,9 +138,10 @@ def compare(outputs: dict[str, np.ndarray], reference: dict[str, Any]) -> dict[s
 
 
 def versions(*dists: str) -> dict[str, str]:
-    """Installed versions of the named distributions (those not installed are left out)."""
+    """Installed versions of this package, jax and the named distributions (those not installed are
+    left out)."""
     out = {}
-    for d in ("jax", "jaxlib", *dists):
+    for d in ("mobilebert-jax", "jax", "jaxlib", *dists):
         try:
             out[d] = importlib.metadata.version(d)
         except importlib.metadata.PackageNotFoundError:
